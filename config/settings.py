@@ -1,0 +1,179 @@
+"""The gateway's settings: read once from GATEWAY_* variables and an optional TOML file.
+
+Environment variables win over the file. A bad or missing value raises ConfigError with one
+line that names the key, so `gateway serve` can say exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GATEWAY_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class AgentConfig(BaseModel):
+    """One agent: who they are and how their SIP phone reaches the gateway."""
+
+    id: str
+    name: str = ""
+    sip_user: str | None = None
+    sip_password: SecretStr | None = None
+    contact: str | None = None  # a static SIP contact, e.g. sip:alice@127.0.0.1:5070
+
+    @model_validator(mode="after")
+    def _reachable(self) -> "AgentConfig":
+        if not self.sip_user and not self.contact:
+            raise ValueError(f"agent {self.id!r} needs sip_user (REGISTER) or contact (static)")
+        if self.sip_user and self.sip_password is None:
+            raise ValueError(f"agent {self.id!r} has sip_user but no sip_password")
+        return self
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, toml_file=None
+    )
+
+    database_url: str = "sqlite+aiosqlite:///gateway.db"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    agent_token: SecretStr | None = None
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    twilio_from_number: str | None = None  # our SMS number, used for outbound when no leg has one
+    twilio_voice_number: str | None = None  # the number customers dial in to
+
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_api_url: str = "https://graph.facebook.com/v21.0"
+    whatsapp_phone_number_id: str | None = None
+
+    sip_host: str = "127.0.0.1"
+    sip_port: int = Field(5060, ge=0, le=65535)
+    sip_domain: str | None = None  # the domain agents register under; defaults to sip_host
+    sip_realm: str = "gateway"
+
+    agents: list[AgentConfig] = Field(default_factory=list)
+
+    conversation_idle_hours: float = Field(72.0, gt=0)
+    context_token_ttl_seconds: int = Field(900, gt=0)
+    verification_ttl_seconds: int = Field(3600, gt=0)
+    otp_ttl_seconds: int = Field(600, gt=0)
+    otp_max_attempts: int = Field(5, ge=1)
+    escalation_ttl_seconds: int = Field(900, gt=0)
+    default_region: str | None = None  # for phone numbers written without +country
+
+    log_level: str = "INFO"
+    log_format: str = Field("json", pattern="^(json|text)$")
+
+    @field_validator("public_url", "twilio_api_url", "whatsapp_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///… or postgresql+asyncpg://…")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @model_validator(mode="after")
+    def _channels_complete(self) -> "Settings":
+        # A channel that is half-configured must not start: a webhook without its secret
+        # would either fail open or reject everything silently.
+        if self.twilio_account_sid and self.twilio_auth_token is None:
+            raise ValueError("twilio_auth_token: required when twilio_account_sid is set")
+        if self.twilio_auth_token is not None and not self.twilio_account_sid:
+            raise ValueError("twilio_account_sid: required when twilio_auth_token is set")
+        wa = [self.whatsapp_app_secret, self.whatsapp_verify_token, self.whatsapp_access_token]
+        if any(v is not None for v in wa) and self.whatsapp_app_secret is None:
+            raise ValueError("whatsapp_app_secret: required when WhatsApp is configured")
+        return self
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return bool(self.twilio_account_sid)
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return self.whatsapp_app_secret is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _key_name(loc: tuple[Any, ...]) -> str:
+    head = str(loc[0]) if loc else "?"
+    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    return f"{ENV_PREFIX}{head.upper()}{rest}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment (and `config_file`), or raise ConfigError."""
+    toml: Path | None = None
+    if config_file is not None:
+        toml = Path(config_file)
+        if not toml.is_file():
+            raise ConfigError(f"--config {toml}: no such file")
+        try:
+            tomllib.loads(toml.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--config {toml}: not valid TOML ({exc})") from None
+
+    class _Settings(Settings):
+        model_config = SettingsConfigDict(toml_file=toml)
+
+    try:
+        return _Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        loc = tuple(err.get("loc", ()))
+        if not loc:
+            # model-level checks name their own key: "twilio_auth_token: required when …"
+            key, _, why = msg.partition(": ")
+            if key.isidentifier() and why:
+                loc, msg = (key,), why
+        key = _key_name(loc)
+        got = err.get("input")
+        shown = "" if got is None or isinstance(got, (dict, list)) else f" (got {got!r})"
+        raise ConfigError(f"configuration error: {key}: {msg}{shown}") from None

@@ -1,0 +1,155 @@
+"""Conversations, legs and the transcript: where an inbound event lands.
+
+One open conversation per customer (closed after an idle window); one leg per channel session;
+the transcript is one ordered list across legs, ordered by the gateway's receive time (the
+row id). Functions take an open connection: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.models import Conversation, Leg, ProcessedEvent, TranscriptEntry
+from gateway.store import new_id
+
+CONVERSATIONS = Conversation.__table__
+LEGS = Leg.__table__
+TRANSCRIPT = TranscriptEntry.__table__
+PROCESSED = ProcessedEvent.__table__
+
+
+def insert_ignore(conn: AsyncConnection, table: Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING for the connection's dialect."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+async def claim_event(
+    conn: AsyncConnection, provider: str, event_id: str, now: datetime
+) -> bool:
+    """True the first time (provider, event_id) is seen; False for a duplicate.
+
+    Safe under concurrency: the primary key decides, and a concurrent twin waits for the
+    first transaction, then finds the row.
+    """
+    stmt = insert_ignore(conn, PROCESSED).values(
+        provider=provider, event_id=event_id, received_at=now
+    ).returning(PROCESSED.c.event_id)
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def open_conversation(
+    conn: AsyncConnection, customer_id: str, now: datetime, idle: timedelta
+) -> tuple[str, bool]:
+    """The customer's open conversation, or a new one. Returns (id, created)."""
+    row = (
+        await conn.execute(
+            select(CONVERSATIONS.c.id, CONVERSATIONS.c.last_activity_at)
+            .where(CONVERSATIONS.c.customer_id == customer_id, CONVERSATIONS.c.status == "open")
+            .order_by(CONVERSATIONS.c.opened_at.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is not None:
+        if now - row[1] <= idle:
+            return row[0], False
+        await close_conversation(conn, row[0], now)
+    conversation_id = new_id("conv")
+    await conn.execute(
+        insert(CONVERSATIONS).values(
+            id=conversation_id, customer_id=customer_id, status="open", opened_at=now,
+            last_activity_at=now, closed_at=None,
+        )
+    )
+    return conversation_id, True
+
+
+async def close_conversation(conn: AsyncConnection, conversation_id: str, now: datetime) -> None:
+    await conn.execute(
+        update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.status == "open")
+        .values(status="closed", closed_at=now)
+    )
+
+
+async def find_leg(
+    conn: AsyncConnection, conversation_id: str, channel: str, thread_key: str
+) -> str | None:
+    return (
+        await conn.execute(
+            select(LEGS.c.id).where(
+                LEGS.c.conversation_id == conversation_id,
+                LEGS.c.channel == channel,
+                LEGS.c.thread_key == thread_key,
+            )
+        )
+    ).scalar()
+
+
+async def open_leg(
+    conn: AsyncConnection,
+    conversation_id: str,
+    channel: str,
+    thread_key: str,
+    address: str,
+    binding: str,
+    now: datetime,
+    local_address: str | None = None,
+    escalation_id: str | None = None,
+) -> tuple[str, bool]:
+    """The leg for this thread in the conversation, or a new one. Returns (id, created)."""
+    existing = await find_leg(conn, conversation_id, channel, thread_key)
+    if existing is not None:
+        return existing, False
+    leg_id = new_id("leg")
+    await conn.execute(
+        insert(LEGS).values(
+            id=leg_id, conversation_id=conversation_id, channel=channel, thread_key=thread_key,
+            address=address, local_address=local_address, binding=binding,
+            escalation_id=escalation_id, started_at=now, ended_at=None, agent_id=None,
+        )
+    )
+    return leg_id, True
+
+
+async def append(
+    conn: AsyncConnection,
+    *,
+    conversation_id: str,
+    leg_id: str,
+    channel: str,
+    direction: str,
+    kind: str,
+    author: str,
+    text: str,
+    now: datetime,
+    provider: str | None = None,
+    provider_id: str | None = None,
+    provider_at: datetime | None = None,
+    data: dict[str, Any] | None = None,
+) -> int:
+    """Append one entry to the transcript and mark the conversation active."""
+    entry_id = (
+        await conn.execute(
+            insert(TRANSCRIPT)
+            .values(
+                conversation_id=conversation_id, leg_id=leg_id, at=now, provider_at=provider_at,
+                channel=channel, direction=direction, kind=kind, author=author, text=text,
+                data=data, provider=provider, provider_id=provider_id,
+            )
+            .returning(TRANSCRIPT.c.id)
+        )
+    ).scalar_one()
+    await conn.execute(
+        update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id == conversation_id)
+        .values(last_activity_at=now)
+    )
+    return int(entry_id)

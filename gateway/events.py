@@ -1,0 +1,95 @@
+"""Typed events: what an edge hands the core after it has checked a provider's request.
+
+Edges (webhooks, connectors) build these; the core never sees a provider's raw payload.
+Values are checked here once, so the core can trust their shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from gateway.addresses import Address
+
+Direction = Literal["in", "out", "event"]
+CallEventKind = Literal["ringing", "answered", "ended", "failed", "transferred"]
+
+
+class Event:
+    """Base of every event an edge hands to the core."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    url: str
+    content_type: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage(Event):
+    """A customer wrote to us on a messaging channel (SMS, WhatsApp, email, XMPP, web)."""
+
+    sender: Address
+    recipient: str  # our number / mailbox / JID, as the channel names it
+    text: str
+    provider: str  # "twilio", "meta", "imap", "xmpp", "memory"
+    provider_id: str  # MessageSid, wamid, Message-ID, stanza id: the dedupe key
+    thread_key: str  # one leg per thread: see DESIGN.md "Conversations and legs"
+    attested: bool  # the channel authenticates the sender (WhatsApp wa_id, XMPP JID…)
+    provider_at: datetime | None = None
+    attachments: tuple[Attachment, ...] = ()
+    profile_name: str | None = None
+    also_known_as: tuple[Address, ...] = ()  # e.g. a WhatsApp user_id beside the wa_id
+    thread_token_ok: bool = False  # an email reply that carried our own thread token
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.provider_id:
+            raise ValueError("provider_id is required: it is how duplicates are found")
+        if not self.thread_key:
+            raise ValueError("thread_key is required")
+
+    @property
+    def channel(self) -> str:
+        return self.sender.channel
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus(Event):
+    """A provider's word on an outbound message (queued, sent, delivered, read, failed…)."""
+
+    provider: str
+    provider_message_id: str
+    status: str
+    at: datetime | None = None
+    error: str | None = None
+    event_id: str | None = None  # for dedupe when the provider gives one
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCall(Event):
+    """A call is being set up towards an agent (SIP INVITE, Twilio Voice webhook)."""
+
+    caller: Address  # voice:+E164 from caller ID, or sip:user@host
+    callee: str
+    call_ref: str  # SIP Call-ID or Twilio CallSid: one leg per call
+    provider: str  # "sip" | "twilio"
+    pin: str | None = None  # escalation PIN typed or dialled by the caller
+    escalation_token: str | None = None  # carried by a callback the gateway placed
+    caller_authenticated: bool = False  # e.g. a SIP REGISTERed, digest-authenticated caller
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent(Event):
+    call_ref: str
+    provider: str
+    kind: CallEventKind
+    agent_id: str | None = None
+    at: datetime | None = None
+    duration_seconds: float | None = None
+    detail: str | None = None
+    event_id: str | None = None

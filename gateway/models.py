@@ -1,0 +1,245 @@
+"""The store's schema: SQLAlchemy 2 typed models. Alembic migrations are generated from these.
+
+Rows never leave the store layer: repositories in `gateway/` turn them into the frozen domain
+objects of `gateway/domain.py`. Times are stored as timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite forgets the zone on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use gateway.clock.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JSON}
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    merged_into: Mapped[str | None] = mapped_column(ForeignKey("customers.id"))
+
+
+class CustomerAddress(Base):
+    """The current link of one address to one customer, with the evidence for it."""
+
+    __tablename__ = "addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(String(300))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    evidence: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(String(300))
+    linked_at: Mapped[datetime]
+    __table_args__ = (Index("ix_addresses_value", "value"),)
+
+
+class IdentityLink(Base):
+    """History of every link made or moved: nothing about identity is ever overwritten."""
+
+    __tablename__ = "identity_links"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    customer_id: Mapped[str] = mapped_column(String(40), index=True)
+    evidence: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(String(300))
+    at: Mapped[datetime]
+    merge_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class Merge(Base):
+    __tablename__ = "merges"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    survivor_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    merged_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    agent: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime]
+    undone_at: Mapped[datetime | None]
+    # what moved, so undo restores exactly: {"addresses": [...], "conversations": [...],
+    # "evidence": {address: evidence}}
+    moved: Mapped[dict[str, Any]]
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(10))  # open | closed
+    opened_at: Mapped[datetime]
+    last_activity_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),)
+
+
+class Leg(Base):
+    __tablename__ = "legs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    thread_key: Mapped[str] = mapped_column(String(400))
+    address: Mapped[str] = mapped_column(String(320))  # the customer's address on this leg
+    local_address: Mapped[str | None] = mapped_column(String(320))  # our number / mailbox
+    binding: Mapped[str] = mapped_column(String(20))  # how the leg is bound, see trust.py
+    escalation_id: Mapped[str | None] = mapped_column(String(40))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    agent_id: Mapped[str | None] = mapped_column(String(100))
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "channel", "thread_key", name="uq_leg_thread"),
+        Index("ix_legs_thread", "channel", "thread_key"),
+    )
+
+
+class TranscriptEntry(Base):
+    __tablename__ = "transcript_entries"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    leg_id: Mapped[str] = mapped_column(ForeignKey("legs.id"))
+    at: Mapped[datetime]  # the gateway's receive time: the order of the transcript
+    provider_at: Mapped[datetime | None]
+    channel: Mapped[str] = mapped_column(String(20))
+    direction: Mapped[str] = mapped_column(String(10))  # in | out | event
+    kind: Mapped[str] = mapped_column(String(20))  # message | call | system
+    author: Mapped[str] = mapped_column(String(320))
+    text: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+    provider: Mapped[str | None] = mapped_column(String(20))
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    __table_args__ = (
+        Index("ix_transcript_conversation", "conversation_id", "id"),
+        UniqueConstraint("provider", "provider_id", name="uq_transcript_provider_id"),
+    )
+
+
+class ProcessedEvent(Base):
+    """Provider events already taken: the same MessageSid/wamid/Message-ID is stored once."""
+
+    __tablename__ = "processed_events"
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[datetime]
+    result: Mapped[str | None] = mapped_column(String(80))  # e.g. the transcript entry id
+
+
+class VerificationGrant(Base):
+    __tablename__ = "verification_grants"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    method: Mapped[str] = mapped_column(String(30))  # sms-otp | email-otp | whatsapp-otp | …
+    level: Mapped[str] = mapped_column(String(20))  # possession | knowledge | agent
+    verified_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    conversation_id: Mapped[str | None] = mapped_column(String(40))
+    leg_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class OtpChallenge(Base):
+    __tablename__ = "otp_challenges"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320))
+    method: Mapped[str] = mapped_column(String(30))
+    code_hash: Mapped[str] = mapped_column(String(128))
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(12))  # pending | passed | locked | expired
+    conversation_id: Mapped[str | None] = mapped_column(String(40))
+    leg_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class Escalation(Base):
+    """A hand-off from a verified leg to a new one: a PIN to dial in with, or a callback."""
+
+    __tablename__ = "escalations"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    source_leg_id: Mapped[str | None] = mapped_column(String(40))
+    grant_id: Mapped[str | None] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(20))
+    mode: Mapped[str] = mapped_column(String(10))  # callback | dial-in
+    target_address: Mapped[str | None] = mapped_column(String(320))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    pin_hash: Mapped[str | None] = mapped_column(String(64))
+    pin_salt: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by_leg_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class ContextToken(Base):
+    """A capability for one leg's bundle. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "context_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    leg_id: Mapped[str] = mapped_column(ForeignKey("legs.id"))
+    conversation_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(40))
+    leg_id: Mapped[str | None] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))  # message | otp | call
+    to_address: Mapped[str] = mapped_column(String(320))
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(15))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    transcript_entry_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
