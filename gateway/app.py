@@ -1,0 +1,150 @@
+"""The composition root: builds the store, the core, the channels and the HTTP app, and wires them.
+
+This (with `gateway/cli.py`) is the only place in `gateway/` that imports `connectors/` and
+`webhooks/`. Start-up and shutdown run through aiohttp's `cleanup_ctx`, in order and in
+reverse: database, write batcher, connectors, outbox worker, SIP edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from config.settings import Settings
+from gateway.api import AgentApi, bearer_auth, errors_as_json
+from gateway.batching import WriteBatcher
+from gateway.channels import Connector
+from gateway.clock import Clock, SystemClock
+from gateway.core import Core, Policy
+from gateway.metrics import Metrics
+from gateway.outbox import OutboxWorker
+from gateway.store import make_engine, upgrade
+
+log = logging.getLogger("gateway.app")
+
+
+@dataclass
+class Gateway:
+    """Everything one running gateway owns; reachable from the app as app[GATEWAY]."""
+
+    settings: Settings
+    core: Core
+    metrics: Metrics
+    outbox: OutboxWorker
+    agent_token: str
+    connectors: list[Connector] = field(default_factory=list)
+    services: dict[str, Any] = field(default_factory=dict)  # e.g. "sip": the SIP edge
+    started: bool = False
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.started else "starting",
+            "database": self.core.engine.dialect.name,
+            "channels": sorted({c for conn in self.connectors for c in conn.channels}),
+            "services": sorted(self.services),
+            "writes": self.core.batcher.writes,
+            "commits": self.core.batcher.batches,
+        }
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+Lifecycle = Callable[[web.Application], AsyncIterator[None]]
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        public_url=settings.public_url,
+        conversation_idle=timedelta(hours=settings.conversation_idle_hours),
+        context_token_ttl=timedelta(seconds=settings.context_token_ttl_seconds),
+        verification_ttl=timedelta(seconds=settings.verification_ttl_seconds),
+        otp_ttl=timedelta(seconds=settings.otp_ttl_seconds),
+        otp_max_attempts=settings.otp_max_attempts,
+        escalation_ttl=timedelta(seconds=settings.escalation_ttl_seconds),
+        dial_in_number=settings.twilio_voice_number,
+    )
+
+
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    extra_connectors: Sequence[Connector] = (),
+    migrate: bool = True,
+    enable_sip: bool = True,
+) -> web.Application:
+    """Build the whole gateway as an aiohttp app; nothing touches the network until it starts."""
+    clock = clock or SystemClock()
+    token = settings.agent_token.get_secret_value() if settings.agent_token else None
+    if not token:
+        token = secrets.token_urlsafe(24)
+        log.warning("GATEWAY_AGENT_TOKEN is not set: generated one for this run: %s", token)
+    engine = make_engine(settings.database_url)
+    metrics = Metrics()
+    outbox_worker = OutboxWorker(engine, {}, clock)
+    core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
+                on_outbox=outbox_worker.wake)
+    gw = Gateway(settings, core, metrics, outbox_worker, token)
+
+    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)],
+                          client_max_size=2 * 1024 * 1024)
+    app[GATEWAY] = gw
+    app.add_routes(AgentApi(core, metrics, gw.health).routes())
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        if migrate:
+            await upgrade(settings.database_url)
+        await core.batcher.start()
+        try:
+            yield
+        finally:
+            await core.batcher.aclose()
+            await engine.dispose()
+
+    connectors: list[Connector] = list(extra_connectors)
+    lifecycles: list[Lifecycle] = []
+
+    # ---- channels: each block adds its connector, its webhook routes and its lifecycle ----
+    # (twilio-messaging)
+    # (whatsapp)
+    # (twilio-voice)
+    # (sip)
+
+    gw.connectors = connectors
+    for connector in connectors:
+        outbox_worker.add_connector(connector)
+
+    async def run_connectors(app: web.Application) -> AsyncIterator[None]:
+        started: list[Connector] = []
+        try:
+            for connector in connectors:
+                start = getattr(connector, "start", None)
+                if start is not None:
+                    await start()
+                started.append(connector)
+            yield
+        finally:
+            for connector in reversed(started):
+                close = getattr(connector, "aclose", None)
+                if close is not None:
+                    try:
+                        await close()
+                    except Exception:
+                        log.exception("closing connector %r failed", connector)
+
+    async def run_outbox(app: web.Application) -> AsyncIterator[None]:
+        await outbox_worker.start()
+        gw.started = True
+        try:
+            yield
+        finally:
+            gw.started = False
+            await outbox_worker.aclose()
+
+    app.cleanup_ctx.extend([database, run_connectors, run_outbox, *lifecycles])
+    return app

@@ -1,0 +1,87 @@
+"""The `gateway` command: serve, demo, db upgrade. Errors come out as one line, never a trace."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from config.settings import ConfigError, Settings, load_settings
+from gateway import logs
+from gateway.store import upgrade
+
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Telephony and messaging gateway with transcript continuity.",
+        epilog="Settings come from GATEWAY_* environment variables (see README.md).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a TOML file of settings "
+                        "(keys as in GATEWAY_*, lower case, without the prefix)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("serve", help="run the gateway (HTTP, webhooks, SIP, outbox)")
+    sub.add_parser("demo", help="tell the escalation story on loopback and print what the "
+                   "agent sees")
+    db = sub.add_parser("db", help="database commands")
+    db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
+    db_sub.add_parser("upgrade", help="apply the Alembic migrations up to the newest")
+    return parser
+
+
+async def serve(settings: Settings) -> None:
+    from gateway.app import build_app
+
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await site.start()
+        log.info("gateway listening on http://%s:%s (public URL %s)", settings.http_host,
+                 settings.http_port, settings.public_url)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None or (args.command == "db" and args.db_command is None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        if args.command == "serve":
+            asyncio.run(serve(settings))
+        elif args.command == "db":
+            asyncio.run(upgrade(settings.database_url))
+            print(f"database at {settings.database_url.split('@')[-1]} is up to date")
+        elif args.command == "demo":
+            from gateway.demo import run_demo
+
+            return asyncio.run(run_demo(settings))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
