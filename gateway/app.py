@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import Settings
+from gateway.agents import AgentDirectory
 from gateway.api import AgentApi, bearer_auth, errors_as_json
 from gateway.batching import WriteBatcher
 from gateway.channels import Connector
@@ -37,6 +38,7 @@ class Gateway:
     core: Core
     metrics: Metrics
     outbox: OutboxWorker
+    agents: AgentDirectory
     agent_token: str
     connectors: list[Connector] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)  # e.g. "sip": the SIP edge
@@ -89,7 +91,8 @@ def build_app(
     outbox_worker = OutboxWorker(engine, {}, clock)
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
                 on_outbox=outbox_worker.wake)
-    gw = Gateway(settings, core, metrics, outbox_worker, token)
+    agents = AgentDirectory(settings.agents, clock)
+    gw = Gateway(settings, core, metrics, outbox_worker, agents, token)
 
     app = web.Application(middlewares=[errors_as_json, bearer_auth(token)],
                           client_max_size=2 * 1024 * 1024)
