@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     escalation_ttl_seconds: int = Field(900, gt=0)
     default_region: str | None = None  # for phone numbers written without +country
 
+    # Only one process per database may send the outbox; API-only replicas set this false.
+    outbox_enabled: bool = True
+
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
 

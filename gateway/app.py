@@ -141,7 +141,10 @@ def build_app(
                         log.exception("closing connector %r failed", connector)
 
     async def run_outbox(app: web.Application) -> AsyncIterator[None]:
-        await outbox_worker.start()
+        if settings.outbox_enabled:
+            await outbox_worker.start()
+        else:
+            log.info("outbox sending is off here (GATEWAY_OUTBOX_ENABLED=false)")
         gw.started = True
         try:
             yield

@@ -177,9 +177,19 @@ async def legs_json(conn: AsyncConnection, conversation_id: str) -> list[dict[st
     rows = (
         await conn.execute(
             select(LEGS).where(LEGS.c.conversation_id == conversation_id)
-            .order_by(LEGS.c.started_at, LEGS.c.id)
         )
     ).mappings().all()
+    # Legs in the order they joined the transcript (times can tie; entry ids cannot).
+    first_entry = dict(
+        (
+            await conn.execute(
+                select(TRANSCRIPT.c.leg_id, func.min(TRANSCRIPT.c.id))
+                .where(TRANSCRIPT.c.conversation_id == conversation_id)
+                .group_by(TRANSCRIPT.c.leg_id)
+            )
+        ).all()
+    )
+    rows = sorted(rows, key=lambda r: (r["started_at"], first_entry.get(r["id"], 1 << 62)))
     return [
         {
             "id": r["id"], "channel": r["channel"], "address": r["address"],

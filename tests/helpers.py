@@ -1,0 +1,53 @@
+"""Small builders shared by the core's tests: typed events as an edge would hand them."""
+
+from __future__ import annotations
+
+import itertools
+
+from gateway.addresses import make_address
+from gateway.events import IncomingCall, InboundMessage
+
+_ids = itertools.count(1)
+BUSINESS = "+18005550000"
+
+
+def whatsapp(number: str, text: str, provider_id: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        sender=make_address("whatsapp", number), recipient=BUSINESS, text=text,
+        provider="meta", provider_id=provider_id or f"wamid.{next(_ids)}",
+        thread_key=f"meta:{BUSINESS}:{number}", attested=True,
+    )
+
+
+def sms(number: str, text: str, provider_id: str | None = None) -> InboundMessage:
+    return InboundMessage(
+        sender=make_address("sms", number), recipient=BUSINESS, text=text,
+        provider="twilio", provider_id=provider_id or f"SM{next(_ids):032x}",
+        thread_key=f"twilio:{BUSINESS}:{number}", attested=False,
+    )
+
+
+def email(addr: str, text: str, thread_token_ok: bool = False) -> InboundMessage:
+    return InboundMessage(
+        sender=make_address("email", addr), recipient="support@gw.test", text=text,
+        provider="imap", provider_id=f"<{next(_ids)}@mail.test>", thread_key="<root@gw.test>",
+        attested=False, thread_token_ok=thread_token_ok,
+    )
+
+
+def call(number: str | None, pin: str | None = None, token: str | None = None,
+         call_ref: str | None = None) -> IncomingCall:
+    return IncomingCall(
+        caller=make_address("voice", number) if number else None, callee="support",
+        call_ref=call_ref or f"call-{next(_ids)}@test", provider="sip", pin=pin,
+        escalation_token=token,
+    )
+
+
+def code_from(text: str) -> str:
+    """The six digits of an OTP or PIN message as the customer reads it."""
+    import re
+
+    match = re.search(r"(?:code is|PIN) (\d{6})", text)
+    assert match, f"no code in {text!r}"
+    return match.group(1)
