@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -167,6 +168,12 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
     try:
         return _Settings(**overrides)
+    except SettingsError as exc:
+        # pydantic-settings: 'error parsing value for field "agents" from source …'
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise ConfigError(
+            f"configuration error: {ENV_PREFIX}{field.upper()}: not valid JSON for a list/object"
+        ) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")

@@ -153,9 +153,12 @@ class AgentApi:
         raw = request.query.get("address")
         if not raw:
             return error(400, "give ?address=channel:value, e.g. whatsapp:+14155550100")
-        customer = await self.core.customer_by_address(parse_address(raw))
+        # A '+' in a query string arrives as a space unless encoded; the phone
+        # normaliser reads "sms: 1415…" as international format, which it is.
+        address = parse_address(raw)
+        customer = await self.core.customer_by_address(address)
         if customer is None:
-            return error(404, f"no customer with address {raw}")
+            return error(404, f"no customer with address {address}")
         return ok(customer)
 
     async def conversation(self, request: web.Request) -> web.Response:

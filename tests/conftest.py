@@ -92,7 +92,8 @@ class RunningGateway:
         return {"Authorization": f"Bearer {AGENT_TOKEN}"}
 
     async def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, headers=self.auth,
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        async with self.http.request(method, self.url + path, headers=headers,
                                      **kwargs) as resp:
             return resp.status, await resp.json()
 
