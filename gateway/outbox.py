@@ -32,7 +32,7 @@ RANK = {
     "pending": 0, "sending": 0, "unknown": 0, "accepted": 1, "queued": 1, "sending-provider": 1,
     "sent": 2, "failed": 3, "undelivered": 3, "delivered": 3, "read": 4,
 }
-FINAL = {"failed", "undelivered", "delivered", "read"}
+FINAL = {"failed", "undelivered", "read"}  # delivered may still become read
 LEASE = timedelta(seconds=60)
 
 
