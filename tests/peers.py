@@ -28,7 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -292,7 +292,9 @@ class _Child:
                     os.kill(pid, signal.SIGKILL)
 
 
-async def _wait_until(predicate, child: _Child, what: str, timeout: float = _READY_TIMEOUT) -> None:
+async def _wait_until(
+    predicate: Callable[[], bool], child: _Child, what: str, timeout: float = _READY_TIMEOUT
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if not child.alive():
@@ -320,12 +322,17 @@ def _postgres_bindir() -> Path | None:
         match = re.search(r"/postgresql/([\d.]+)/bin", path)
         return tuple(int(p) for p in match.group(1).split(".")) if match else (0,)
 
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)]
+    candidates += [
+        Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    ]
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).parent)
     for bindir in candidates:
-        if all(os.access(bindir / tool, os.X_OK) for tool in ("initdb", "postgres", "pg_isready", "psql")):
+        if all(
+            os.access(bindir / tool, os.X_OK)
+            for tool in ("initdb", "postgres", "pg_isready", "psql")
+        ):
             return bindir
     return None
 
@@ -367,7 +374,9 @@ class PostgresServer:
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     def url_for(self, database: str) -> str:
-        return f"postgresql+asyncpg://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+        return (
+            f"postgresql+asyncpg://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+        )
 
     # -- lifecycle
     def __enter__(self) -> PostgresServer:
@@ -380,13 +389,17 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         bindir = _postgres_bindir()
         if bindir is None:
-            peer_missing("postgresql", "no initdb/postgres under /usr/lib/postgresql/*/bin or on PATH")
+            peer_missing(
+                "postgresql", "no initdb/postgres under /usr/lib/postgresql/*/bin or on PATH"
+            )
         self.bindir = bindir
         if os.geteuid() == 0:
             try:
                 pg = pwd.getpwnam("postgres")
             except KeyError:
-                peer_missing("postgresql", "running as root but there is no `postgres` user to run it as")
+                peer_missing(
+                    "postgresql", "running as root but there is no `postgres` user to run it as"
+                )
             setpriv = _which("setpriv", "/usr/bin/setpriv")
             self._as_postgres = [setpriv, "--reuid=postgres", "--regid=postgres", "--init-groups"]
         self.directory = _make_peer_dir("postgres")
@@ -406,31 +419,62 @@ class PostgresServer:
 
     def _initdb(self) -> None:
         assert self.directory is not None and self.bindir is not None
-        base = [*self._as_postgres, str(self.bindir / "initdb"), "-D", str(self.directory / "data"),
-                "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+        base = [
+            *self._as_postgres,
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.directory / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
         attempts = [[*base, "--locale=C.UTF-8"], [*base, "--no-locale"]]
         for argv in attempts:
-            done = subprocess.run(argv, cwd=self.directory, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                argv, cwd=self.directory, capture_output=True, text=True, timeout=60
+            )
             if done.returncode == 0:
                 return
             shutil.rmtree(self.directory / "data", ignore_errors=True)
-        raise PeerStartError(f"initdb failed:\n$ {' '.join(argv)}\n{_tail(done.stdout + done.stderr)}")
+        raise PeerStartError(
+            f"initdb failed:\n$ {' '.join(argv)}\n{_tail(done.stdout + done.stderr)}"
+        )
 
     def _start_server(self) -> None:
         assert self.directory is not None and self.bindir is not None
         for _attempt in range(3):
             self.port = free_tcp_port()
-            argv = [*self._as_postgres, str(self.bindir / "postgres"), "-D", str(self.directory / "data"),
-                    "-p", str(self.port), "-k", str(self.directory),
-                    "-c", f"listen_addresses={self.host}", "-c", "fsync=off",
-                    "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                    "-c", f"max_connections={self.max_connections}"]
+            argv = [
+                *self._as_postgres,
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.directory / "data"),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.directory),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                f"max_connections={self.max_connections}",
+            ]
             self._child = _Child("postgres", argv, self.directory)
             deadline = time.monotonic() + _READY_TIMEOUT
             while time.monotonic() < deadline and self._child.alive():
                 ready = subprocess.run(
                     [str(self.bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
-                    capture_output=True, timeout=10,
+                    capture_output=True,
+                    timeout=10,
                 )
                 if ready.returncode == 0:
                     return
@@ -438,13 +482,30 @@ class PostgresServer:
             output = self._child.output()
             self._child.stop(signal.SIGINT)
             if "could not bind" not in output:  # lost a port race: try another port
-                raise PeerStartError(f"postgres did not become ready:\n$ {' '.join(argv)}\n{_tail(output)}")
+                raise PeerStartError(
+                    f"postgres did not become ready:\n$ {' '.join(argv)}\n{_tail(output)}"
+                )
         raise PeerStartError("postgres could not bind a free port three times")
 
     def _psql(self, *statements: str, database: str = "postgres") -> str:
         assert self.bindir is not None
-        argv = [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                "-h", self.host, "-p", str(self.port), "-U", "postgres", "-d", database]
+        argv = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ]
         for statement in statements:
             argv += ["-c", statement]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -483,8 +544,19 @@ class PostgresServer:
 # ---------------------------------------------------------------------------
 # SIPp
 
-_SIPP_BUILTIN = {"uac", "uas", "regexp", "3pcc-C-A", "3pcc-C-B", "3pcc-A", "3pcc-B", "branchc", "branchs",
-                 "uac_pcap", "ooc_default"}
+_SIPP_BUILTIN = {
+    "uac",
+    "uas",
+    "regexp",
+    "3pcc-C-A",
+    "3pcc-C-B",
+    "3pcc-A",
+    "3pcc-B",
+    "branchc",
+    "branchs",
+    "uac_pcap",
+    "ooc_default",
+}
 
 
 @dataclass
@@ -508,9 +580,11 @@ class SippResult:
 
     def describe(self) -> str:
         """A failure message worth reading: counts, command line, errors, screen."""
-        return (f"sipp exit {self.returncode}: {self.successful} successful, {self.failed} failed\n"
-                f"$ {' '.join(self.argv)}\n{_tail(self.errors, 40)}\n{_tail(self.screen, 30)}"
-                f"\n{_tail(self.output, 10)}")
+        return (
+            f"sipp exit {self.returncode}: {self.successful} successful, {self.failed} failed\n"
+            f"$ {' '.join(self.argv)}\n{_tail(self.errors, 40)}\n{_tail(self.screen, 30)}"
+            f"\n{_tail(self.output, 10)}"
+        )
 
 
 def _parse_sipp_stats(csv_text: str) -> tuple[int, int]:
@@ -520,7 +594,9 @@ def _parse_sipp_stats(csv_text: str) -> tuple[int, int]:
     header = lines[0].split(";")
     last = lines[-1].split(";")
     try:
-        return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
+        return int(last[header.index("SuccessfulCall(C)")]), int(
+            last[header.index("FailedCall(C)")]
+        )
     except (ValueError, IndexError):
         return 0, 0
 
@@ -562,9 +638,25 @@ def sipp_command(
         argv += ["-sn", scenario]
     else:
         argv += ["-sf", str(scenario)]
-    argv += ["-i", LOOPBACK, "-p", str(local_port), "-t", transport,
-             "-ci", LOOPBACK, "-cp", str(control_port), "-mi", LOOPBACK, "-mp", str(media_port),
-             "-nostdin", "-buff_size", str(SIPP_BUFF_SIZE)]
+    argv += [
+        "-i",
+        LOOPBACK,
+        "-p",
+        str(local_port),
+        "-t",
+        transport,
+        "-ci",
+        LOOPBACK,
+        "-cp",
+        str(control_port),
+        "-mi",
+        LOOPBACK,
+        "-mp",
+        str(media_port),
+        "-nostdin",
+        "-buff_size",
+        str(SIPP_BUFF_SIZE),
+    ]
     if service is not None:
         argv += ["-s", service]
     if calls is not None:
@@ -578,10 +670,22 @@ def sipp_command(
     if global_timeout_s is not None:
         argv += ["-timeout", f"{global_timeout_s:g}s", "-timeout_error"]
     if trace_dir is not None:
-        argv += ["-trace_stat", "-stf", str(trace_dir / "stat.csv"), "-fd", "1",
-                 "-trace_screen", "-screen_file", str(trace_dir / "screen.log"),
-                 "-trace_err", "-error_file", str(trace_dir / "errors.log"),
-                 "-trace_logs", "-log_file", str(trace_dir / "actions.log")]
+        argv += [
+            "-trace_stat",
+            "-stf",
+            str(trace_dir / "stat.csv"),
+            "-fd",
+            "1",
+            "-trace_screen",
+            "-screen_file",
+            str(trace_dir / "screen.log"),
+            "-trace_err",
+            "-error_file",
+            str(trace_dir / "errors.log"),
+            "-trace_logs",
+            "-log_file",
+            str(trace_dir / "actions.log"),
+        ]
         if trace_messages:
             argv += ["-trace_msg", "-message_file", str(trace_dir / "messages.log")]
     argv += list(extra_args)
@@ -658,17 +762,29 @@ async def run_sipp_uac(
             local, control, media = _sipp_ports()
             scenario = _scenario_arg(scenario_xml, directory, "uac") if scenario_xml else "uac"
             argv = sipp_command(
-                scenario, local_port=local, control_port=control, media_port=media,
-                target=target_host_port, service=service, calls=calls, rate=rate,
-                call_length_ms=call_length_ms, transport=transport, trace_dir=directory,
-                trace_messages=trace_messages, recv_timeout_ms=recv_timeout_ms,
-                global_timeout_s=timeout, extra_args=extra_args,
+                scenario,
+                local_port=local,
+                control_port=control,
+                media_port=media,
+                target=target_host_port,
+                service=service,
+                calls=calls,
+                rate=rate,
+                call_length_ms=call_length_ms,
+                transport=transport,
+                trace_dir=directory,
+                trace_messages=trace_messages,
+                recv_timeout_ms=recv_timeout_ms,
+                global_timeout_s=timeout,
+                extra_args=extra_args,
             )
             child = _Child("sipp", argv, directory)
             if not await child.wait_async(timeout + 5.0):
                 await child.stop_async(signal.SIGKILL)
                 result = _collect_sipp(child, directory)
-                raise TimeoutError(f"sipp uac still running after {timeout:.0f}s\n{result.describe()}")
+                raise TimeoutError(
+                    f"sipp uac still running after {timeout:.0f}s\n{result.describe()}"
+                )
             result = _collect_sipp(child, directory)
             if result.returncode == 254:  # -2: could not bind a socket (lost a port race)
                 continue
@@ -729,13 +845,21 @@ class SippUas:
             for attempt in range(3):
                 local, control, media = _sipp_ports()
                 argv = sipp_command(
-                    scenario, local_port=local, control_port=control, media_port=media,
-                    calls=self.calls, transport=self.transport, trace_dir=self.directory,
-                    trace_messages=self.trace_messages, extra_args=self.extra_args,
+                    scenario,
+                    local_port=local,
+                    control_port=control,
+                    media_port=media,
+                    calls=self.calls,
+                    transport=self.transport,
+                    trace_dir=self.directory,
+                    trace_messages=self.trace_messages,
+                    extra_args=self.extra_args,
                 )
                 self._child = _Child("sipp", argv, self.directory)
                 try:
-                    await _wait_until(lambda: udp_port_bound(local), self._child, f"UDP {local} bound")
+                    await _wait_until(
+                        lambda port=local: udp_port_bound(port), self._child, f"UDP {local} bound"
+                    )
                 except PeerStartError:
                     if self._child.returncode == 254 and attempt < 2:
                         continue
@@ -899,7 +1023,8 @@ UAS_RING_UNTIL_CANCEL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="UAS ringing until CANCEL">
   <recv request="INVITE" crlf="true">
     <action>
-      <ereg regexp="[0-9]+ INVITE" search_in="hdr" header="CSeq:" check_it="true" assign_to="invite_cseq"/>
+      <ereg regexp="[0-9]+ INVITE" search_in="hdr" header="CSeq:" check_it="true"
+            assign_to="invite_cseq"/>
     </action>
   </recv>
   <send><![CDATA[
@@ -1188,16 +1313,23 @@ class Baresip:
             for attempt in range(3):
                 # sip_listen P takes UDP P, TCP P and TLS on TCP P+1.
                 self.sip_port = _free_port_where(
-                    (0, socket.SOCK_DGRAM), (0, socket.SOCK_STREAM), (1, socket.SOCK_STREAM))
+                    (0, socket.SOCK_DGRAM), (0, socket.SOCK_STREAM), (1, socket.SOCK_STREAM)
+                )
                 self.ctrl_port = free_tcp_port()
                 while self.ctrl_port in (self.sip_port, self.sip_port + 1):
                     self.ctrl_port = free_tcp_port()
                 self._write_config()
-                self._child = _Child("baresip", [binary, "-f", str(self.directory), "-s"], self.directory,
-                                     env={**os.environ, "HOME": str(self.directory)})
+                self._child = _Child(
+                    "baresip",
+                    [binary, "-f", str(self.directory), "-s"],
+                    self.directory,
+                    env={**os.environ, "HOME": str(self.directory)},
+                )
                 self.log_path = self._child.stdout_path
                 try:
-                    await _wait_until(self._ready, self._child, "'baresip is ready.' and ports bound")
+                    await _wait_until(
+                        self._ready, self._child, "'baresip is ready.' and ports bound"
+                    )
                 except PeerStartError:
                     if "in use" in self._child.output() and attempt < 2:
                         await self._child.stop_async(signal.SIGKILL)
@@ -1266,7 +1398,8 @@ class Baresip:
     async def command(self, command: str, params: str = "", timeout: float = 5.0) -> dict:
         """Run a baresip command over ctrl_tcp (JSON in netstrings); returns the response."""
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(LOOPBACK, self.ctrl_port), timeout)
+            asyncio.open_connection(LOOPBACK, self.ctrl_port), timeout
+        )
         try:
             token = secrets.token_hex(4)
             body = json.dumps({"command": command, "params": params, "token": token}).encode()
@@ -1274,7 +1407,9 @@ class Baresip:
             await writer.drain()
             while True:  # events may arrive on the same connection before the response
                 length = int((await asyncio.wait_for(reader.readuntil(b":"), timeout))[:-1])
-                payload = json.loads((await asyncio.wait_for(reader.readexactly(length + 1), timeout))[:-1])
+                payload = json.loads(
+                    (await asyncio.wait_for(reader.readexactly(length + 1), timeout))[:-1]
+                )
                 if payload.get("response") and payload.get("token") == token:
                     return payload
         finally:
@@ -1301,8 +1436,12 @@ def _kamailio_supports_tlsf(binary: str, config: Path) -> bool:
     """Whether `-x tlsf` (the fast shared-memory allocator) is accepted by this build."""
     global _kamailio_tlsf
     if _kamailio_tlsf is None:
-        done = subprocess.run([binary, "-f", str(config), "-c", "-x", "tlsf"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [binary, "-f", str(config), "-c", "-x", "tlsf"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         _kamailio_tlsf = done.returncode == 0
     return _kamailio_tlsf
 
@@ -1369,11 +1508,15 @@ class Kamailio:
                 if self.used_tlsf:
                     argv += ["-x", "tlsf"]
                 self._child = _Child("kamailio", argv, self.directory)
-                port = self.port
+                child, port = self._child, self.port
                 try:
                     await _wait_until(
-                        lambda: udp_port_bound(port) and "processes (at least)" in self._child.output(),
-                        self._child, f"UDP {port} bound")
+                        lambda child=child, port=port: (
+                            udp_port_bound(port) and "processes (at least)" in child.output()
+                        ),
+                        child,
+                        f"UDP {port} bound",
+                    )
                 except PeerStartError:
                     if "in use" in self._child.output() and attempt < 2:
                         continue

@@ -77,7 +77,10 @@ async def test_sipp_uac_completes_calls_against_sipp_uas() -> None:
 async def test_uas_checking_context_headers_accepts_them_and_logs_them() -> None:
     async with SippUas(UAS_CHECK_CONTEXT_HEADERS, calls=2) as uas:
         result = await run_sipp_uac(
-            uas.address, calls=2, rate=20, scenario_xml=UAC_WITH_CONTEXT_HEADERS,
+            uas.address,
+            calls=2,
+            rate=20,
+            scenario_xml=UAC_WITH_CONTEXT_HEADERS,
             extra_args=context_header_keys(CONTEXT_URL, "conv-42"),
         )
         assert result.ok, result.describe()
@@ -138,7 +141,11 @@ async def test_baresip_starts_answers_options_and_stops() -> None:
 async def test_baresip_auto_answers_and_shows_the_context_headers_it_received() -> None:
     async with Baresip("alice") as phone:
         result = await run_sipp_uac(
-            phone.address, service="alice", calls=1, rate=1, call_length_ms=200,
+            phone.address,
+            service="alice",
+            calls=1,
+            rate=1,
+            call_length_ms=200,
             scenario_xml=UAC_WITH_CONTEXT_HEADERS,
             extra_args=context_header_keys(CONTEXT_URL, "conv-7"),
         )
@@ -148,3 +155,34 @@ async def test_baresip_auto_answers_and_shows_the_context_headers_it_received() 
         assert f"Call-Info: <{CONTEXT_URL}>;purpose=info" in invites[0]
         assert "X-Conversation-Id: conv-7" in invites[0]
         await phone.wait_for_log(r"Call established")
+
+
+REGISTRAR_ACCEPTING_ANYONE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="registrar without auth">
+  <recv request="REGISTER" crlf="true"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Contact:]
+      Expires: 60
+      Content-Length: 0
+    ]]></send>
+</scenario>
+"""
+
+
+async def test_baresip_registers_its_account_with_the_given_registrar() -> None:
+    async with SippUas(REGISTRAR_ACCEPTING_ANYONE) as registrar:
+        async with Baresip("bob", "pw", registrar=registrar.address) as phone:
+            await phone.wait_for_log(r"bob@127\.0\.0\.1.*200 OK")
+            sent = [
+                (dst, raw) for _src, dst, raw in phone.sip_trace() if raw.startswith("REGISTER")
+            ]
+            assert sent and sent[0][0] == registrar.address
+            assert f"To: <sip:bob@{registrar.address}>" in sent[0][1]
+            assert "REGISTER sip:" in registrar.messages()

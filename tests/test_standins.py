@@ -64,29 +64,45 @@ async def test_twilio_library_sends_an_sms_through_the_standin(twilio: TwilioSta
     client = _client(twilio.base_url)
     try:
         message = await client.messages.create_async(
-            to="+14155550100", from_="+14155550199", body="Your code is 123456",
-            status_callback="http://127.0.0.1:8080/webhooks/twilio/status")
+            to="+14155550100",
+            from_="+14155550199",
+            body="Your code is 123456",
+            status_callback="http://127.0.0.1:8080/webhooks/twilio/status",
+        )
     finally:
         await client.http_client.close()
     assert re.fullmatch(r"SM[0-9a-f]{32}", message.sid)
     assert (message.status, message.to, message.from_, message.body) == (
-        "queued", "+14155550100", "+14155550199", "Your code is 123456")
+        "queued",
+        "+14155550100",
+        "+14155550199",
+        "Your code is 123456",
+    )
     assert message.num_segments == "1" and message.direction == "outbound-api"
     assert message.date_created is not None and message.date_created.tzinfo is not None
     assert message.uri == f"/2010-04-01/Accounts/{SID}/Messages/{message.sid}.json"
-    assert twilio.messages == [{
-        "To": "+14155550100", "From": "+14155550199", "Body": "Your code is 123456",
-        "StatusCallback": "http://127.0.0.1:8080/webhooks/twilio/status", "Sid": message.sid,
-    }]
+    assert twilio.messages == [
+        {
+            "To": "+14155550100",
+            "From": "+14155550199",
+            "Body": "Your code is 123456",
+            "StatusCallback": "http://127.0.0.1:8080/webhooks/twilio/status",
+            "Sid": message.sid,
+        }
+    ]
 
 
 async def test_twilio_library_sends_whatsapp_and_places_a_call(twilio: TwilioStandin) -> None:
     client = _client(twilio.base_url)
     try:
         message = await client.messages.create_async(
-            to="whatsapp:+14155550100", from_="whatsapp:+14155550199", body="Hi")
+            to="whatsapp:+14155550100", from_="whatsapp:+14155550199", body="Hi"
+        )
         call = await client.calls.create_async(
-            to="+14155550100", from_="+14155550199", url="http://127.0.0.1:8080/webhooks/twilio/voice")
+            to="+14155550100",
+            from_="+14155550199",
+            url="http://127.0.0.1:8080/webhooks/twilio/voice",
+        )
         fetched = await client.messages(message.sid).fetch_async()
     finally:
         await client.http_client.close()
@@ -96,7 +112,9 @@ async def test_twilio_library_sends_whatsapp_and_places_a_call(twilio: TwilioSta
     assert fetched.sid == message.sid and fetched.body == "Hi"
 
 
-async def test_twilio_rejects_a_wrong_token_with_its_authenticate_error(twilio: TwilioStandin) -> None:
+async def test_twilio_rejects_a_wrong_token_with_its_authenticate_error(
+    twilio: TwilioStandin,
+) -> None:
     client = _client(twilio.base_url, token="wrong")
     try:
         with pytest.raises(TwilioRestException) as caught:
@@ -106,16 +124,21 @@ async def test_twilio_rejects_a_wrong_token_with_its_authenticate_error(twilio: 
     assert (caught.value.status, caught.value.code) == (401, 20003)
     assert twilio.messages == [] and twilio.requests[0].status == 401
     assert twilio.requests[0].response == {
-        "code": 20003, "message": "Authenticate",
-        "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}
+        "code": 20003,
+        "message": "Authenticate",
+        "more_info": "https://www.twilio.com/docs/errors/20003",
+        "status": 401,
+    }
 
 
 async def test_twilio_checks_the_account_in_the_path(twilio: TwilioStandin) -> None:
     other = new_twilio_sid("AC")
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{twilio.base_url}/2010-04-01/Accounts/{other}/Messages.json",
-                             data={"To": "+14155550100", "From": "+14155550199", "Body": "x"},
-                             headers=AUTH) as response:
+        async with http.post(
+            f"{twilio.base_url}/2010-04-01/Accounts/{other}/Messages.json",
+            data={"To": "+14155550100", "From": "+14155550199", "Body": "x"},
+            headers=AUTH,
+        ) as response:
             assert response.status == 404
             assert (await response.json())["code"] == 20404
 
@@ -135,8 +158,9 @@ async def test_twilio_validates_message_fields_like_twilio(
     twilio: TwilioStandin, fields: dict[str, str], code: int
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{twilio.base_url}/2010-04-01/Accounts/{SID}/Messages.json",
-                             data=fields, headers=AUTH) as response:
+        async with http.post(
+            f"{twilio.base_url}/2010-04-01/Accounts/{SID}/Messages.json", data=fields, headers=AUTH
+        ) as response:
             body = await response.json()
     assert (response.status, body["code"], body["status"]) == (400, code, 400)
     assert twilio.messages == []
@@ -146,12 +170,15 @@ async def test_twilio_messaging_service_and_media_and_segments(twilio: TwilioSta
     service = new_twilio_sid("MG")
     client = _client(twilio.base_url)
     try:
-        queued = await client.messages.create_async(to="+14155550100", messaging_service_sid=service,
-                                                    body="hello")
-        media = await client.messages.create_async(to="+14155550100", from_="+14155550199",
-                                                   media_url=["https://example.org/a.png"])
-        long_unicode = await client.messages.create_async(to="+14155550100", from_="+14155550199",
-                                                          body="ü€😀" * 30)
+        queued = await client.messages.create_async(
+            to="+14155550100", messaging_service_sid=service, body="hello"
+        )
+        media = await client.messages.create_async(
+            to="+14155550100", from_="+14155550199", media_url=["https://example.org/a.png"]
+        )
+        long_unicode = await client.messages.create_async(
+            to="+14155550100", from_="+14155550199", body="ü€😀" * 30
+        )
         with pytest.raises(TwilioRestException) as caught:
             await client.calls.create_async(to="+14155550100", from_="+14155550199")
     finally:
@@ -169,7 +196,9 @@ async def test_twilio_failure_injection_then_recovery(twilio: TwilioStandin) -> 
     try:
         for _ in range(2):
             with pytest.raises(TwilioRestException) as caught:
-                await client.messages.create_async(to="+14155550100", from_="+14155550199", body="x")
+                await client.messages.create_async(
+                    to="+14155550100", from_="+14155550199", body="x"
+                )
             assert (caught.value.status, caught.value.code) == (503, 20503)
         await client.messages.create_async(to="+14155550100", from_="+14155550199", body="x")
     finally:
@@ -184,9 +213,11 @@ async def test_twilio_delay_makes_a_client_time_out_and_close_stays_fast() -> No
     standin.delay_next(30)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as http:
         with pytest.raises(asyncio.TimeoutError):
-            await http.post(f"{standin.base_url}/2010-04-01/Accounts/{SID}/Messages.json",
-                            data={"To": "+14155550100", "From": "+14155550199", "Body": "x"},
-                            headers=AUTH)
+            await http.post(
+                f"{standin.base_url}/2010-04-01/Accounts/{SID}/Messages.json",
+                data={"To": "+14155550100", "From": "+14155550199", "Body": "x"},
+                headers=AUTH,
+            )
     started = time.monotonic()
     await standin.close()
     assert time.monotonic() - started < 3
@@ -201,8 +232,9 @@ async def test_twilio_delay_needs_asyncio_timeout_around_the_twilio_library() ->
         try:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
-                    await client.messages.create_async(to="+14155550100", from_="+14155550199",
-                                                       body="x")
+                    await client.messages.create_async(
+                        to="+14155550100", from_="+14155550199", body="x"
+                    )
         finally:
             await client.http_client.close()
         assert standin.messages == []
@@ -213,7 +245,9 @@ async def test_twilio_wait_for_messages(twilio: TwilioStandin) -> None:
         await asyncio.sleep(0.05)
         client = _client(twilio.base_url)
         try:
-            await client.messages.create_async(to="+14155550100", from_="+14155550199", body="later")
+            await client.messages.create_async(
+                to="+14155550100", from_="+14155550199", body="later"
+            )
         finally:
             await client.http_client.close()
 
@@ -241,20 +275,37 @@ def test_twilio_sms_and_whatsapp_forms_carry_the_documented_fields() -> None:
     assert re.fullmatch(r"SM[0-9a-f]{32}", sms["MessageSid"])
     assert sms["SmsSid"] == sms["SmsMessageSid"] == sms["MessageSid"]
     assert (sms["NumMedia"], sms["NumSegments"], sms["SmsStatus"], sms["ApiVersion"]) == (
-        "0", "1", "received", "2010-04-01")
+        "0",
+        "1",
+        "received",
+        "2010-04-01",
+    )
     assert "FromCity" in sms and "WaId" not in sms
 
-    wa = twilio_sms_form(account_sid=SID, from_="whatsapp:+14155550100", to="whatsapp:+14155550199",
-                         body="hola", profile_name="Ann",
-                         media=[("https://api.twilio.com/media/ME1", "image/jpeg")])
+    wa = twilio_sms_form(
+        account_sid=SID,
+        from_="whatsapp:+14155550100",
+        to="whatsapp:+14155550199",
+        body="hola",
+        profile_name="Ann",
+        media=[("https://api.twilio.com/media/ME1", "image/jpeg")],
+    )
     assert (wa["ProfileName"], wa["WaId"]) == ("Ann", "14155550100")
     assert (wa["NumMedia"], wa["MediaContentType0"]) == ("1", "image/jpeg")
     assert wa["MessageSid"].startswith("MM") and "FromCity" not in wa
 
-    status = twilio_status_form(account_sid=SID, message_sid=sms["MessageSid"], from_="+14155550199",
-                                to="+14155550100", status="undelivered", error_code=30003)
+    status = twilio_status_form(
+        account_sid=SID,
+        message_sid=sms["MessageSid"],
+        from_="+14155550199",
+        to="+14155550100",
+        status="undelivered",
+        error_code=30003,
+    )
     assert (status["MessageStatus"], status["ErrorCode"]) == ("undelivered", "30003")
-    voice = twilio_voice_form(account_sid=SID, from_="+14155550100", to="+14155550199", digits="1234")
+    voice = twilio_voice_form(
+        account_sid=SID, from_="+14155550100", to="+14155550199", digits="1234"
+    )
     assert voice["CallSid"].startswith("CA") and voice["Digits"] == "1234"
     assert voice["CallStatus"] == "ringing" and voice["Direction"] == "inbound"
 
@@ -262,8 +313,14 @@ def test_twilio_sms_and_whatsapp_forms_carry_the_documented_fields() -> None:
 # --- Meta Graph API
 
 
-async def _send(graph: MetaGraphStandin, body: object, *, token: str | None = "EAAGtoken",
-                phone_number_id: str | None = None, version: str = "v21.0") -> tuple[int, dict]:
+async def _send(
+    graph: MetaGraphStandin,
+    body: object,
+    *,
+    token: str | None = "EAAGtoken",
+    phone_number_id: str | None = None,
+    version: str = "v21.0",
+) -> tuple[int, dict]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = f"{graph.base_url}/{version}/{phone_number_id or graph.phone_number_id}/messages"
     async with aiohttp.ClientSession() as http:
@@ -271,11 +328,19 @@ async def _send(graph: MetaGraphStandin, body: object, *, token: str | None = "E
             return response.status, await response.json()
 
 
-async def test_meta_accepts_a_text_message_with_the_documented_answer(graph: MetaGraphStandin) -> None:
-    status, body = await _send(graph, {
-        "messaging_product": "whatsapp", "recipient_type": "individual",
-        "to": "+14155550100", "type": "text", "text": {"body": "Hello"},
-    })
+async def test_meta_accepts_a_text_message_with_the_documented_answer(
+    graph: MetaGraphStandin,
+) -> None:
+    status, body = await _send(
+        graph,
+        {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": "+14155550100",
+            "type": "text",
+            "text": {"body": "Hello"},
+        },
+    )
     assert status == 200
     assert body["messaging_product"] == "whatsapp"
     assert body["contacts"] == [{"input": "+14155550100", "wa_id": "14155550100"}]
@@ -287,10 +352,15 @@ async def test_meta_accepts_a_text_message_with_the_documented_answer(graph: Met
 
 
 async def test_meta_template_message_is_accepted(graph: MetaGraphStandin) -> None:
-    status, body = await _send(graph, {
-        "messaging_product": "whatsapp", "to": "14155550100", "type": "template",
-        "template": {"name": "hello_world", "language": {"code": "en_US"}},
-    })
+    status, body = await _send(
+        graph,
+        {
+            "messaging_product": "whatsapp",
+            "to": "14155550100",
+            "type": "template",
+            "template": {"name": "hello_world", "language": {"code": "en_US"}},
+        },
+    )
     assert status == 200 and body["messages"][0]["message_status"] == "accepted"
 
 
@@ -305,9 +375,16 @@ async def test_meta_template_message_is_accepted(graph: MetaGraphStandin) -> Non
 async def test_meta_checks_token_and_phone_number_id(
     graph: MetaGraphStandin, kwargs: dict, status: int, code: int, error_type: str
 ) -> None:
-    got_status, body = await _send(graph, {
-        "messaging_product": "whatsapp", "to": "14155550100", "type": "text", "text": {"body": "x"},
-    }, **kwargs)
+    got_status, body = await _send(
+        graph,
+        {
+            "messaging_product": "whatsapp",
+            "to": "14155550100",
+            "type": "text",
+            "text": {"body": "x"},
+        },
+        **kwargs,
+    )
     assert (got_status, body["error"]["code"], body["error"]["type"]) == (status, code, error_type)
     assert "fbtrace_id" in body["error"] and graph.messages == []
 
@@ -320,24 +397,36 @@ async def test_meta_checks_token_and_phone_number_id(
         {"messaging_product": "whatsapp", "type": "text", "text": {"body": "x"}},
         {"messaging_product": "whatsapp", "to": "14155550100", "type": "text", "text": {}},
         {"messaging_product": "whatsapp", "to": "14155550100", "type": "fax", "fax": {}},
-        {"messaging_product": "whatsapp", "to": "14155550100", "type": "template",
-         "template": {"name": "x"}},
+        {
+            "messaging_product": "whatsapp",
+            "to": "14155550100",
+            "type": "template",
+            "template": {"name": "x"},
+        },
         ["not", "an", "object"],
     ],
 )
-async def test_meta_rejects_malformed_messages_with_code_100(graph: MetaGraphStandin, payload) -> None:
+async def test_meta_rejects_malformed_messages_with_code_100(
+    graph: MetaGraphStandin, payload
+) -> None:
     status, body = await _send(graph, payload)
     assert (status, body["error"]["code"]) == (400, 100), body
     assert graph.messages == []
 
 
 async def test_meta_mark_as_read_and_failure_injection(graph: MetaGraphStandin) -> None:
-    status, body = await _send(graph, {"messaging_product": "whatsapp", "status": "read",
-                                       "message_id": "wamid.abc"})
+    status, body = await _send(
+        graph, {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.abc"}
+    )
     assert (status, body) == (200, {"success": True}) and graph.read_receipts == ["wamid.abc"]
     graph.fail_next(1, status=500)
     graph.fail_next(1, status=429)
-    ok = {"messaging_product": "whatsapp", "to": "14155550100", "type": "text", "text": {"body": "x"}}
+    ok = {
+        "messaging_product": "whatsapp",
+        "to": "14155550100",
+        "type": "text",
+        "text": {"body": "x"},
+    }
     assert (await _send(graph, ok))[1]["error"]["code"] == 1
     status, body = await _send(graph, ok)
     assert (status, body["error"]["code"]) == (429, 130429)
@@ -348,21 +437,40 @@ async def test_meta_mark_as_read_and_failure_injection(graph: MetaGraphStandin) 
 
 
 def test_meta_message_payload_matches_the_webhook_reference() -> None:
-    payload = meta_message_payload("106540352242922", "15550783881", "14155550100", "Hi there",
-                                   wamid="wamid.TEST", timestamp=1700000000, profile_name="Ann")
+    payload = meta_message_payload(
+        "106540352242922",
+        "15550783881",
+        "14155550100",
+        "Hi there",
+        wamid="wamid.TEST",
+        timestamp=1700000000,
+        profile_name="Ann",
+    )
     (entry,) = payload["entry"]
     (change,) = entry["changes"]
     value = change["value"]
     assert payload["object"] == "whatsapp_business_account" and change["field"] == "messages"
-    assert value["metadata"] == {"display_phone_number": "15550783881",
-                                 "phone_number_id": "106540352242922"}
+    assert value["metadata"] == {
+        "display_phone_number": "15550783881",
+        "phone_number_id": "106540352242922",
+    }
     assert value["contacts"] == [{"profile": {"name": "Ann"}, "wa_id": "14155550100"}]
-    assert value["messages"] == [{"from": "14155550100", "id": "wamid.TEST", "timestamp": "1700000000",
-                                  "type": "text", "text": {"body": "Hi there"}}]
+    assert value["messages"] == [
+        {
+            "from": "14155550100",
+            "id": "wamid.TEST",
+            "timestamp": "1700000000",
+            "type": "text",
+            "text": {"body": "Hi there"},
+        }
+    ]
 
     bsuid_only = meta_message_payload("1", "2", None, "hi", user_id="US.13491208655302741918")
     value = bsuid_only["entry"][0]["changes"][0]["value"]
-    assert value["contacts"][0] == {"profile": {"name": "Customer"}, "user_id": "US.13491208655302741918"}
+    assert value["contacts"][0] == {
+        "profile": {"name": "Customer"},
+        "user_id": "US.13491208655302741918",
+    }
     assert "from" not in value["messages"][0]
     assert value["messages"][0]["from_user_id"] == "US.13491208655302741918"
 
@@ -370,7 +478,11 @@ def test_meta_message_payload_matches_the_webhook_reference() -> None:
 def test_meta_status_payload_and_signature() -> None:
     failed = meta_status_payload("1", "2", "wamid.X", "failed", "14155550100", error_code=131047)
     status = failed["entry"][0]["changes"][0]["value"]["statuses"][0]
-    assert (status["id"], status["status"], status["recipient_id"]) == ("wamid.X", "failed", "14155550100")
+    assert (status["id"], status["status"], status["recipient_id"]) == (
+        "wamid.X",
+        "failed",
+        "14155550100",
+    )
     assert status["errors"][0]["code"] == 131047
     delivered = meta_status_payload("1", "2", "wamid.X", "delivered", "14155550100")
     assert "pricing" in delivered["entry"][0]["changes"][0]["value"]["statuses"][0]
@@ -380,5 +492,8 @@ def test_meta_status_payload_and_signature() -> None:
     expected = hmac.new(b"app-secret", raw, hashlib.sha256).hexdigest()
     assert headers["X-Hub-Signature-256"] == sign_meta("app-secret", raw) == f"sha256={expected}"
     params = meta_verification_params("verify-me", "1158201444")
-    assert params == {"hub.mode": "subscribe", "hub.verify_token": "verify-me",
-                      "hub.challenge": "1158201444"}
+    assert params == {
+        "hub.mode": "subscribe",
+        "hub.verify_token": "verify-me",
+        "hub.challenge": "1158201444",
+    }

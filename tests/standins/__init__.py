@@ -73,5 +73,7 @@ if pytest_asyncio is not None:
     async def meta_graph_standin() -> AsyncIterator[MetaGraphStandin]:
         """A started Graph API stand-in; `.access_token`, `.phone_number_id`, `.base_url`."""
         token = "EAAG" + secrets.token_urlsafe(40)
-        async with MetaGraphStandin(token, str(100000000000000 + secrets.randbelow(10**14))) as standin:
+        async with MetaGraphStandin(
+            token, str(100000000000000 + secrets.randbelow(10**14))
+        ) as standin:
             yield standin

@@ -1,5 +1,6 @@
-"""A loopback stand-in for Meta's WhatsApp Cloud API (Graph `/{version}/{phone_number_id}/messages`),
-plus builders for the signed webhooks Meta sends to the gateway.
+"""A loopback stand-in for Meta's WhatsApp Cloud API (Graph
+`/{version}/{phone_number_id}/messages`), plus builders for the signed webhooks Meta
+sends to the gateway.
 
 The stand-in checks each request as the Graph API does (bearer access token, the
 phone number id in the path, `messaging_product`, `to`, `type` and the type's object)
@@ -36,21 +37,42 @@ __all__ = [
 ]
 
 MESSAGE_TYPES = {
-    "text", "template", "image", "audio", "video", "document", "sticker", "location",
-    "contacts", "interactive", "reaction",
+    "text",
+    "template",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "reaction",
 }
 _VERSION = re.compile(r"^v\d+\.\d+$")
 
 
 def new_wamid(wa_id: str = "") -> str:
     """A WhatsApp message id shaped like Meta's: "wamid." + base64 of an opaque blob."""
-    blob = (b"\x1c\x18" + bytes([len(wa_id)]) + wa_id.encode() + b"\x15\x02\x00\x11\x18\x12"
-            + secrets.token_hex(9).upper().encode() + b"\x00")
+    blob = (
+        b"\x1c\x18"
+        + bytes([len(wa_id)])
+        + wa_id.encode()
+        + b"\x15\x02\x00\x11\x18\x12"
+        + secrets.token_hex(9).upper().encode()
+        + b"\x00"
+    )
     return "wamid." + base64.b64encode(blob).decode()
 
 
-def graph_error(code: int, message: str, *, type_: str = "OAuthException", details: str | None = None,
-                subcode: int | None = None) -> dict:
+def graph_error(
+    code: int,
+    message: str,
+    *,
+    type_: str = "OAuthException",
+    details: str | None = None,
+    subcode: int | None = None,
+) -> dict:
     """Graph API error body."""
     error: dict = {"message": message, "type": type_, "code": code}
     if subcode is not None:
@@ -135,8 +157,9 @@ class MetaGraphStandin:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def fail_next(self, n: int = 1, status: int = 500, *, code: int | None = None,
-                  message: str | None = None) -> None:
+    def fail_next(
+        self, n: int = 1, status: int = 500, *, code: int | None = None, message: str | None = None
+    ) -> None:
         """Answer the next `n` requests with `status` and a Graph error body."""
         self._faults += [_Fault(status=status, code=code, message=message) for _ in range(n)]
 
@@ -146,14 +169,18 @@ class MetaGraphStandin:
 
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict]:
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.messages) >= count), timeout)
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.messages) >= count), timeout
+            )
         return self.messages
 
     def _answer(self, recorded: GraphRequest, status: int, body: dict) -> web.Response:
         recorded.status, recorded.response = status, body
         return web.json_response(body, status=status)
 
-    def _invalid(self, recorded: GraphRequest, message: str, details: str | None = None) -> web.Response:
+    def _invalid(
+        self, recorded: GraphRequest, message: str, details: str | None = None
+    ) -> web.Response:
         return self._answer(recorded, 400, graph_error(100, message, details=details))
 
     async def _messages(self, request: web.Request) -> web.Response:
@@ -168,45 +195,73 @@ class MetaGraphStandin:
                 pass
         if fault and fault.status:
             code, message = _FAULT_ERRORS.get(fault.status, (1, "An unknown error has occurred."))
-            return self._answer(recorded, fault.status,
-                                graph_error(fault.code or code, fault.message or message))
+            return self._answer(
+                recorded, fault.status, graph_error(fault.code or code, fault.message or message)
+            )
 
         authorization = request.headers.get("Authorization", "")
         token = authorization[7:] if authorization.startswith("Bearer ") else ""
         if not token:
-            return self._answer(recorded, 401, graph_error(
-                190, "An active access token must be used to query information about the current user.",
-                subcode=None))
+            return self._answer(
+                recorded,
+                401,
+                graph_error(
+                    190,
+                    "An active access token must be used to query information about the "
+                    "current user.",
+                    subcode=None,
+                ),
+            )
         if not secrets.compare_digest(token, self.access_token):
-            return self._answer(recorded, 401, graph_error(
-                190, "Invalid OAuth access token - Cannot parse access token"))
+            return self._answer(
+                recorded,
+                401,
+                graph_error(190, "Invalid OAuth access token - Cannot parse access token"),
+            )
         if not _VERSION.match(request.match_info["version"]):
-            return self._answer(recorded, 400, graph_error(
-                2635, f"(#2635) Unknown version: {request.match_info['version']}"))
+            return self._answer(
+                recorded,
+                400,
+                graph_error(2635, f"(#2635) Unknown version: {request.match_info['version']}"),
+            )
         if request.match_info["phone_number_id"] != self.phone_number_id:
-            return self._answer(recorded, 400, graph_error(
-                100,
-                f"Unsupported post request. Object with ID '{request.match_info['phone_number_id']}' "
-                "does not exist, cannot be loaded due to missing permissions, or does not support "
-                "this operation. Please read the Graph API documentation at "
-                "https://developers.facebook.com/docs/graph-api",
-                type_="GraphMethodException", subcode=33))
+            return self._answer(
+                recorded,
+                400,
+                graph_error(
+                    100,
+                    "Unsupported post request. Object with ID "
+                    f"'{request.match_info['phone_number_id']}' "
+                    "does not exist, cannot be loaded due to missing permissions, "
+                    "or does not support this operation. "
+                    "Please read the Graph API documentation at https://developers.facebook.com/docs/graph-api",
+                    type_="GraphMethodException",
+                    subcode=33,
+                ),
+            )
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         recorded.json = body
         if not isinstance(body, dict):
-            return self._invalid(recorded, "(#100) Invalid parameter", "Request body must be a JSON object")
+            return self._invalid(
+                recorded, "(#100) Invalid parameter", "Request body must be a JSON object"
+            )
 
         product = body.get("messaging_product")
         if product is None:
             return self._invalid(recorded, "(#100) The parameter messaging_product is required.")
         if product != "whatsapp":
-            return self._invalid(recorded, f'(#100) Param messaging_product must be one of {{WHATSAPP}} - got "{product}".')
+            return self._invalid(
+                recorded,
+                f'(#100) Param messaging_product must be one of {{WHATSAPP}} - got "{product}".',
+            )
 
         if body.get("status") == "read":  # mark an inbound message as read
-            if not isinstance(body.get("message_id"), str) or not body["message_id"].startswith("wamid."):
+            if not isinstance(body.get("message_id"), str) or not body["message_id"].startswith(
+                "wamid."
+            ):
                 return self._invalid(recorded, "(#100) Invalid parameter", "message_id is required")
             self.read_receipts.append(body["message_id"])
             return self._answer(recorded, 200, {"success": True})
@@ -217,7 +272,10 @@ class MetaGraphStandin:
             return self._invalid(recorded, "(#100) The parameter to is required.")
         kind = body.get("type", "text")
         if kind not in MESSAGE_TYPES:
-            return self._invalid(recorded, f"(#100) Param type must be one of {sorted(MESSAGE_TYPES)} - got \"{kind}\".")
+            return self._invalid(
+                recorded,
+                f'(#100) Param type must be one of {sorted(MESSAGE_TYPES)} - got "{kind}".',
+            )
         content = body.get(kind)
         if not isinstance(content, dict):
             return self._invalid(recorded, f"(#100) The parameter {kind} is required.")
@@ -226,14 +284,27 @@ class MetaGraphStandin:
             if not isinstance(text, str) or not text:
                 return self._invalid(recorded, "(#100) The parameter text['body'] is required.")
             if len(text) > 4096:
-                return self._invalid(recorded, "(#100) Param text['body'] must be at most 4096 characters long.")
+                return self._invalid(
+                    recorded, "(#100) Param text['body'] must be at most 4096 characters long."
+                )
         if kind == "template":
             language = content.get("language")
-            if not content.get("name") or not isinstance(language, dict) or not language.get("code"):
-                return self._invalid(recorded, "(#100) The parameter template['name'] and template['language']['code'] are required.")
+            if (
+                not content.get("name")
+                or not isinstance(language, dict)
+                or not language.get("code")
+            ):
+                return self._invalid(
+                    recorded,
+                    "(#100) The parameter template['name'] and template['language']['code'] "
+                    "are required.",
+                )
         if isinstance(to, str) and not re.fullmatch(r"\+?[\d\s().-]{7,20}", to):
-            return self._invalid(recorded, "(#131009) Parameter value is not valid",
-                                 f"Recipient phone number {to!r} is not a valid phone number")
+            return self._invalid(
+                recorded,
+                "(#131009) Parameter value is not valid",
+                f"Recipient phone number {to!r} is not a valid phone number",
+            )
 
         wa_id = re.sub(r"\D", "", to) if isinstance(to, str) else ""
         wamid = new_wamid(wa_id)
@@ -249,11 +320,15 @@ class MetaGraphStandin:
         self.message_ids.append(wamid)
         async with self._arrived:
             self._arrived.notify_all()
-        return self._answer(recorded, 200, {
-            "messaging_product": "whatsapp",
-            "contacts": [contact],
-            "messages": [message],
-        })
+        return self._answer(
+            recorded,
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [contact],
+                "messages": [message],
+            },
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -289,20 +364,24 @@ def meta_verification_params(verify_token: str, challenge: str | None = None) ->
 def _envelope(waba_id: str, phone_number_id: str, display_phone_number: str, value: dict) -> dict:
     return {
         "object": "whatsapp_business_account",
-        "entry": [{
-            "id": waba_id,
-            "changes": [{
-                "value": {
-                    "messaging_product": "whatsapp",
-                    "metadata": {
-                        "display_phone_number": display_phone_number,
-                        "phone_number_id": phone_number_id,
-                    },
-                    **value,
-                },
-                "field": "messages",
-            }],
-        }],
+        "entry": [
+            {
+                "id": waba_id,
+                "changes": [
+                    {
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": display_phone_number,
+                                "phone_number_id": phone_number_id,
+                            },
+                            **value,
+                        },
+                        "field": "messages",
+                    }
+                ],
+            }
+        ],
     }
 
 
@@ -337,10 +416,17 @@ def meta_message_payload(
     if user_id is not None:
         contact["user_id"] = user_id
         message["from_user_id"] = user_id
-    message = {key: message[key] for key in ("from", "from_user_id", "id", "timestamp", "type", "text")
-               if key in message}
-    return _envelope(waba_id, phone_number_id, display_phone_number,
-                     {"contacts": [contact], "messages": [message]})
+    message = {
+        key: message[key]
+        for key in ("from", "from_user_id", "id", "timestamp", "type", "text")
+        if key in message
+    }
+    return _envelope(
+        waba_id,
+        phone_number_id,
+        display_phone_number,
+        {"contacts": [contact], "messages": [message]},
+    )
 
 
 def meta_status_payload(
@@ -370,15 +456,21 @@ def meta_status_payload(
         if status == "sent":
             conversation["expiration_timestamp"] = str(int(entry["timestamp"]) + 86400)
         entry["conversation"] = conversation
-        entry["pricing"] = {"billable": True, "pricing_model": "PMP", "category": "service",
-                            "type": "regular"}
+        entry["pricing"] = {
+            "billable": True,
+            "pricing_model": "PMP",
+            "category": "service",
+            "type": "regular",
+        }
     if status == "failed":
         code = error_code or 131026
-        entry["errors"] = [{
-            "code": code,
-            "title": error_title,
-            "message": error_title,
-            "error_data": {"details": error_title},
-            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
-        }]
+        entry["errors"] = [
+            {
+                "code": code,
+                "title": error_title,
+                "message": error_title,
+                "error_data": {"details": error_title},
+                "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+            }
+        ]
     return _envelope(waba_id, phone_number_id, display_phone_number, {"statuses": [entry]})

@@ -170,8 +170,9 @@ class TwilioStandin:
         await self.close()
 
     # -- failure injection
-    def fail_next(self, n: int = 1, status: int = 500, *, code: int | None = None,
-                  message: str | None = None) -> None:
+    def fail_next(
+        self, n: int = 1, status: int = 500, *, code: int | None = None, message: str | None = None
+    ) -> None:
         """Answer the next `n` requests with `status` and a Twilio error body."""
         self._faults += [_Fault(status=status, code=code, message=message) for _ in range(n)]
 
@@ -182,12 +183,16 @@ class TwilioStandin:
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         """Wait until at least `count` messages were accepted."""
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.messages) >= count), timeout)
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.messages) >= count), timeout
+            )
         return self.messages
 
     async def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.calls) >= count), timeout)
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.calls) >= count), timeout
+            )
         return self.calls
 
     # -- request handling
@@ -212,7 +217,8 @@ class TwilioStandin:
             return recorded, self._error(recorded, 401)
         if request.match_info["account_sid"] != self.account_sid:
             return recorded, self._error(
-                recorded, 404, 20404, f"The requested resource {request.path} was not found")
+                recorded, 404, 20404, f"The requested resource {request.path} was not found"
+            )
         return recorded, None
 
     def _authenticated(self, request: web.Request) -> bool:
@@ -224,10 +230,16 @@ class TwilioStandin:
         except (ValueError, UnicodeDecodeError):
             return False
         return secrets.compare_digest(user, self.account_sid) and secrets.compare_digest(
-            password, self.auth_token)
+            password, self.auth_token
+        )
 
-    def _error(self, recorded: RecordedRequest, status: int, code: int | None = None,
-               message: str | None = None) -> web.Response:
+    def _error(
+        self,
+        recorded: RecordedRequest,
+        status: int,
+        code: int | None = None,
+        message: str | None = None,
+    ) -> web.Response:
         body = twilio_error(status, code, message)
         recorded.status, recorded.response = status, body
         return web.json_response(body, status=status)
@@ -257,13 +269,21 @@ class TwilioStandin:
         if service and not re.fullmatch(r"MG[0-9a-f]{32}", service):
             return self._error(recorded, 400, 21701, "The Messaging Service Sid is invalid.")
         if from_ and to.split(":")[0] != from_.split(":")[0] and (":" in to or ":" in from_):
-            return self._error(recorded, 400, 21910,
-                               "Invalid From and To pair. From and To should be of the same channel")
+            return self._error(
+                recorded,
+                400,
+                21910,
+                "Invalid From and To pair. From and To should be of the same channel",
+            )
         if not body and not media and not content_sid:
             return self._error(recorded, 400, 21602, "Message body is required.")
         if len(body) > 1600:
-            return self._error(recorded, 400, 21617,
-                               "The concatenated message body exceeds the 1600 character limit.")
+            return self._error(
+                recorded,
+                400,
+                21617,
+                "The concatenated message body exceeds the 1600 character limit.",
+            )
         sid = new_twilio_sid("MM" if media else "SM")
         now = _rfc2822_now()
         uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
@@ -348,7 +368,9 @@ class TwilioStandin:
                 "events": f"{base}/Events.json",
                 "siprec": f"{base}/Siprec.json",
                 "streams": f"{base}/Streams.json",
-                "user_defined_message_subscriptions": f"{base}/UserDefinedMessageSubscriptions.json",
+                "user_defined_message_subscriptions": (
+                    f"{base}/UserDefinedMessageSubscriptions.json"
+                ),
                 "user_defined_messages": f"{base}/UserDefinedMessages.json",
             },
             "to": to,
@@ -368,7 +390,9 @@ class TwilioStandin:
             return self._error(recorded, 401)
         resource = self.resources.get(request.match_info["sid"])
         if request.match_info["account_sid"] != self.account_sid or resource is None:
-            return self._error(recorded, 404, 20404, f"The requested resource {request.path} was not found")
+            return self._error(
+                recorded, 404, 20404, f"The requested resource {request.path} was not found"
+            )
         recorded.status, recorded.response = 200, resource
         return web.json_response(resource)
 
@@ -377,12 +401,16 @@ class TwilioStandin:
 # What Twilio sends to the gateway
 
 
-def twilio_sign(auth_token: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+def twilio_sign(
+    auth_token: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]]
+) -> str:
     """X-Twilio-Signature for a form POST to `url` (the full URL Twilio requested)."""
     return RequestValidator(auth_token).compute_signature(url, dict(params))
 
 
-def twilio_webhook_request(auth_token: str, url: str, form: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
+def twilio_webhook_request(
+    auth_token: str, url: str, form: Mapping[str, str]
+) -> tuple[bytes, dict[str, str]]:
     """Body and headers of Twilio's signed form POST of `form` to `url`."""
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
@@ -440,15 +468,25 @@ def twilio_sms_form(
         form["WaId"] = wa_id or _digits(from_)
         form["MessageType"] = "image" if media else "text"
         form["ChannelMetadata"] = json.dumps(
-            {"type": "whatsapp", "data": {"context": {"ProfileName": form["ProfileName"],
-                                                      "WaId": form["WaId"]}}},
+            {
+                "type": "whatsapp",
+                "data": {"context": {"ProfileName": form["ProfileName"], "WaId": form["WaId"]}},
+            },
             separators=(",", ":"),
         )
     else:
-        form.update({
-            "FromCity": "SAN FRANCISCO", "FromState": "CA", "FromZip": "94105", "FromCountry": "US",
-            "ToCity": "OAKLAND", "ToState": "CA", "ToZip": "94612", "ToCountry": "US",
-        })
+        form.update(
+            {
+                "FromCity": "SAN FRANCISCO",
+                "FromState": "CA",
+                "FromZip": "94105",
+                "FromCountry": "US",
+                "ToCity": "OAKLAND",
+                "ToState": "CA",
+                "ToZip": "94612",
+                "ToCountry": "US",
+            }
+        )
     return form
 
 
@@ -506,10 +544,22 @@ def twilio_voice_form(
         "Direction": direction,
         "ApiVersion": API_VERSION,
         "CallToken": secrets.token_urlsafe(24),
-        "FromCity": "SAN FRANCISCO", "FromState": "CA", "FromZip": "94105", "FromCountry": "US",
-        "ToCity": "OAKLAND", "ToState": "CA", "ToZip": "94612", "ToCountry": "US",
-        "CallerCity": "SAN FRANCISCO", "CallerState": "CA", "CallerZip": "94105", "CallerCountry": "US",
-        "CalledCity": "OAKLAND", "CalledState": "CA", "CalledZip": "94612", "CalledCountry": "US",
+        "FromCity": "SAN FRANCISCO",
+        "FromState": "CA",
+        "FromZip": "94105",
+        "FromCountry": "US",
+        "ToCity": "OAKLAND",
+        "ToState": "CA",
+        "ToZip": "94612",
+        "ToCountry": "US",
+        "CallerCity": "SAN FRANCISCO",
+        "CallerState": "CA",
+        "CallerZip": "94105",
+        "CallerCountry": "US",
+        "CalledCity": "OAKLAND",
+        "CalledState": "CA",
+        "CalledZip": "94612",
+        "CalledCountry": "US",
     }
     if digits is not None:
         form["Digits"] = digits
