@@ -107,6 +107,7 @@ def build_app(
             yield
         finally:
             await core.batcher.aclose()
+            core.reader.dispose()
             await engine.dispose()
 
     connectors: list[Connector] = list(extra_connectors)
@@ -114,7 +115,46 @@ def build_app(
 
     # ---- channels: each block adds its connector, its webhook routes and its lifecycle ----
     # (twilio-messaging)
+    if settings.twilio_enabled:
+        from connectors.twilio import TwilioMessaging
+        from webhooks.signatures import TwilioSignature
+        from webhooks.twilio_messaging import TwilioMessagingWebhooks
+
+        # Settings refuse a SID without a (non-empty) token: signature checks never fail open.
+        assert settings.twilio_account_sid and settings.twilio_auth_token is not None
+        twilio_token = settings.twilio_auth_token.get_secret_value()
+        shared_key = settings.twilio_webhook_shared_key
+        app.add_routes(TwilioMessagingWebhooks(
+            core, metrics,
+            TwilioSignature(twilio_token, settings.public_url,
+                            shared_key.get_secret_value() if shared_key else None),
+            settings.default_region,
+        ).routes())
+        # One WhatsApp sender per gateway: Meta's Cloud API when configured, else Twilio.
+        connectors.append(TwilioMessaging(
+            settings.twilio_account_sid, twilio_token, api_url=settings.twilio_api_url,
+            public_url=settings.public_url, from_number=settings.twilio_from_number,
+            channels=frozenset({"sms"} if settings.whatsapp_enabled else {"sms", "whatsapp"}),
+            default_region=settings.default_region,
+        ))
     # (whatsapp)
+    if settings.whatsapp_enabled:
+        from connectors.whatsapp import WhatsAppCloud
+        from webhooks.signatures import MetaSignature
+        from webhooks.whatsapp import WhatsAppWebhooks
+
+        assert settings.whatsapp_app_secret is not None
+        verify_token = settings.whatsapp_verify_token
+        access_token = settings.whatsapp_access_token
+        app.add_routes(WhatsAppWebhooks(
+            core, metrics, MetaSignature(settings.whatsapp_app_secret.get_secret_value()),
+            verify_token.get_secret_value() if verify_token else None, settings.whatsapp_api_url,
+        ).routes())
+        connectors.append(WhatsAppCloud(
+            api_url=settings.whatsapp_api_url,
+            access_token=access_token.get_secret_value() if access_token else None,
+            phone_number_id=settings.whatsapp_phone_number_id,
+        ))
     # (twilio-voice)
     # (sip)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-MESSAGING_CHANNELS = frozenset({"sms", "whatsapp", "email", "xmpp", "web"})
+# whatsapp-user: a WhatsApp user known only by Meta's business-scoped user id (no number).
+MESSAGING_CHANNELS = frozenset({"sms", "whatsapp", "whatsapp-user", "email", "xmpp", "web"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """The context bundle: what a new leg carries, served behind a capability token.
 
 Tokens are issued when a leg is routed (one insert, cheap: the SIP hot path pays for it) and
-the bundle is built when the agent fetches it. The verification part is decided by
+the bundle is built when the agent fetches it. The read side is plain synchronous SQLAlchemy,
+run by `gateway.store.Reader` in one hop (a thread for SQLite, run_sync for asyncpg), so a
+bundle of 1,000 entries costs one trip off the event loop, not one per query. The verification part is decided by
 `gateway.trust.decide_carry` at fetch time, so an expired grant shows as expired.
 """
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import String, func, insert, select, type_coerce
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.models import (
@@ -25,7 +28,7 @@ from gateway.models import (
     TranscriptEntry,
 )
 from gateway.trust import Binding, CarryDecision, LegFacts, decide_carry
-from gateway.verification import grant_by_id, hash_token, latest_grant
+from gateway.verification import hash_token, read_grant, read_latest_grant
 
 TOKENS = ContextToken.__table__
 LEGS = Leg.__table__
@@ -64,7 +67,24 @@ async def issue_token(
 
 
 def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    """ISO 8601 in UTC with milliseconds, the one time format of the API."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_sql(conn: Connection, column: Any) -> Any:
+    """The same format without a Python datetime per row: PostgreSQL formats it; SQLite
+    hands back its stored text ("2026-11-25 12:00:00.000000", UTC), cut by `iso_text`."""
+    if conn.dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+    return type_coerce(column, String)
+
+
+def iso_text(value: str | None) -> str | None:
+    if value is None or value.endswith("Z"):
+        return value
+    return f"{value[:10]}T{value[11:23]}Z"
 
 
 def _age(seconds: float) -> str:
@@ -78,7 +98,7 @@ def _age(seconds: float) -> str:
     return f"{round(seconds / 86400)} days ago"
 
 
-async def leg_decision(conn: AsyncConnection, leg: Any, customer_id: str, now: datetime) -> (
+def leg_decision(conn: Connection, leg: Any, customer_id: str, now: datetime) -> (
     CarryDecision
 ):
     """Run the trust rule for a stored leg."""
@@ -87,7 +107,7 @@ async def leg_decision(conn: AsyncConnection, leg: Any, customer_id: str, now: d
     binding = Binding(leg["binding"])
     if binding in (Binding.ESCALATION, Binding.CALLBACK) and leg["escalation_id"]:
         esc = (
-            await conn.execute(
+            conn.execute(
                 select(ESCALATIONS.c.grant_id, ESCALATIONS.c.used_by_leg_id).where(
                     ESCALATIONS.c.id == leg["escalation_id"]
                 )
@@ -96,9 +116,9 @@ async def leg_decision(conn: AsyncConnection, leg: Any, customer_id: str, now: d
         if esc is not None and esc[1] == leg["id"]:
             escalation_grant_id, escalation_valid = esc[0], True
     grant = (
-        await grant_by_id(conn, escalation_grant_id)
+        read_grant(conn, escalation_grant_id)
         if escalation_grant_id
-        else await latest_grant(conn, customer_id)
+        else read_latest_grant(conn, customer_id)
     )
     facts = LegFacts(
         id=leg["id"], customer_id=customer_id, address=leg["address"], binding=binding,
@@ -122,9 +142,9 @@ def verification_json(decision: CarryDecision, now: datetime) -> dict[str, Any] 
     }
 
 
-async def customer_json(conn: AsyncConnection, customer_id: str) -> dict[str, Any] | None:
+def customer_json(conn: Connection, customer_id: str) -> dict[str, Any] | None:
     row = (
-        await conn.execute(
+        conn.execute(
             select(CUSTOMERS.c.id, CUSTOMERS.c.display_name, CUSTOMERS.c.created_at,
                    CUSTOMERS.c.merged_into).where(CUSTOMERS.c.id == customer_id)
         )
@@ -132,7 +152,7 @@ async def customer_json(conn: AsyncConnection, customer_id: str) -> dict[str, An
     if row is None:
         return None
     addrs = (
-        await conn.execute(
+        conn.execute(
             select(ADDRESSES.c.address, ADDRESSES.c.evidence, ADDRESSES.c.detail,
                    ADDRESSES.c.linked_at)
             .where(ADDRESSES.c.customer_id == customer_id)
@@ -151,44 +171,49 @@ async def customer_json(conn: AsyncConnection, customer_id: str) -> dict[str, An
     }
 
 
-async def transcript_json(conn: AsyncConnection, conversation_id: str) -> list[dict[str, Any]]:
+def transcript_json(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
     rows = (
-        await conn.execute(
+        conn.execute(
             select(
-                TRANSCRIPT.c.id, TRANSCRIPT.c.at, TRANSCRIPT.c.channel, TRANSCRIPT.c.direction,
-                TRANSCRIPT.c.author, TRANSCRIPT.c.text, TRANSCRIPT.c.kind, TRANSCRIPT.c.leg_id,
-                TRANSCRIPT.c.provider_at, TRANSCRIPT.c.data,
+                TRANSCRIPT.c.id, iso_sql(conn, TRANSCRIPT.c.at), TRANSCRIPT.c.channel,
+                TRANSCRIPT.c.direction, TRANSCRIPT.c.author, TRANSCRIPT.c.text,
+                TRANSCRIPT.c.kind, TRANSCRIPT.c.leg_id, iso_sql(conn, TRANSCRIPT.c.provider_at),
+                TRANSCRIPT.c.data,
             )
             .where(TRANSCRIPT.c.conversation_id == conversation_id)
             .order_by(TRANSCRIPT.c.id)
         )
     ).all()
     return [
-        {
-            "id": r[0], "at": iso(r[1]), "channel": r[2], "direction": r[3], "author": r[4],
-            "text": r[5], "kind": r[6], "leg_id": r[7], "provider_at": iso(r[8]),
-            "data": r[9],
-        }
+        {"id": r[0], "at": iso_text(r[1]), "channel": r[2], "direction": r[3], "author": r[4],
+         "text": r[5], "kind": r[6], "leg_id": r[7], "provider_at": iso_text(r[8]),
+         "data": r[9]}
         for r in rows
     ]
 
 
-async def legs_json(conn: AsyncConnection, conversation_id: str) -> list[dict[str, Any]]:
+def legs_json(
+    conn: Connection, conversation_id: str,
+    transcript: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     rows = (
-        await conn.execute(
-            select(LEGS).where(LEGS.c.conversation_id == conversation_id)
-        )
+        conn.execute(select(LEGS).where(LEGS.c.conversation_id == conversation_id))
     ).mappings().all()
     # Legs in the order they joined the transcript (times can tie; entry ids cannot).
-    first_entry = dict(
-        (
-            await conn.execute(
-                select(TRANSCRIPT.c.leg_id, func.min(TRANSCRIPT.c.id))
-                .where(TRANSCRIPT.c.conversation_id == conversation_id)
-                .group_by(TRANSCRIPT.c.leg_id)
-            )
-        ).all()
-    )
+    if transcript is None:
+        first_entry = dict(
+            (
+                conn.execute(
+                    select(TRANSCRIPT.c.leg_id, func.min(TRANSCRIPT.c.id))
+                    .where(TRANSCRIPT.c.conversation_id == conversation_id)
+                    .group_by(TRANSCRIPT.c.leg_id)
+                )
+            ).all()
+        )
+    else:
+        first_entry = {}
+        for entry in transcript:
+            first_entry.setdefault(entry["leg_id"], entry["id"])
     rows = sorted(rows, key=lambda r: (r["started_at"], first_entry.get(r["id"], 1 << 62)))
     return [
         {
@@ -201,12 +226,12 @@ async def legs_json(conn: AsyncConnection, conversation_id: str) -> list[dict[st
     ]
 
 
-async def earlier_conversations(
-    conn: AsyncConnection, customer_id: str, except_id: str
+def earlier_conversations(
+    conn: Connection, customer_id: str, except_id: str
 ) -> list[dict[str, Any]]:
-    """Summaries of the customer's earlier conversations (newest first)."""
+    """Summaries of the customer's earlier conversations (newest first), in three queries."""
     convs = (
-        await conn.execute(
+        conn.execute(
             select(CONVERSATIONS.c.id, CONVERSATIONS.c.status, CONVERSATIONS.c.opened_at,
                    CONVERSATIONS.c.closed_at)
             .where(CONVERSATIONS.c.customer_id == customer_id, CONVERSATIONS.c.id != except_id)
@@ -214,86 +239,142 @@ async def earlier_conversations(
             .limit(EARLIER_CONVERSATIONS)
         )
     ).all()
-    out = []
-    for cid, status, opened, closed in convs:
-        count, channels = (
-            await conn.execute(
-                select(func.count(), func.group_concat(TRANSCRIPT.c.channel.distinct())
-                       if conn.dialect.name == "sqlite"
-                       else func.string_agg(TRANSCRIPT.c.channel.distinct(), ","))
-                .where(TRANSCRIPT.c.conversation_id == cid)
+    if not convs:
+        return []
+    ids = [c[0] for c in convs]
+    counts: dict[str, int] = {}
+    channels: dict[str, set[str]] = {}
+    for cid, channel, n in (
+        conn.execute(
+            select(TRANSCRIPT.c.conversation_id, TRANSCRIPT.c.channel, func.count())
+            .where(TRANSCRIPT.c.conversation_id.in_(ids))
+            .group_by(TRANSCRIPT.c.conversation_id, TRANSCRIPT.c.channel)
+        )
+    ).all():
+        counts[cid] = counts.get(cid, 0) + n
+        channels.setdefault(cid, set()).add(channel)
+    last_ids = (
+        select(func.max(TRANSCRIPT.c.id))
+        .where(TRANSCRIPT.c.conversation_id.in_(ids), TRANSCRIPT.c.kind == "message")
+        .group_by(TRANSCRIPT.c.conversation_id)
+    )
+    last = dict(
+        (
+            conn.execute(
+                select(TRANSCRIPT.c.conversation_id, TRANSCRIPT.c.text)
+                .where(TRANSCRIPT.c.id.in_(last_ids))
             )
-        ).one()
-        last = (
-            await conn.execute(
-                select(TRANSCRIPT.c.text, TRANSCRIPT.c.at)
-                .where(TRANSCRIPT.c.conversation_id == cid, TRANSCRIPT.c.kind == "message")
-                .order_by(TRANSCRIPT.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        out.append({
+        ).all()
+    )
+    return [
+        {
             "id": cid, "status": status, "opened_at": iso(opened), "closed_at": iso(closed),
-            "entries": count, "channels": sorted(set((channels or "").split(",")) - {""}),
-            "last_message": last[0][:200] if last else None,
-        })
-    return out
+            "entries": counts.get(cid, 0), "channels": sorted(channels.get(cid, ())),
+            "last_message": last[cid][:200] if cid in last else None,
+        }
+        for cid, status, opened, closed in convs
+    ]
 
 
-async def bundle_for_token(
-    conn: AsyncConnection, token: str, now: datetime
+def bundle_for_token(
+    conn: Connection, token: str, now: datetime
 ) -> dict[str, Any] | None:
     """The context bundle behind a token; None when the token is unknown or expired."""
     row = (
-        await conn.execute(
-            select(TOKENS.c.leg_id, TOKENS.c.expires_at).where(
-                TOKENS.c.token_hash == hash_token(token), TOKENS.c.expires_at > now
-            )
+        conn.execute(
+            select(TOKENS.c.expires_at, LEGS, CONVERSATIONS.c.customer_id,
+                   CONVERSATIONS.c.status.label("conversation_status"))
+            .join(LEGS, LEGS.c.id == TOKENS.c.leg_id)
+            .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
+            .where(TOKENS.c.token_hash == hash_token(token), TOKENS.c.expires_at > now)
         )
-    ).first()
+    ).mappings().first()
     if row is None:
         return None
-    bundle = await bundle_for_leg(conn, row[0], now)
-    if bundle is not None:
-        bundle["expires_at"] = iso(row[1])
+    bundle = _bundle(conn, row, now)
+    bundle["expires_at"] = iso(row["expires_at"])
     return bundle
 
 
-async def bundle_for_leg(conn: AsyncConnection, leg_id: str, now: datetime) -> (
+def bundle_for_leg(conn: Connection, leg_id: str, now: datetime) -> (
     dict[str, Any] | None
 ):
-    leg = (await conn.execute(select(LEGS).where(LEGS.c.id == leg_id))).mappings().first()
-    if leg is None:
-        return None
-    conv = (
-        await conn.execute(
-            select(CONVERSATIONS.c.customer_id, CONVERSATIONS.c.status).where(
-                CONVERSATIONS.c.id == leg["conversation_id"]
-            )
+    row = (
+        conn.execute(
+            select(LEGS, CONVERSATIONS.c.customer_id,
+                   CONVERSATIONS.c.status.label("conversation_status"))
+            .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
+            .where(LEGS.c.id == leg_id)
         )
-    ).first()
-    if conv is None:
-        return None
-    customer_id = conv[0]
-    decision = await leg_decision(conn, leg, customer_id, now)
+    ).mappings().first()
+    return None if row is None else _bundle(conn, row, now)
+
+
+def _bundle(conn: Connection, leg: Any, now: datetime) -> dict[str, Any]:
+    customer_id = leg["customer_id"]
+    conversation_id = leg["conversation_id"]
+    decision = leg_decision(conn, leg, customer_id, now)
+    transcript = transcript_json(conn, conversation_id)
     return {
-        "conversation_id": leg["conversation_id"],
-        "conversation_status": conv[1],
+        "conversation_id": conversation_id,
+        "conversation_status": leg["conversation_status"],
         "leg": {
             "id": leg["id"], "channel": leg["channel"], "address": leg["address"],
             "binding": leg["binding"], "started_at": iso(leg["started_at"]),
         },
-        "customer": await customer_json(conn, customer_id),
+        "customer": customer_json(conn, customer_id),
         "verification": verification_json(decision, now),
         "verification_reason": decision.reason.value,
         "verification_explanation": decision.explanation,
         "verification_expired_at": iso(decision.grant.expires_at)
         if decision.grant is not None and not decision.carries
         else None,
-        "transcript": await transcript_json(conn, leg["conversation_id"]),
-        "legs": await legs_json(conn, leg["conversation_id"]),
-        "earlier_conversations": await earlier_conversations(
-            conn, customer_id, leg["conversation_id"]
-        ),
+        "transcript": transcript,
+        "legs": legs_json(conn, conversation_id, transcript),
+        "earlier_conversations": earlier_conversations(conn, customer_id, conversation_id),
         "expires_at": None,
+    }
+
+
+def customer_view(conn: Connection, address: str) -> dict[str, Any] | None:
+    """The agent API's customer: addresses with evidence, conversations, latest grant."""
+    customer_id = conn.execute(
+        select(ADDRESSES.c.customer_id).where(ADDRESSES.c.address == address)
+    ).scalar()
+    if customer_id is None:
+        return None
+    customer = customer_json(conn, customer_id)
+    assert customer is not None
+    convs = conn.execute(
+        select(CONVERSATIONS.c.id, CONVERSATIONS.c.status, CONVERSATIONS.c.opened_at,
+               CONVERSATIONS.c.last_activity_at, CONVERSATIONS.c.closed_at)
+        .where(CONVERSATIONS.c.customer_id == customer_id)
+        .order_by(CONVERSATIONS.c.opened_at.desc())
+    ).all()
+    customer["conversations"] = [
+        {"id": c[0], "status": c[1], "opened_at": iso(c[2]), "last_activity_at": iso(c[3]),
+         "closed_at": iso(c[4])}
+        for c in convs
+    ]
+    grant = read_latest_grant(conn, customer_id)
+    customer["latest_verification"] = None if grant is None else {
+        "method": grant.method, "address": grant.address,
+        "verified_at": iso(grant.verified_at), "expires_at": iso(grant.expires_at),
+    }
+    return customer
+
+
+def conversation_view(conn: Connection, conversation_id: str) -> dict[str, Any] | None:
+    conv = conn.execute(
+        select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)
+    ).mappings().first()
+    if conv is None:
+        return None
+    transcript = transcript_json(conn, conversation_id)
+    return {
+        "id": conv["id"], "customer_id": conv["customer_id"], "status": conv["status"],
+        "opened_at": iso(conv["opened_at"]), "last_activity_at": iso(conv["last_activity_at"]),
+        "closed_at": iso(conv["closed_at"]),
+        "legs": legs_json(conn, conversation_id, transcript),
+        "transcript": transcript,
     }

@@ -22,8 +22,9 @@ from gateway.addresses import Address, parse_address
 from gateway.batching import WriteBatcher
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.clock import Clock
+from gateway.store import Reader
 from gateway.events import CallEvent, DeliveryStatus, IncomingCall, InboundMessage
-from gateway.identity import Evidence
+from gateway.identity import Evidence, IdentityError
 from gateway.models import Conversation, Leg, TranscriptEntry
 from gateway.trust import Binding
 
@@ -93,6 +94,7 @@ class Core:
         self.clock = clock
         self.policy = policy
         self.batcher = batcher or WriteBatcher(engine)
+        self.reader = Reader(engine, engine.url.render_as_string(hide_password=False))
         self._on_outbox = on_outbox or (lambda: None)
 
     def context_url(self, token: str) -> str:
@@ -113,13 +115,20 @@ class Core:
             return IngestResult(duplicate=True)
         attested = event.attested or event.thread_token_ok
         evidence = Evidence.ATTESTED if attested else Evidence.CLAIMED
-        customer_id, _ = await identity.resolve(
-            conn, event.sender, evidence, now, detail=f"{event.provider} sender",
-            display_name=event.profile_name,
-        )
+        customer_id = await self._known_by_alias(conn, event, evidence, now)
+        if customer_id is None:
+            customer_id, _ = await identity.resolve(
+                conn, event.sender, evidence, now, detail=f"{event.provider} sender",
+                display_name=event.profile_name,
+            )
         for alias in event.also_known_as:
-            await identity.link(conn, alias, customer_id, evidence, now,
-                                detail=f"sent with {event.sender}")
+            try:
+                await identity.link(conn, alias, customer_id, evidence, now,
+                                    detail=f"sent with {event.sender}")
+            except IdentityError as exc:
+                # Both are known, as two customers: never merged automatically; an agent can.
+                log.warning("ingest: %s not linked to %s's customer: %s", alias, event.sender,
+                            exc)
         conversation_id, _ = await conversations.open_conversation(
             conn, customer_id, now, self.policy.conversation_idle
         )
@@ -161,6 +170,23 @@ class Core:
             duplicate=False, customer_id=customer_id, conversation_id=conversation_id,
             leg_id=leg_id, entry_id=entry_id, new_leg=new_leg, otp=otp_outcome,
         )
+
+    async def _known_by_alias(
+        self, conn: AsyncConnection, event: InboundMessage, evidence: Evidence, now: datetime
+    ) -> str | None:
+        """A new sender address that arrives beside a known alias joins the alias's customer.
+
+        E.g. a WhatsApp user first known only by a business-scoped user id, later with a number.
+        """
+        if not event.also_known_as or await identity.find_customer(conn, event.sender):
+            return None
+        for alias in event.also_known_as:
+            found = await identity.find_customer(conn, alias)
+            if found is not None:
+                await identity.link(conn, event.sender, found[0], evidence, now,
+                                    detail=f"sent with {alias}")
+                return found[0]
+        return None
 
     async def _after_otp(
         self, conn: AsyncConnection, outcome: str, customer_id: str, conversation_id: str,
@@ -549,48 +575,16 @@ class Core:
     # ---- reads ----------------------------------------------------------------------------
 
     async def bundle(self, token: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            return await context.bundle_for_token(conn, token, self.clock.now())
+        return await self.reader.run(context.bundle_for_token, token, self.clock.now())
 
     async def customer_by_address(self, address: Address) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            found = await identity.find_customer(conn, address)
-            if found is None:
-                return None
-            customer = await context.customer_json(conn, found[0])
-            assert customer is not None
-            convs = (
-                await conn.execute(
-                    select(CONVERSATIONS.c.id, CONVERSATIONS.c.status, CONVERSATIONS.c.opened_at,
-                           CONVERSATIONS.c.last_activity_at, CONVERSATIONS.c.closed_at)
-                    .where(CONVERSATIONS.c.customer_id == found[0])
-                    .order_by(CONVERSATIONS.c.opened_at.desc())
-                )
-            ).all()
-            customer["conversations"] = [
-                {"id": c[0], "status": c[1], "opened_at": context.iso(c[2]),
-                 "last_activity_at": context.iso(c[3]), "closed_at": context.iso(c[4])}
-                for c in convs
-            ]
-            grant = await verification.latest_grant(conn, found[0])
-            customer["latest_verification"] = None if grant is None else {
-                "method": grant.method, "address": grant.address,
-                "verified_at": context.iso(grant.verified_at),
-                "expires_at": context.iso(grant.expires_at),
-            }
-            return customer
+        return await self.reader.run(context.customer_view, str(address))
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            conv = await self._conversation(conn, conversation_id)
-            return {
-                "id": conv["id"], "customer_id": conv["customer_id"], "status": conv["status"],
-                "opened_at": context.iso(conv["opened_at"]),
-                "last_activity_at": context.iso(conv["last_activity_at"]),
-                "closed_at": context.iso(conv["closed_at"]),
-                "legs": await context.legs_json(conn, conversation_id),
-                "transcript": await context.transcript_json(conn, conversation_id),
-            }
+        view = await self.reader.run(context.conversation_view, conversation_id)
+        if view is None:
+            raise NotFound(f"no conversation {conversation_id}")
+        return view
 
     async def outbox_message(self, message_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:

@@ -14,8 +14,10 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.models import Escalation, OtpChallenge, VerificationGrant
@@ -196,30 +198,30 @@ async def create_grant(
     return GrantFacts(grant_id, customer_id, address, method, now, now + ttl, leg_id)
 
 
-def _grant_facts(row: object) -> GrantFacts:
-    m = row._mapping  # type: ignore[attr-defined]
+def _grant_facts(row: Any) -> GrantFacts | None:
+    if row is None:
+        return None
+    m = row._mapping
     return GrantFacts(
         m["id"], m["customer_id"], m["address"], m["method"], m["verified_at"],
         m["expires_at"], m["leg_id"],
     )
 
 
-async def latest_grant(conn: AsyncConnection, customer_id: str) -> GrantFacts | None:
+def read_latest_grant(conn: Connection, customer_id: str) -> GrantFacts | None:
     """The customer's most recent grant, expired or not (expiry is the trust rule's call)."""
-    row = (
-        await conn.execute(
-            select(GRANTS)
-            .where(GRANTS.c.customer_id == customer_id)
-            .order_by(GRANTS.c.verified_at.desc())
-            .limit(1)
-        )
-    ).first()
-    return _grant_facts(row) if row else None
+    return _grant_facts(conn.execute(
+        select(GRANTS).where(GRANTS.c.customer_id == customer_id)
+        .order_by(GRANTS.c.verified_at.desc()).limit(1)
+    ).first())
 
 
-async def grant_by_id(conn: AsyncConnection, grant_id: str) -> GrantFacts | None:
-    row = (await conn.execute(select(GRANTS).where(GRANTS.c.id == grant_id))).first()
-    return _grant_facts(row) if row else None
+def read_grant(conn: Connection, grant_id: str) -> GrantFacts | None:
+    return _grant_facts(conn.execute(select(GRANTS).where(GRANTS.c.id == grant_id)).first())
+
+
+async def latest_grant(conn: AsyncConnection, customer_id: str) -> GrantFacts | None:
+    return await conn.run_sync(read_latest_grant, customer_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ async def core(database_url: str, clock: FrozenClock) -> AsyncIterator[Core]:
         yield core
     finally:
         await core.batcher.aclose()
+        core.reader.dispose()
         await engine.dispose()
 
 

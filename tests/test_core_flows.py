@@ -14,6 +14,7 @@ from connectors.memory import MemoryChannel
 from gateway.addresses import make_address, parse_address
 from gateway.batching import WriteBatcher
 from gateway.clock import FrozenClock
+from gateway.context import bundle_for_leg
 from gateway.core import Core, Policy
 from gateway.models import OtpChallenge, ProcessedEvent, TranscriptEntry
 from gateway.outbox import OutboxWorker
@@ -294,10 +295,7 @@ async def test_whatsapp_grant_does_not_carry_to_an_sms_leg_of_the_same_number(
 ) -> None:
     conversation_id = await verify_on_whatsapp(core, phone)
     result = await core.ingest(sms(NUMBER, "texting now"))
-    async with core.engine.connect() as conn:
-        from gateway.context import bundle_for_leg
-
-        bundle = await bundle_for_leg(conn, result.leg_id, core.clock.now())
+    bundle = await core.reader.run(bundle_for_leg, result.leg_id, core.clock.now())
     assert bundle["conversation_id"] == conversation_id
     assert bundle["verification"] is None
     assert bundle["verification_reason"] == "address-not-attested"
@@ -313,10 +311,7 @@ async def test_new_whatsapp_leg_from_the_verified_wa_id_carries_the_grant(
                            "recipient": "+18005550001"})
     result = await core.ingest(moved)
     assert result.new_leg
-    async with core.engine.connect() as conn:
-        from gateway.context import bundle_for_leg
-
-        bundle = await bundle_for_leg(conn, result.leg_id, clock.now())
+    bundle = await core.reader.run(bundle_for_leg, result.leg_id, clock.now())
     assert bundle["verification_reason"] == "verified"
 
 
@@ -330,10 +325,7 @@ async def test_email_from_the_verified_address_without_thread_token_is_not_verif
     assert (await core.ingest(email("ann@example.org", code_from(memory.sent[-1].text),
                                     thread_token_ok=True))).otp == "passed"
     forged = await core.ingest(InboundMessageFactory.new_thread(email("ann@EXAMPLE.org", "hi")))
-    async with core.engine.connect() as conn:
-        from gateway.context import bundle_for_leg
-
-        bundle = await bundle_for_leg(conn, forged.leg_id, core.clock.now())
+    bundle = await core.reader.run(bundle_for_leg, forged.leg_id, core.clock.now())
     assert bundle["verification_reason"] == "address-not-attested"
 
 
