@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, toml_file=None
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, toml_file=None,
+        env_ignore_empty=True,  # GATEWAY_X= (as compose passes unset values) means "not set"
     )
 
     database_url: str = "sqlite+aiosqlite:///gateway.db"
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
     twilio_api_url: str = "https://api.twilio.com"
     twilio_from_number: str | None = None  # our SMS number, used for outbound when no leg has one
     twilio_voice_number: str | None = None  # the number customers dial in to
+    twilio_webhook_shared_key: SecretStr | None = None  # secret of a Twilio Webhooks SharedKey
 
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
@@ -120,6 +122,10 @@ class Settings(BaseSettings):
             raise ValueError("twilio_auth_token: required when twilio_account_sid is set")
         if self.twilio_auth_token is not None and not self.twilio_account_sid:
             raise ValueError("twilio_account_sid: required when twilio_auth_token is set")
+        if self.twilio_auth_token is not None and not self.twilio_auth_token.get_secret_value():
+            raise ValueError("twilio_auth_token: must not be empty")
+        if self.whatsapp_app_secret is not None and not self.whatsapp_app_secret.get_secret_value():
+            raise ValueError("whatsapp_app_secret: must not be empty")
         wa = [self.whatsapp_app_secret, self.whatsapp_verify_token, self.whatsapp_access_token]
         if any(v is not None for v in wa) and self.whatsapp_app_secret is None:
             raise ValueError("whatsapp_app_secret: required when WhatsApp is configured")
