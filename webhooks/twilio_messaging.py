@@ -1,0 +1,211 @@
+"""Twilio Messaging webhooks: inbound SMS / WhatsApp (`/webhooks/twilio/messaging`) and
+delivery status callbacks (`/webhooks/twilio/status`).
+
+The hot path is parse, verify, one durable write, answer: the raw body is parsed once with
+`parse_qsl`, the signature computed once, the event handed to `Core.ingest` (group commit;
+it returns after the commit that holds it), and the answer is constant TwiML bytes built at
+start-up. Nothing slow runs inside Twilio's 15-second window.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from twilio.twiml.messaging_response import MessagingResponse
+
+from gateway.addresses import AddressError, make_address
+from gateway.core import Core
+from gateway.events import Attachment, DeliveryStatus, InboundMessage
+from gateway.metrics import Metrics
+from webhooks.signatures import (
+    TWILIO_SIGNATURE,
+    TWILIO_SIGNATURE_SETTINGS,
+    TwilioSignature,
+    Verdict,
+)
+
+log = logging.getLogger("gateway.webhooks.twilio")
+
+MESSAGING_PATH = "/webhooks/twilio/messaging"
+STATUS_PATH = "/webhooks/twilio/status"
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+MAX_MEDIA = 10  # Twilio's own limit on media per message
+
+# An empty <Response/>: we store the message and answer later through the REST API (the
+# outbox), so the webhook never waits for an agent. Built once with Twilio's TwiML classes.
+EMPTY_TWIML = str(MessagingResponse()).encode()
+_TWIML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+
+# Twilio's message states onto the outbox's (gateway/outbox.py RANK). "sending" (handed to
+# the carrier) ranks with queued; "canceled" is a final failure as far as the customer goes.
+STATUS_MAP = {
+    "accepted": "accepted", "scheduled": "accepted", "queued": "queued", "sending": "queued",
+    "sent": "sent", "delivered": "delivered", "undelivered": "undelivered", "failed": "failed",
+    "read": "read", "canceled": "failed", "partially_delivered": "delivered",
+}
+# Optional fields worth keeping beside the text (WhatsApp locations, quick-reply buttons).
+_EXTRA_FIELDS = {
+    "WaId": "wa_id", "Latitude": "latitude", "Longitude": "longitude", "Address": "address",
+    "Label": "label", "ButtonText": "button_text", "ButtonPayload": "button_payload",
+    "MessagingServiceSid": "messaging_service_sid", "OriginalRepliedMessageSid": "reply_to",
+}
+
+
+class BadWebhook(ValueError):
+    """A correctly signed request we cannot turn into an event (Twilio gets a 400)."""
+
+
+def message_event(params: Mapping[str, str], idempotency_token: str | None = None,
+                  default_region: str | None = None) -> InboundMessage:
+    """The typed event for one inbound Twilio message (SMS, MMS or WhatsApp)."""
+    sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
+    from_ = params.get("From", "")
+    to = params.get("To", "").strip()
+    if not sid:
+        raise BadWebhook("MessageSid is missing")
+    if not from_ or not to:
+        raise BadWebhook("From and To are required")
+    whatsapp = from_.lower().startswith("whatsapp:")
+    try:
+        # SMS sender ids can be spoofed on the way in; WhatsApp authenticates its users.
+        sender = make_address("whatsapp" if whatsapp else "sms", from_, default_region)
+    except AddressError as exc:
+        raise BadWebhook(f"From {from_!r} is not a number we can answer: {exc}") from None
+    attachments = []
+    try:
+        num_media = min(int(params.get("NumMedia", "0") or 0), MAX_MEDIA)
+    except ValueError:
+        raise BadWebhook(f"NumMedia {params.get('NumMedia')!r} is not a number") from None
+    for i in range(num_media):
+        url = params.get(f"MediaUrl{i}")
+        if url:
+            attachments.append(Attachment(url=url, content_type=params.get(f"MediaContentType{i}")))
+    extra = {name: params[key] for key, name in _EXTRA_FIELDS.items() if params.get(key)}
+    if idempotency_token:
+        extra["twilio_idempotency_token"] = idempotency_token
+    return InboundMessage(
+        sender=sender,
+        recipient=to,
+        text=params.get("Body", ""),
+        provider="twilio",
+        provider_id=sid,
+        thread_key=f"twilio:{to}:{sender}",
+        attested=whatsapp,
+        attachments=tuple(attachments),
+        profile_name=params.get("ProfileName") or None,
+        extra=extra,
+    )
+
+
+def status_event(params: Mapping[str, str], idempotency_token: str | None) -> DeliveryStatus:
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    raw_status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
+    if not sid or not raw_status:
+        raise BadWebhook("MessageSid and MessageStatus are required")
+    error = None
+    if params.get("ErrorCode"):
+        error = f"Twilio error {params['ErrorCode']}"
+        if params.get("ErrorMessage"):
+            error += f": {params['ErrorMessage']}"
+        error += f" (https://www.twilio.com/docs/api/errors/{params['ErrorCode']})"
+    elif raw_status == "canceled":
+        error = "canceled at Twilio"
+    return DeliveryStatus(
+        provider="twilio", provider_message_id=sid,
+        status=STATUS_MAP.get(raw_status, raw_status), error=error,
+        event_id=f"status:{idempotency_token}" if idempotency_token else None,
+    )
+
+
+def _parse_form(body: bytes) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                         max_num_fields=1000)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadWebhook(f"the body is not a UTF-8 form ({exc})") from None
+
+
+class TwilioMessagingWebhooks:
+    """The two routes Twilio calls for messaging; one instance per app."""
+
+    def __init__(self, core: Core, metrics: Metrics, signature: TwilioSignature,
+                 default_region: str | None = None) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.signature = signature
+        self.default_region = default_region
+        # Bound metric children: label lookups are not free on a hot path.
+        self._latency = metrics.http_latency.labels("twilio-messaging")
+        self._stored = {ch: metrics.inbound.labels(ch, "stored") for ch in ("sms", "whatsapp")}
+        self._duplicate = {ch: metrics.inbound.labels(ch, "duplicate")
+                           for ch in ("sms", "whatsapp")}
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(MESSAGING_PATH, self.messaging), web.post(STATUS_PATH, self.status)]
+
+    async def _verified(self, request: web.Request, route: str
+                        ) -> tuple[Sequence[tuple[str, str]] | None, web.Response | None]:
+        body = await request.read()
+        try:
+            pairs = _parse_form(body)
+        except BadWebhook:
+            pairs = []  # still check the signature first: strangers learn nothing
+            bad_form = True
+        else:
+            bad_form = False
+        verdict = self.signature.check(
+            request.raw_path, pairs, body, request.headers.get(TWILIO_SIGNATURE),
+            request.headers.get(TWILIO_SIGNATURE_SETTINGS),
+        )
+        if verdict is not Verdict.OK:
+            self.metrics.webhook_rejected.labels(route, verdict.value).inc()
+            if verdict is Verdict.NO_SHARED_KEY:
+                log.error("%s: Twilio signed with a Webhooks SharedKey but "
+                          "GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; nothing stored", route)
+                return None, web.Response(status=500, text="signing key not configured\n")
+            log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
+                        verdict.value, request.remote)
+            return None, web.Response(status=403, text="invalid signature\n")
+        if bad_form:
+            self.metrics.webhook_rejected.labels(route, "bad-form").inc()
+            return None, web.Response(status=400, text="the body is not a UTF-8 form\n")
+        return pairs, None
+
+    async def messaging(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        pairs, refusal = await self._verified(request, "twilio-messaging")
+        if refusal is not None:
+            return refusal
+        assert pairs is not None
+        try:
+            event = message_event(dict(pairs), request.headers.get(IDEMPOTENCY_HEADER),
+                                  self.default_region)
+        except BadWebhook as exc:
+            self.metrics.webhook_rejected.labels("twilio-messaging", "unparseable").inc()
+            log.warning("twilio-messaging: signed request refused, nothing stored: %s", exc)
+            return web.Response(status=400, text=f"{exc}\n")
+        result = await self.core.ingest(event)
+        channel = event.channel
+        (self._duplicate if result.duplicate else self._stored)[channel].inc()
+        self._latency.observe(time.perf_counter() - started)
+        return web.Response(body=EMPTY_TWIML, headers=_TWIML_HEADERS)
+
+    async def status(self, request: web.Request) -> web.Response:
+        pairs, refusal = await self._verified(request, "twilio-status")
+        if refusal is not None:
+            return refusal
+        assert pairs is not None
+        try:
+            event = status_event(dict(pairs), request.headers.get(IDEMPOTENCY_HEADER))
+        except BadWebhook as exc:
+            log.warning("twilio-status: signed request refused: %s", exc)
+            return web.Response(status=400, text=f"{exc}\n")
+        state = await self.core.delivery_status(event)
+        if state is None:
+            log.info("twilio-status: %s for %s: no outbound message has that id (yet) or a "
+                     "repeated callback", event.status, event.provider_message_id)
+        return web.Response(body=EMPTY_TWIML, headers=_TWIML_HEADERS)
