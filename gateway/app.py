@@ -106,8 +106,7 @@ def build_app(
         try:
             yield
         finally:
-            await core.batcher.aclose()
-            core.reader.dispose()
+            await core.aclose()
             await engine.dispose()
 
     connectors: list[Connector] = list(extra_connectors)

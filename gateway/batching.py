@@ -1,22 +1,28 @@
 """Group commit: many writes share one transaction; each caller is answered after its commit.
 
 This is how a Python gateway keeps "acknowledge only after the data is committed" and still
-takes thousands of webhooks a second: one fsync covers a whole batch. A write that fails takes
-only itself down: the batch is retried one write per transaction, so the others still land.
+takes thousands of webhooks a second: one fsync covers a whole batch, and the whole batch runs
+in one hop off the event loop (a dedicated writer thread with a plain sqlite3 connection, or
+asyncpg through run_sync). Writes are synchronous functions of a Connection. A write that
+fails takes only itself down: the batch is retried one write per transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.store import is_sqlite, make_sqlite_sync_engine
 
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
-Write = Callable[[AsyncConnection], Awaitable[Any]]
+Write = Callable[[Connection], Any]
 
 
 class WriteBatcher:
@@ -25,6 +31,12 @@ class WriteBatcher:
     def __init__(self, engine: AsyncEngine, max_batch: int = 256) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        url = engine.url.render_as_string(hide_password=False)
+        self._sync: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        if is_sqlite(url):
+            self._sync = make_sqlite_sync_engine(url, writer=True)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._queue: asyncio.Queue[tuple[Write, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -35,26 +47,44 @@ class WriteBatcher:
             self._task = asyncio.create_task(self._run(), name="write-batcher")
 
     async def aclose(self) -> None:
-        if self._task is None:
-            return
-        # Finish what was accepted before stopping: a queued write was promised an answer.
-        while not self._queue.empty():
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
+        if self._task is not None:
+            # Finish what was accepted before stopping: a queued write was promised an answer.
+            while not self._queue.empty():
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._sync is not None:
+            self._sync.dispose()
 
-    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run(self, write: Callable[[Connection], T]) -> T:
         """Run `write` in a transaction shared with other writes; return after the commit."""
         if self._task is None:
-            async with self._engine.begin() as conn:
-                return await write(conn)
+            return (await self._execute([write]))[0]
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((write, future))
         return await future
+
+    async def _execute(self, writes: list[Write]) -> list[Any]:
+        """All of `writes` in one transaction, in one hop off the loop."""
+        if self._sync is not None:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._in_thread, writes)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(_apply, writes)
+
+    def _in_thread(self, writes: list[Write]) -> list[Any]:
+        assert self._sync is not None
+        with self._sync.begin() as conn:
+            return _apply(conn, writes)
 
     async def _run(self) -> None:
         while True:
@@ -66,11 +96,8 @@ class WriteBatcher:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
-        results: list[Any] = []
         try:
-            async with self._engine.begin() as conn:
-                for write, _future in batch:
-                    results.append(await write(conn))
+            results = await self._execute([write for write, _ in batch])
         except asyncio.CancelledError:
             for _write, future in batch:
                 if not future.done():
@@ -78,31 +105,36 @@ class WriteBatcher:
             raise
         except Exception as exc:
             if len(batch) == 1:
-                if not batch[0][1].done():
-                    batch[0][1].set_exception(exc)
+                _settle(batch[0][1], exc=exc)
                 return
             log.warning("group commit of %d writes failed; retrying one by one", len(batch))
-            for item in batch:
-                await self._commit_one(item)
+            for write, future in batch:
+                try:
+                    result = (await self._execute([write]))[0]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as one:
+                    _settle(future, exc=one)
+                else:
+                    self.batches += 1
+                    self.writes += 1
+                    _settle(future, result=result)
             return
         self.batches += 1
         self.writes += len(batch)
         for (_write, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+            _settle(future, result=result)
 
-    async def _commit_one(self, item: tuple[Write, asyncio.Future[Any]]) -> None:
-        write, future = item
-        try:
-            async with self._engine.begin() as conn:
-                result = await write(conn)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
-        self.batches += 1
-        self.writes += 1
-        if not future.done():
-            future.set_result(result)
+
+def _apply(conn: Connection, writes: list[Write]) -> list[Any]:
+    return [write(conn) for write in writes]
+
+
+def _settle(future: asyncio.Future[Any], *, result: Any = None,
+            exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import String, func, insert, select, type_coerce
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.models import (
     ContextToken,
@@ -47,8 +46,8 @@ class IssuedToken:
     expires_at: datetime
 
 
-async def issue_token(
-    conn: AsyncConnection,
+def issue_token(
+    conn: Connection,
     *,
     leg_id: str,
     conversation_id: str,
@@ -57,7 +56,7 @@ async def issue_token(
 ) -> IssuedToken:
     """A capability for one leg's bundle: 192 random bits; only its hash is stored."""
     token = secrets.token_urlsafe(24)
-    await conn.execute(
+    conn.execute(
         insert(TOKENS).values(
             token_hash=hash_token(token), leg_id=leg_id, conversation_id=conversation_id,
             created_at=now, expires_at=now + ttl,

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from gateway.models import Conversation, Leg, ProcessedEvent, TranscriptEntry
 from gateway.store import new_id
@@ -23,7 +23,7 @@ TRANSCRIPT = TranscriptEntry.__table__
 PROCESSED = ProcessedEvent.__table__
 
 
-def insert_ignore(conn: AsyncConnection, table: Table) -> Any:
+def insert_ignore(conn: Connection, table: Table) -> Any:
     """INSERT … ON CONFLICT DO NOTHING for the connection's dialect."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
@@ -31,8 +31,8 @@ def insert_ignore(conn: AsyncConnection, table: Table) -> Any:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
-async def claim_event(
-    conn: AsyncConnection, provider: str, event_id: str, now: datetime
+def claim_event(
+    conn: Connection, provider: str, event_id: str, now: datetime
 ) -> bool:
     """True the first time (provider, event_id) is seen; False for a duplicate.
 
@@ -42,15 +42,15 @@ async def claim_event(
     stmt = insert_ignore(conn, PROCESSED).values(
         provider=provider, event_id=event_id, received_at=now
     ).returning(PROCESSED.c.event_id)
-    return (await conn.execute(stmt)).first() is not None
+    return (conn.execute(stmt)).first() is not None
 
 
-async def open_conversation(
-    conn: AsyncConnection, customer_id: str, now: datetime, idle: timedelta
+def open_conversation(
+    conn: Connection, customer_id: str, now: datetime, idle: timedelta
 ) -> tuple[str, bool]:
     """The customer's open conversation, or a new one. Returns (id, created)."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(CONVERSATIONS.c.id, CONVERSATIONS.c.last_activity_at)
             .where(CONVERSATIONS.c.customer_id == customer_id, CONVERSATIONS.c.status == "open")
             .order_by(CONVERSATIONS.c.opened_at.desc())
@@ -60,9 +60,9 @@ async def open_conversation(
     if row is not None:
         if now - row[1] <= idle:
             return row[0], False
-        await close_conversation(conn, row[0], now)
+        close_conversation(conn, row[0], now)
     conversation_id = new_id("conv")
-    await conn.execute(
+    conn.execute(
         insert(CONVERSATIONS).values(
             id=conversation_id, customer_id=customer_id, status="open", opened_at=now,
             last_activity_at=now, closed_at=None,
@@ -71,19 +71,19 @@ async def open_conversation(
     return conversation_id, True
 
 
-async def close_conversation(conn: AsyncConnection, conversation_id: str, now: datetime) -> None:
-    await conn.execute(
+def close_conversation(conn: Connection, conversation_id: str, now: datetime) -> None:
+    conn.execute(
         update(CONVERSATIONS)
         .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.status == "open")
         .values(status="closed", closed_at=now)
     )
 
 
-async def find_leg(
-    conn: AsyncConnection, conversation_id: str, channel: str, thread_key: str
+def find_leg(
+    conn: Connection, conversation_id: str, channel: str, thread_key: str
 ) -> str | None:
     return (
-        await conn.execute(
+        conn.execute(
             select(LEGS.c.id).where(
                 LEGS.c.conversation_id == conversation_id,
                 LEGS.c.channel == channel,
@@ -93,8 +93,8 @@ async def find_leg(
     ).scalar()
 
 
-async def open_leg(
-    conn: AsyncConnection,
+def open_leg(
+    conn: Connection,
     conversation_id: str,
     channel: str,
     thread_key: str,
@@ -105,11 +105,11 @@ async def open_leg(
     escalation_id: str | None = None,
 ) -> tuple[str, bool]:
     """The leg for this thread in the conversation, or a new one. Returns (id, created)."""
-    existing = await find_leg(conn, conversation_id, channel, thread_key)
+    existing = find_leg(conn, conversation_id, channel, thread_key)
     if existing is not None:
         return existing, False
     leg_id = new_id("leg")
-    await conn.execute(
+    conn.execute(
         insert(LEGS).values(
             id=leg_id, conversation_id=conversation_id, channel=channel, thread_key=thread_key,
             address=address, local_address=local_address, binding=binding,
@@ -119,8 +119,8 @@ async def open_leg(
     return leg_id, True
 
 
-async def append(
-    conn: AsyncConnection,
+def append(
+    conn: Connection,
     *,
     conversation_id: str,
     leg_id: str,
@@ -137,7 +137,7 @@ async def append(
 ) -> int:
     """Append one entry to the transcript and mark the conversation active."""
     entry_id = (
-        await conn.execute(
+        conn.execute(
             insert(TRANSCRIPT)
             .values(
                 conversation_id=conversation_id, leg_id=leg_id, at=now, provider_at=provider_at,
@@ -147,7 +147,7 @@ async def append(
             .returning(TRANSCRIPT.c.id)
         )
     ).scalar_one()
-    await conn.execute(
+    conn.execute(
         update(CONVERSATIONS)
         .where(CONVERSATIONS.c.id == conversation_id)
         .values(last_activity_at=now)

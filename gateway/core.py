@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import context, conversations, identity, outbox, verification
 from gateway.addresses import Address, parse_address
@@ -97,6 +98,11 @@ class Core:
         self.reader = Reader(engine, engine.url.render_as_string(hide_password=False))
         self._on_outbox = on_outbox or (lambda: None)
 
+    async def aclose(self) -> None:
+        """Finish queued writes, then release the store's threads and connections."""
+        await self.batcher.aclose()
+        self.reader.dispose()
+
     def context_url(self, token: str) -> str:
         return f"{self.policy.public_url}/api/v1/contexts/{token}"
 
@@ -109,30 +115,30 @@ class Core:
             self._on_outbox()
         return result
 
-    async def _ingest(self, conn: AsyncConnection, event: InboundMessage) -> IngestResult:
+    def _ingest(self, conn: Connection, event: InboundMessage) -> IngestResult:
         now = self.clock.now()
-        if not await conversations.claim_event(conn, event.provider, event.provider_id, now):
+        if not conversations.claim_event(conn, event.provider, event.provider_id, now):
             return IngestResult(duplicate=True)
         attested = event.attested or event.thread_token_ok
         evidence = Evidence.ATTESTED if attested else Evidence.CLAIMED
-        customer_id = await self._known_by_alias(conn, event, evidence, now)
+        customer_id = self._known_by_alias(conn, event, evidence, now)
         if customer_id is None:
-            customer_id, _ = await identity.resolve(
+            customer_id, _ = identity.resolve(
                 conn, event.sender, evidence, now, detail=f"{event.provider} sender",
                 display_name=event.profile_name,
             )
         for alias in event.also_known_as:
             try:
-                await identity.link(conn, alias, customer_id, evidence, now,
+                identity.link(conn, alias, customer_id, evidence, now,
                                     detail=f"sent with {event.sender}")
             except IdentityError as exc:
                 # Both are known, as two customers: never merged automatically; an agent can.
                 log.warning("ingest: %s not linked to %s's customer: %s", alias, event.sender,
                             exc)
-        conversation_id, _ = await conversations.open_conversation(
+        conversation_id, _ = conversations.open_conversation(
             conn, customer_id, now, self.policy.conversation_idle
         )
-        leg_id, new_leg = await conversations.open_leg(
+        leg_id, new_leg = conversations.open_leg(
             conn, conversation_id, event.channel, event.thread_key, str(event.sender),
             Binding.ATTESTED if attested else Binding.ADDRESS, now,
             local_address=event.recipient,
@@ -141,7 +147,7 @@ class Core:
         text = event.text
         code = verification.code_in_text(text)
         if code is not None:
-            check = await verification.check_otp(
+            check = verification.check_otp(
                 conn, customer_id=customer_id, code=code, now=now,
                 grant_ttl=self.policy.verification_ttl, leg_id=leg_id,
                 conversation_id=conversation_id,
@@ -157,45 +163,45 @@ class Core:
             ]
         if event.extra:
             data["extra"] = dict(event.extra)
-        entry_id = await conversations.append(
+        entry_id = conversations.append(
             conn, conversation_id=conversation_id, leg_id=leg_id, channel=event.channel,
             direction="in", kind="message", author=str(event.sender), text=text, now=now,
             provider=event.provider, provider_id=event.provider_id,
             provider_at=event.provider_at, data=data or None,
         )
         if otp_outcome is not None:
-            await self._after_otp(conn, otp_outcome, customer_id, conversation_id, leg_id,
+            self._after_otp(conn, otp_outcome, customer_id, conversation_id, leg_id,
                                   event, now)
         return IngestResult(
             duplicate=False, customer_id=customer_id, conversation_id=conversation_id,
             leg_id=leg_id, entry_id=entry_id, new_leg=new_leg, otp=otp_outcome,
         )
 
-    async def _known_by_alias(
-        self, conn: AsyncConnection, event: InboundMessage, evidence: Evidence, now: datetime
+    def _known_by_alias(
+        self, conn: Connection, event: InboundMessage, evidence: Evidence, now: datetime
     ) -> str | None:
         """A new sender address that arrives beside a known alias joins the alias's customer.
 
         E.g. a WhatsApp user first known only by a business-scoped user id, later with a number.
         """
-        if not event.also_known_as or await identity.find_customer(conn, event.sender):
+        if not event.also_known_as or identity.find_customer(conn, event.sender):
             return None
         for alias in event.also_known_as:
-            found = await identity.find_customer(conn, alias)
+            found = identity.find_customer(conn, alias)
             if found is not None:
-                await identity.link(conn, event.sender, found[0], evidence, now,
+                identity.link(conn, event.sender, found[0], evidence, now,
                                     detail=f"sent with {alias}")
                 return found[0]
         return None
 
-    async def _after_otp(
-        self, conn: AsyncConnection, outcome: str, customer_id: str, conversation_id: str,
+    def _after_otp(
+        self, conn: Connection, outcome: str, customer_id: str, conversation_id: str,
         leg_id: str, event: InboundMessage, now: datetime,
     ) -> None:
         if outcome == "passed":
-            grant = await verification.latest_grant(conn, customer_id)
+            grant = verification.read_latest_grant(conn, customer_id)
             assert grant is not None
-            await identity.mark_proved(conn, _address(grant.address), customer_id, now,
+            identity.mark_proved(conn, _address(grant.address), customer_id, now,
                                        how=grant.method)
             note = f"verified {grant.address} by {grant.method}"
             reply = "Thank you, you are verified."
@@ -206,23 +212,23 @@ class Core:
             reply = "Too many wrong codes. An agent can send you a new one."
         else:
             note, reply = "verification code expired", "That code has expired."
-        await conversations.append(
+        conversations.append(
             conn, conversation_id=conversation_id, leg_id=leg_id, channel=event.channel,
             direction="event", kind="system", author="gateway", text=note, now=now,
         )
         if event.channel in MESSAGING_CHANNELS:
-            await self._reply_on_leg(conn, conversation_id, leg_id, reply, "gateway", now)
+            self._reply_on_leg(conn, conversation_id, leg_id, reply, "gateway", now)
 
     async def delivery_status(self, event: DeliveryStatus) -> str | None:
         """Move an outbound message's state forward (never back). Returns its state."""
 
-        async def write(conn: AsyncConnection) -> str | None:
+        def write(conn: Connection) -> str | None:
             now = self.clock.now()
-            if event.event_id and not await conversations.claim_event(
+            if event.event_id and not conversations.claim_event(
                 conn, event.provider, event.event_id, now
             ):
                 return None
-            return await outbox.apply_status(
+            return outbox.apply_status(
                 conn, provider_id=event.provider_message_id, status=event.status, now=now,
                 error=event.error,
             )
@@ -235,10 +241,10 @@ class Core:
         """Resolve the caller, open the call leg and issue its context token."""
         return await self.batcher.run(lambda conn: self._open_call(conn, call))
 
-    async def _open_call(self, conn: AsyncConnection, call: IncomingCall) -> CallRoute:
+    def _open_call(self, conn: Connection, call: IncomingCall) -> CallRoute:
         now = self.clock.now()
         existing = (
-            await conn.execute(
+            conn.execute(
                 select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.binding,
                        LEGS.c.escalation_id, CONVERSATIONS.c.customer_id)
                 .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
@@ -247,7 +253,7 @@ class Core:
         ).first()
         if existing is not None:
             # A retried webhook or INVITE for a call we already routed: same leg, new token.
-            token = await context.issue_token(
+            token = context.issue_token(
                 conn, leg_id=existing[0], conversation_id=existing[1], now=now,
                 ttl=self.policy.context_token_ttl,
             )
@@ -256,7 +262,7 @@ class Core:
                              existing[3])
         escalation = None
         if call.escalation_token or call.pin:
-            escalation = await verification.redeem_escalation(
+            escalation = verification.redeem_escalation(
                 conn, token=call.escalation_token, pin=call.pin, now=now
             )
         if escalation is not None:
@@ -264,14 +270,14 @@ class Core:
             binding = Binding.CALLBACK if escalation.mode == "callback" else Binding.ESCALATION
             if call.caller is not None and call.caller.is_phone:
                 # Record the number they called from, but only as a claim.
-                await identity.link(conn, call.caller, customer_id, Evidence.CLAIMED, now,
+                identity.link(conn, call.caller, customer_id, Evidence.CLAIMED, now,
                                     detail="caller ID of an escalated call")
             address = escalation.target_address if binding is Binding.CALLBACK else None
             address = address or (str(call.caller) if call.caller else f"voice:{call.call_ref}")
         else:
             caller = call.caller or Address("web", f"anonymous-{call.call_ref}")
             evidence = Evidence.ATTESTED if call.caller_authenticated else Evidence.CLAIMED
-            customer_id, _ = await identity.resolve(
+            customer_id, _ = identity.resolve(
                 conn, caller, evidence, now, detail=f"{call.provider} caller ID"
             )
             if call.escalation_token or call.pin:
@@ -281,28 +287,28 @@ class Core:
             else:
                 binding = Binding.CALLER_ID
             address = str(caller)
-        conversation_id, _ = await conversations.open_conversation(
+        conversation_id, _ = conversations.open_conversation(
             conn, customer_id, now, self.policy.conversation_idle
         )
-        leg_id, _ = await conversations.open_leg(
+        leg_id, _ = conversations.open_leg(
             conn, conversation_id, "voice", call.call_ref, address, binding, now,
             local_address=call.callee,
             escalation_id=escalation.id if escalation else None,
         )
         if escalation is not None:
-            await verification.mark_escalation_leg(conn, escalation.id, leg_id)
+            verification.mark_escalation_leg(conn, escalation.id, leg_id)
         how = {
             Binding.ESCALATION: "with escalation PIN" if escalation else "with an invalid PIN",
             Binding.CALLBACK: "callback placed by the gateway",
         }.get(binding, "")
-        await conversations.append(
+        conversations.append(
             conn, conversation_id=conversation_id, leg_id=leg_id, channel="voice",
             direction="event", kind="call", author=address,
             text=f"incoming call from {address}" + (f" ({how})" if how else ""), now=now,
             provider=call.provider, provider_id=f"call-start:{call.call_ref}",
             data={"event": "incoming", "callee": call.callee},
         )
-        token = await context.issue_token(
+        token = context.issue_token(
             conn, leg_id=leg_id, conversation_id=conversation_id, now=now,
             ttl=self.policy.context_token_ttl,
         )
@@ -313,14 +319,14 @@ class Core:
     async def call_event(self, event: CallEvent) -> bool:
         """Record ringing / answered / ended on the call's leg. False for an unknown call."""
 
-        async def write(conn: AsyncConnection) -> bool:
+        def write(conn: Connection) -> bool:
             now = self.clock.now()
-            if event.event_id and not await conversations.claim_event(
+            if event.event_id and not conversations.claim_event(
                 conn, event.provider, event.event_id, now
             ):
                 return True
             leg = (
-                await conn.execute(
+                conn.execute(
                     select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.started_at,
                            LEGS.c.agent_id, LEGS.c.ended_at)
                     .where(LEGS.c.channel == "voice", LEGS.c.thread_key == event.call_ref)
@@ -351,7 +357,7 @@ class Core:
             else:
                 text = f"call {event.kind}" + (f" ({event.detail})" if event.detail else "")
             if values:
-                await conn.execute(update(LEGS).where(LEGS.c.id == leg_id).values(**values))
+                conn.execute(update(LEGS).where(LEGS.c.id == leg_id).values(**values))
             data: dict[str, Any] = {"event": event.kind}
             if agent:
                 data["agent_id"] = agent
@@ -360,7 +366,7 @@ class Core:
                     event.duration_seconds
                     if event.duration_seconds is not None
                     else (now - started_at).total_seconds(), 1)
-            await conversations.append(
+            conversations.append(
                 conn, conversation_id=conversation_id, leg_id=leg_id, channel="voice",
                 direction="event", kind="call", author=f"agent:{agent}" if agent else "gateway",
                 text=text, now=now, provider_at=event.at, data=data,
@@ -371,11 +377,11 @@ class Core:
 
     # ---- flow 3: outbound and agent commands ----------------------------------------------
 
-    async def _active_messaging_leg(
-        self, conn: AsyncConnection, conversation_id: str
+    def _active_messaging_leg(
+        self, conn: Connection, conversation_id: str
     ) -> Any:
         return (
-            await conn.execute(
+            conn.execute(
                 select(LEGS)
                 .where(LEGS.c.conversation_id == conversation_id,
                        LEGS.c.channel.in_(sorted(MESSAGING_CHANNELS)))
@@ -384,31 +390,31 @@ class Core:
             )
         ).mappings().first()
 
-    async def _conversation(self, conn: AsyncConnection, conversation_id: str) -> Any:
+    def _conversation(self, conn: Connection, conversation_id: str) -> Any:
         row = (
-            await conn.execute(select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id))
+            conn.execute(select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id))
         ).mappings().first()
         if row is None:
             raise NotFound(f"no conversation {conversation_id}")
         return row
 
-    async def _reply_on_leg(
-        self, conn: AsyncConnection, conversation_id: str, leg_id: str, text: str,
+    def _reply_on_leg(
+        self, conn: Connection, conversation_id: str, leg_id: str, text: str,
         author: str, now: datetime, kind: str = "message", transcript_text: str | None = None,
     ) -> str:
-        leg = (await conn.execute(select(LEGS).where(LEGS.c.id == leg_id))).mappings().one()
-        entry_id = await conversations.append(
+        leg = (conn.execute(select(LEGS).where(LEGS.c.id == leg_id))).mappings().one()
+        entry_id = conversations.append(
             conn, conversation_id=conversation_id, leg_id=leg_id, channel=leg["channel"],
             direction="out", kind="message", author=author,
             text=transcript_text if transcript_text is not None else text, now=now,
         )
-        message_id = await outbox.enqueue(
+        message_id = outbox.enqueue(
             conn, channel=leg["channel"], kind=kind, to=leg["address"],
             from_=leg["local_address"], text=text, now=now, conversation_id=conversation_id,
             leg_id=leg_id, transcript_entry_id=entry_id,
             payload={"thread_key": leg["thread_key"]},
         )
-        await conn.execute(
+        conn.execute(
             update(TRANSCRIPT).where(TRANSCRIPT.c.id == entry_id)
             .values(data={"outbox_id": message_id})
         )
@@ -419,13 +425,13 @@ class Core:
         if not text.strip():
             raise Conflict("text is empty")
 
-        async def write(conn: AsyncConnection) -> dict[str, Any]:
+        def write(conn: Connection) -> dict[str, Any]:
             now = self.clock.now()
-            await self._conversation(conn, conversation_id)
-            leg = await self._active_messaging_leg(conn, conversation_id)
+            self._conversation(conn, conversation_id)
+            leg = self._active_messaging_leg(conn, conversation_id)
             if leg is None:
                 raise Conflict("the conversation has no messaging leg to reply on")
-            message_id = await self._reply_on_leg(
+            message_id = self._reply_on_leg(
                 conn, conversation_id, leg["id"], text, f"agent:{agent or 'agent'}", now
             )
             return {"id": message_id, "status": "pending", "leg_id": leg["id"],
@@ -440,20 +446,20 @@ class Core:
     ) -> dict[str, Any]:
         """Send a one-time code to one of the customer's addresses (default: the active leg's)."""
 
-        async def write(conn: AsyncConnection) -> dict[str, Any]:
+        def write(conn: Connection) -> dict[str, Any]:
             now = self.clock.now()
-            conv = await self._conversation(conn, conversation_id)
-            leg = await self._active_messaging_leg(conn, conversation_id)
+            conv = self._conversation(conn, conversation_id)
+            leg = self._active_messaging_leg(conn, conversation_id)
             target = address_text or (leg["address"] if leg is not None else None)
             if target is None:
                 raise Conflict("no address to send a code to; give one")
             address = _address(target)
-            owner = await identity.find_customer(conn, address)
+            owner = identity.find_customer(conn, address)
             if owner is None or owner[0] != conv["customer_id"]:
                 raise Conflict(f"{address} is not an address of this customer")
             if address.channel not in MESSAGING_CHANNELS:
                 raise Conflict(f"codes cannot be sent over {address.channel}")
-            issued = await verification.issue_otp(
+            issued = verification.issue_otp(
                 conn, customer_id=conv["customer_id"], address=str(address), now=now,
                 ttl=self.policy.otp_ttl, max_attempts=self.policy.otp_max_attempts,
                 conversation_id=conversation_id, leg_id=leg["id"] if leg is not None else None,
@@ -462,24 +468,24 @@ class Core:
             text = f"Your verification code is {issued.code}. It expires in {minutes} minutes."
             # Send on the leg for that address when there is one, else straight to it.
             target_leg = (
-                await conn.execute(
+                conn.execute(
                     select(LEGS.c.id).where(LEGS.c.conversation_id == conversation_id,
                                             LEGS.c.address == str(address))
                     .order_by(LEGS.c.started_at.desc()).limit(1)
                 )
             ).scalar()
             if target_leg is not None:
-                message_id = await self._reply_on_leg(
+                message_id = self._reply_on_leg(
                     conn, conversation_id, target_leg, text, "gateway", now, kind="otp",
                     transcript_text=f"[verification code sent to {address}]",
                 )
             else:
-                message_id = await outbox.enqueue(
+                message_id = outbox.enqueue(
                     conn, channel=address.channel, kind="otp", to=str(address), from_=None,
                     text=text, now=now, conversation_id=conversation_id,
                 )
                 if leg is not None:
-                    await conversations.append(
+                    conversations.append(
                         conn, conversation_id=conversation_id, leg_id=leg["id"],
                         channel=address.channel, direction="event", kind="system",
                         author="gateway", text=f"[verification code sent to {address}]",
@@ -499,16 +505,16 @@ class Core:
         if mode not in ("callback", "dial-in"):
             raise Conflict("mode must be \"callback\" or \"dial-in\"")
 
-        async def write(conn: AsyncConnection) -> dict[str, Any]:
+        def write(conn: Connection) -> dict[str, Any]:
             now = self.clock.now()
-            conv = await self._conversation(conn, conversation_id)
+            conv = self._conversation(conn, conversation_id)
             if conv["status"] != "open":
                 raise Conflict("the conversation is closed")
             customer_id = conv["customer_id"]
-            grant = await verification.latest_grant(conn, customer_id)
+            grant = verification.read_latest_grant(conn, customer_id)
             if grant is not None and grant.expires_at <= now:
                 grant = None
-            leg = await self._active_messaging_leg(conn, conversation_id)
+            leg = self._active_messaging_leg(conn, conversation_id)
             if mode == "callback":
                 number = grant.address if grant is not None else (leg["address"] if leg else None)
                 if number is None or not _address(number).is_phone:
@@ -518,7 +524,7 @@ class Core:
                 if leg is None:
                     raise Conflict("no messaging leg to send the dial-in PIN on")
                 target = None
-            issued = await verification.issue_escalation(
+            issued = verification.issue_escalation(
                 conn, conversation_id=conversation_id, customer_id=customer_id,
                 source_leg_id=leg["id"] if leg is not None else None,
                 grant_id=grant.id if grant is not None else None, channel=channel, mode=mode,
@@ -533,20 +539,20 @@ class Core:
                 minutes = int(self.policy.escalation_ttl.total_seconds() // 60)
                 text = (f"To continue by phone, call {number} and enter PIN {issued.pin}. "
                         f"It works once, for {minutes} minutes.")
-                out["outbox_id"] = await self._reply_on_leg(
+                out["outbox_id"] = self._reply_on_leg(
                     conn, conversation_id, leg["id"], text, "gateway", now, kind="message",
                     transcript_text="[dial-in PIN sent]",
                 )
                 out["sent_to"] = leg["address"]
             else:
-                out["outbox_id"] = await outbox.enqueue(
+                out["outbox_id"] = outbox.enqueue(
                     conn, channel="voice", kind="call", to=target or "", from_=None, text=None,
                     now=now, conversation_id=conversation_id,
                     payload={"escalation_token": issued.token, "escalation_id": issued.id},
                 )
                 out["calling"] = target
                 if leg is not None:
-                    await conversations.append(
+                    conversations.append(
                         conn, conversation_id=conversation_id, leg_id=leg["id"],
                         channel=leg["channel"], direction="event", kind="system",
                         author="gateway", text=f"calling the customer back on {target}", now=now,
@@ -558,9 +564,9 @@ class Core:
         return result
 
     async def close_conversation(self, conversation_id: str) -> None:
-        async def write(conn: AsyncConnection) -> None:
-            await self._conversation(conn, conversation_id)
-            await conversations.close_conversation(conn, conversation_id, self.clock.now())
+        def write(conn: Connection) -> None:
+            self._conversation(conn, conversation_id)
+            conversations.close_conversation(conn, conversation_id, self.clock.now())
 
         await self.batcher.run(write)
 
@@ -587,10 +593,11 @@ class Core:
         return view
 
     async def outbox_message(self, message_id: str) -> dict[str, Any]:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(outbox.OUTBOX).where(outbox.OUTBOX.c.id == message_id))
+        row = await self.reader.run(
+            lambda conn: conn.execute(
+                select(outbox.OUTBOX).where(outbox.OUTBOX.c.id == message_id)
             ).mappings().first()
+        )
         if row is None:
             raise NotFound(f"no outbound message {message_id}")
         return {

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from gateway.addresses import PHONE_CHANNELS, Address
 from gateway.models import Conversation, Customer, CustomerAddress, IdentityLink, Merge
@@ -47,10 +47,10 @@ MERGES = Merge.__table__
 CONVERSATIONS = Conversation.__table__
 
 
-async def find_customer(conn: AsyncConnection, address: Address) -> tuple[str, str] | None:
+def find_customer(conn: Connection, address: Address) -> tuple[str, str] | None:
     """(customer_id, evidence) for the address, following merges; None when unknown."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
                 ADDRESSES.c.address == str(address)
             )
@@ -59,8 +59,8 @@ async def find_customer(conn: AsyncConnection, address: Address) -> tuple[str, s
     return (row[0], row[1]) if row else None
 
 
-async def resolve(
-    conn: AsyncConnection,
+def resolve(
+    conn: Connection,
     address: Address,
     evidence: Evidence,
     now: datetime,
@@ -72,16 +72,16 @@ async def resolve(
     Same E.164 on sms/whatsapp/voice joins the existing customer with `same-number` evidence:
     it identifies them, it does not verify them.
     """
-    found = await find_customer(conn, address)
+    found = find_customer(conn, address)
     if found is not None:
         customer_id, current = found
         if STRENGTH[evidence] > STRENGTH[Evidence(current)]:
-            await _relink(conn, address, customer_id, evidence, now, detail)
+            _relink(conn, address, customer_id, evidence, now, detail)
         return customer_id, False
     if address.is_phone:
         siblings = [str(address.on(ch)) for ch in sorted(PHONE_CHANNELS - {address.channel})]
         row = (
-            await conn.execute(
+            conn.execute(
                 select(ADDRESSES.c.customer_id)
                 .where(ADDRESSES.c.address.in_(siblings))
                 .order_by(ADDRESSES.c.linked_at)
@@ -90,18 +90,18 @@ async def resolve(
         ).first()
         if row is not None:
             # The link is by number, whatever the channel says about the sender.
-            await link(conn, address, row[0], Evidence.SAME_NUMBER, now, detail)
+            link(conn, address, row[0], Evidence.SAME_NUMBER, now, detail)
             return row[0], False
     customer_id = new_id("cus")
-    await conn.execute(
+    conn.execute(
         insert(CUSTOMERS).values(id=customer_id, display_name=display_name, created_at=now)
     )
-    await link(conn, address, customer_id, evidence, now, detail)
+    link(conn, address, customer_id, evidence, now, detail)
     return customer_id, True
 
 
-async def link(
-    conn: AsyncConnection,
+def link(
+    conn: Connection,
     address: Address,
     customer_id: str,
     evidence: Evidence,
@@ -110,15 +110,15 @@ async def link(
     merge_id: str | None = None,
 ) -> None:
     """Link a new address to a customer. An address already linked is an IdentityError."""
-    found = await find_customer(conn, address)
+    found = find_customer(conn, address)
     if found is not None:
         if found[0] == customer_id:
             if STRENGTH[evidence] > STRENGTH[Evidence(found[1])]:
-                await _relink(conn, address, customer_id, evidence, now, detail)
+                _relink(conn, address, customer_id, evidence, now, detail)
             return
         if evidence is Evidence.CLAIMED:
             # Two customers are never merged on a claim; the claim is recorded, not applied.
-            await conn.execute(
+            conn.execute(
                 insert(LINKS).values(
                     address=str(address),
                     customer_id=customer_id,
@@ -129,7 +129,7 @@ async def link(
             )
             return
         raise IdentityError(f"{address} already belongs to customer {found[0]}")
-    await conn.execute(
+    conn.execute(
         insert(ADDRESSES).values(
             address=str(address),
             channel=address.channel,
@@ -140,7 +140,7 @@ async def link(
             linked_at=now,
         )
     )
-    await conn.execute(
+    conn.execute(
         insert(LINKS).values(
             address=str(address),
             customer_id=customer_id,
@@ -152,20 +152,20 @@ async def link(
     )
 
 
-async def _relink(
-    conn: AsyncConnection,
+def _relink(
+    conn: Connection,
     address: Address,
     customer_id: str,
     evidence: Evidence,
     now: datetime,
     detail: str | None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         update(ADDRESSES)
         .where(ADDRESSES.c.address == str(address))
         .values(evidence=str(evidence), detail=detail, linked_at=now)
     )
-    await conn.execute(
+    conn.execute(
         insert(LINKS).values(
             address=str(address), customer_id=customer_id, evidence=str(evidence),
             detail=detail, at=now,
@@ -173,20 +173,20 @@ async def _relink(
     )
 
 
-async def mark_proved(
-    conn: AsyncConnection, address: Address, customer_id: str, now: datetime, how: str
+def mark_proved(
+    conn: Connection, address: Address, customer_id: str, now: datetime, how: str
 ) -> None:
-    await link(conn, address, customer_id, Evidence.PROVED, now, detail=how)
+    link(conn, address, customer_id, Evidence.PROVED, now, detail=how)
 
 
-async def merge(
-    conn: AsyncConnection, survivor_id: str, merged_id: str, agent: str | None, now: datetime
+def merge(
+    conn: Connection, survivor_id: str, merged_id: str, agent: str | None, now: datetime
 ) -> str:
     """An agent merges `merged_id` into `survivor_id`. Returns the merge id for undo."""
     if survivor_id == merged_id:
         raise IdentityError("cannot merge a customer with itself")
     rows = (
-        await conn.execute(
+        conn.execute(
             select(CUSTOMERS.c.id, CUSTOMERS.c.merged_into).where(
                 CUSTOMERS.c.id.in_([survivor_id, merged_id])
             )
@@ -199,51 +199,51 @@ async def merge(
         if known[cid] is not None:
             raise IdentityError(f"customer {cid} was already merged into {known[cid]}")
     addrs = (
-        await conn.execute(
+        conn.execute(
             select(ADDRESSES.c.address, ADDRESSES.c.evidence).where(
                 ADDRESSES.c.customer_id == merged_id
             )
         )
     ).all()
     convs = (
-        await conn.execute(
+        conn.execute(
             select(CONVERSATIONS.c.id).where(CONVERSATIONS.c.customer_id == merged_id)
         )
     ).scalars().all()
     merge_id = new_id("mrg")
     moved = {"addresses": {a: e for a, e in addrs}, "conversations": list(convs)}
-    await conn.execute(
+    conn.execute(
         insert(MERGES).values(
             id=merge_id, survivor_id=survivor_id, merged_id=merged_id, agent=agent, at=now,
             undone_at=None, moved=moved,
         )
     )
-    await conn.execute(
+    conn.execute(
         update(ADDRESSES)
         .where(ADDRESSES.c.customer_id == merged_id)
         .values(customer_id=survivor_id, evidence=str(Evidence.AGENT), linked_at=now)
     )
     for address in moved["addresses"]:
-        await conn.execute(
+        conn.execute(
             insert(LINKS).values(
                 address=address, customer_id=survivor_id, evidence=str(Evidence.AGENT),
                 detail=f"merged by {agent or 'an agent'}", at=now, merge_id=merge_id,
             )
         )
-    await conn.execute(
+    conn.execute(
         update(CONVERSATIONS)
         .where(CONVERSATIONS.c.customer_id == merged_id)
         .values(customer_id=survivor_id)
     )
-    await conn.execute(
+    conn.execute(
         update(CUSTOMERS).where(CUSTOMERS.c.id == merged_id).values(merged_into=survivor_id)
     )
     return merge_id
 
 
-async def undo_merge(conn: AsyncConnection, merge_id: str, now: datetime) -> None:
+def undo_merge(conn: Connection, merge_id: str, now: datetime) -> None:
     row = (
-        await conn.execute(
+        conn.execute(
             select(MERGES.c.survivor_id, MERGES.c.merged_id, MERGES.c.moved, MERGES.c.undone_at)
             .where(MERGES.c.id == merge_id)
         )
@@ -254,24 +254,24 @@ async def undo_merge(conn: AsyncConnection, merge_id: str, now: datetime) -> Non
     if undone_at is not None:
         raise IdentityError(f"merge {merge_id} was already undone")
     for address, evidence in moved["addresses"].items():
-        await conn.execute(
+        conn.execute(
             update(ADDRESSES)
             .where(ADDRESSES.c.address == address, ADDRESSES.c.customer_id == survivor_id)
             .values(customer_id=merged_id, evidence=evidence, linked_at=now)
         )
-        await conn.execute(
+        conn.execute(
             insert(LINKS).values(
                 address=address, customer_id=merged_id, evidence=evidence,
                 detail="merge undone", at=now, merge_id=merge_id,
             )
         )
     if moved["conversations"]:
-        await conn.execute(
+        conn.execute(
             update(CONVERSATIONS)
             .where(CONVERSATIONS.c.id.in_(moved["conversations"]))
             .values(customer_id=merged_id)
         )
-    await conn.execute(
+    conn.execute(
         update(CUSTOMERS).where(CUSTOMERS.c.id == merged_id).values(merged_into=None)
     )
-    await conn.execute(update(MERGES).where(MERGES.c.id == merge_id).values(undone_at=now))
+    conn.execute(update(MERGES).where(MERGES.c.id == merge_id).values(undone_at=now))

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.channels import Connector, OutboundMessage, SendError
 from gateway.clock import Clock
@@ -36,8 +37,8 @@ FINAL = {"failed", "undelivered", "read"}  # delivered may still become read
 LEASE = timedelta(seconds=60)
 
 
-async def enqueue(
-    conn: AsyncConnection,
+def enqueue(
+    conn: Connection,
     *,
     channel: str,
     kind: str,
@@ -54,7 +55,7 @@ async def enqueue(
     body = dict(payload or {})
     if text is not None:
         body["text"] = text
-    await conn.execute(
+    conn.execute(
         insert(OUTBOX).values(
             id=message_id, conversation_id=conversation_id, leg_id=leg_id, channel=channel,
             kind=kind, to_address=to, from_address=from_, payload=body, status="pending",
@@ -66,8 +67,8 @@ async def enqueue(
     return message_id
 
 
-async def apply_status(
-    conn: AsyncConnection,
+def apply_status(
+    conn: Connection,
     *,
     provider_id: str,
     status: str,
@@ -79,7 +80,7 @@ async def apply_status(
     Returns the status the message has afterwards, or None when no message has that id.
     """
     row = (
-        await conn.execute(
+        conn.execute(
             select(OUTBOX.c.id, OUTBOX.c.status).where(OUTBOX.c.provider_id == provider_id)
         )
     ).first()
@@ -94,7 +95,7 @@ async def apply_status(
     values: dict[str, Any] = {"status": status, "updated_at": now}
     if error:
         values["last_error"] = error
-    await conn.execute(update(OUTBOX).where(OUTBOX.c.id == row[0]).values(**values))
+    conn.execute(update(OUTBOX).where(OUTBOX.c.id == row[0]).values(**values))
     return status
 
 

@@ -34,33 +34,54 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _sqlite_durability(sync_engine: Engine) -> None:
+    """Pragmas every SQLite connection of ours gets, async or not."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers run beside the writer; FULL makes every commit durable before
+        # the edge acknowledges a provider (group commit pays for the fsync). Transactions
+        # are opened by SQLAlchemy's BEGIN, so pysqlite's implicit ones are turned off.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: two writers never deadlock on upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets readers run beside the writer; FULL makes every commit durable
-            # before the edge acknowledges a provider (group commit pays for the fsync).
-            # Transactions are opened by SQLAlchemy's BEGIN, so pysqlite's own implicit
-            # transaction handling is turned off.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front: two writers never deadlock on upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _sqlite_durability(engine.sync_engine)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     return create_async_engine(url, **kwargs)
+
+
+def make_sqlite_sync_engine(url: str, *, writer: bool) -> Engine:
+    """A plain sqlite3 engine on the same file, for work done in one thread hop."""
+    engine = create_engine(
+        url.replace("sqlite+aiosqlite", "sqlite", 1),
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=1 if writer else 4, max_overflow=0 if writer else 4,
+    )
+    if writer:
+        _sqlite_durability(engine)
+    else:
+        @event.listens_for(engine, "connect")
+        def _reader(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+    return engine
 
 
 class Reader:
@@ -73,18 +94,9 @@ class Reader:
 
     def __init__(self, engine: AsyncEngine, url: str) -> None:
         self._engine = engine
-        self._sync: Engine | None = None
-        if is_sqlite(url):
-            self._sync = create_engine(
-                url.replace("sqlite+aiosqlite", "sqlite", 1),
-                connect_args={"check_same_thread": False, "timeout": 30},
-                pool_size=4, max_overflow=4,
-            )
-
-            @event.listens_for(self._sync, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.execute("PRAGMA busy_timeout=30000")
-                dbapi_conn.execute("PRAGMA query_only=ON")
+        self._sync: Engine | None = (
+            make_sqlite_sync_engine(url, writer=False) if is_sqlite(url) else None
+        )
 
     async def run(self, read: Callable[..., T], *args: Any) -> T:
         if self._sync is not None:

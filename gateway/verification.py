@@ -18,7 +18,6 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.models import Escalation, OtpChallenge, VerificationGrant
 from gateway.store import new_id
@@ -77,8 +76,8 @@ class IssuedOtp:
     expires_at: datetime
 
 
-async def issue_otp(
-    conn: AsyncConnection,
+def issue_otp(
+    conn: Connection,
     *,
     customer_id: str,
     address: str,
@@ -89,7 +88,7 @@ async def issue_otp(
     leg_id: str | None,
 ) -> IssuedOtp:
     """A new code for `address`; earlier pending codes for it stop working."""
-    await conn.execute(
+    conn.execute(
         update(CHALLENGES)
         .where(
             CHALLENGES.c.customer_id == customer_id,
@@ -101,7 +100,7 @@ async def issue_otp(
     salt = secrets.token_hex(16)
     challenge_id = new_id("otp")
     channel = address.partition(":")[0]
-    await conn.execute(
+    conn.execute(
         insert(CHALLENGES).values(
             id=challenge_id, customer_id=customer_id, address=address,
             method=METHOD_BY_CHANNEL.get(channel, f"{channel}-otp"),
@@ -120,8 +119,8 @@ class OtpCheck:
     attempts_left: int = 0
 
 
-async def check_otp(
-    conn: AsyncConnection,
+def check_otp(
+    conn: Connection,
     *,
     customer_id: str,
     code: str,
@@ -132,7 +131,7 @@ async def check_otp(
 ) -> OtpCheck:
     """Check a code typed by the customer against their pending challenge."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(CHALLENGES)
             .where(CHALLENGES.c.customer_id == customer_id, CHALLENGES.c.status == "pending")
             .order_by(CHALLENGES.c.created_at.desc())
@@ -142,24 +141,24 @@ async def check_otp(
     if row is None:
         return OtpCheck(OtpOutcome.NONE_PENDING)
     if row["expires_at"] <= now:
-        await _set_status(conn, row["id"], "expired")
+        _set_status(conn, row["id"], "expired")
         return OtpCheck(OtpOutcome.EXPIRED)
     attempts = row["attempts"] + 1
     ok = hmac.compare_digest(_digest(code, row["salt"]), row["code_hash"])
     if ok:
-        await conn.execute(
+        conn.execute(
             update(CHALLENGES)
             .where(CHALLENGES.c.id == row["id"])
             .values(attempts=attempts, status="passed")
         )
-        grant = await create_grant(
+        grant = create_grant(
             conn, customer_id=customer_id, address=row["address"], method=row["method"],
             level="possession", now=now, ttl=grant_ttl,
             conversation_id=conversation_id or row["conversation_id"], leg_id=leg_id,
         )
         return OtpCheck(OtpOutcome.PASSED, grant)
     locked = attempts >= row["max_attempts"]
-    await conn.execute(
+    conn.execute(
         update(CHALLENGES)
         .where(CHALLENGES.c.id == row["id"])
         .values(attempts=attempts, status="locked" if locked else "pending")
@@ -169,14 +168,14 @@ async def check_otp(
     return OtpCheck(OtpOutcome.WRONG, attempts_left=row["max_attempts"] - attempts)
 
 
-async def _set_status(conn: AsyncConnection, challenge_id: str, status: str) -> None:
-    await conn.execute(
+def _set_status(conn: Connection, challenge_id: str, status: str) -> None:
+    conn.execute(
         update(CHALLENGES).where(CHALLENGES.c.id == challenge_id).values(status=status)
     )
 
 
-async def create_grant(
-    conn: AsyncConnection,
+def create_grant(
+    conn: Connection,
     *,
     customer_id: str,
     address: str,
@@ -188,7 +187,7 @@ async def create_grant(
     leg_id: str | None,
 ) -> GrantFacts:
     grant_id = new_id("grant")
-    await conn.execute(
+    conn.execute(
         insert(GRANTS).values(
             id=grant_id, customer_id=customer_id, address=address, method=method, level=level,
             verified_at=now, expires_at=now + ttl, conversation_id=conversation_id,
@@ -220,10 +219,6 @@ def read_grant(conn: Connection, grant_id: str) -> GrantFacts | None:
     return _grant_facts(conn.execute(select(GRANTS).where(GRANTS.c.id == grant_id)).first())
 
 
-async def latest_grant(conn: AsyncConnection, customer_id: str) -> GrantFacts | None:
-    return await conn.run_sync(read_latest_grant, customer_id)
-
-
 @dataclass(frozen=True, slots=True)
 class IssuedEscalation:
     id: str
@@ -232,8 +227,8 @@ class IssuedEscalation:
     expires_at: datetime
 
 
-async def issue_escalation(
-    conn: AsyncConnection,
+def issue_escalation(
+    conn: Connection,
     *,
     conversation_id: str,
     customer_id: str,
@@ -249,7 +244,7 @@ async def issue_escalation(
     pin = random_digits(PIN_DIGITS) if mode == "dial-in" else None
     salt = secrets.token_hex(16) if pin else None
     escalation_id = new_id("esc")
-    await conn.execute(
+    conn.execute(
         insert(ESCALATIONS).values(
             id=escalation_id, conversation_id=conversation_id, customer_id=customer_id,
             source_leg_id=source_leg_id, grant_id=grant_id, channel=channel, mode=mode,
@@ -271,8 +266,8 @@ class RedeemedEscalation:
     target_address: str | None
 
 
-async def redeem_escalation(
-    conn: AsyncConnection, *, token: str | None, pin: str | None, now: datetime
+def redeem_escalation(
+    conn: Connection, *, token: str | None, pin: str | None, now: datetime
 ) -> RedeemedEscalation | None:
     """Find the unexpired, unused escalation for a token or PIN and mark it used.
 
@@ -284,11 +279,11 @@ async def redeem_escalation(
     row = None
     if token:
         row = (
-            await conn.execute(base.where(ESCALATIONS.c.token_hash == hash_token(token)))
+            conn.execute(base.where(ESCALATIONS.c.token_hash == hash_token(token)))
         ).mappings().first()
     elif pin and pin.isdigit() and len(pin) == PIN_DIGITS:
         candidates = (
-            await conn.execute(base.where(ESCALATIONS.c.pin_hash.is_not(None)).limit(10000))
+            conn.execute(base.where(ESCALATIONS.c.pin_hash.is_not(None)).limit(10000))
         ).mappings().all()
         for cand in candidates:
             if hmac.compare_digest(_digest(pin, cand["pin_salt"]), cand["pin_hash"]):
@@ -296,7 +291,7 @@ async def redeem_escalation(
                 break
     if row is None:
         return None
-    claimed = await conn.execute(
+    claimed = conn.execute(
         update(ESCALATIONS)
         .where(ESCALATIONS.c.id == row["id"], ESCALATIONS.c.used_at.is_(None))
         .values(used_at=now)
@@ -309,8 +304,8 @@ async def redeem_escalation(
     )
 
 
-async def mark_escalation_leg(conn: AsyncConnection, escalation_id: str, leg_id: str) -> None:
-    await conn.execute(
+def mark_escalation_leg(conn: Connection, escalation_id: str, leg_id: str) -> None:
+    conn.execute(
         update(ESCALATIONS)
         .where(ESCALATIONS.c.id == escalation_id)
         .values(used_by_leg_id=leg_id)

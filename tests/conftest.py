@@ -70,8 +70,7 @@ async def core(database_url: str, clock: FrozenClock) -> AsyncIterator[Core]:
     try:
         yield core
     finally:
-        await core.batcher.aclose()
-        core.reader.dispose()
+        await core.aclose()
         await engine.dispose()
 
 

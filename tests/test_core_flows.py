@@ -128,7 +128,7 @@ async def test_duplicate_appended_concurrently_from_ten_tasks_is_stored_once(
         assert stored == 1 and claimed == 1
     finally:
         for c in cores:
-            await c.batcher.aclose()
+            await c.aclose()
         for e in engines:
             await e.dispose()
 

@@ -183,6 +183,7 @@ async def test_killed_between_accept_and_send_loses_nothing_and_sends_once(
             engine = make_engine(seed_core_db)
             core = Core(engine, SystemClock(), Policy(public_url="http://x"), WriteBatcher(engine))
             first = await core.ingest(whatsapp(NUMBER, "where is my parcel?"))
+            await core.aclose()
             await engine.dispose()
             reply = await api(http, accepting, "POST",
                               f"/api/v1/conversations/{first.conversation_id}/messages",
