@@ -191,7 +191,8 @@ def test_name_addr_forms() -> None:
     a = NameAddr.parse('"Alice \\"A\\" Liddell" <sip:alice@example.com;transport=tcp>;tag=9fx')
     assert a.display == 'Alice "A" Liddell' and a.tag == "9fx"
     assert a.sip_uri().transport == "tcp"
-    b = NameAddr.parse("sip:bob@example.com;tag=1;expires=60")  # addr-spec: params are header params
+    # addr-spec form: the parameters belong to the header, not to the URI
+    b = NameAddr.parse("sip:bob@example.com;tag=1;expires=60")
     assert b.uri == "sip:bob@example.com" and b.param("expires") == "60" and b.display is None
     c = NameAddr.parse("Bob Smith <tel:+14155550100>")
     assert c.display == "Bob Smith" and c.uri == "tel:+14155550100"
@@ -338,7 +339,8 @@ def test_an_outbound_invite_built_from_parts_parses_back() -> None:
     again = parse_datagram(req.to_bytes())
     assert again.to_bytes() == req.to_bytes()
     assert again.headers.get("Content-Length") == str(len(SDP))  # added when sent
-    assert again.headers.get("call-info") == "<http://127.0.0.1:8080/api/v1/contexts/tok>;purpose=info"
+    call_info = "<http://127.0.0.1:8080/api/v1/contexts/tok>;purpose=info"
+    assert again.headers.get("call-info") == call_info
 
 
 # --- answering ----------------------------------------------------------------------------
