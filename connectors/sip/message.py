@@ -5,9 +5,10 @@ transaction layer and the UA core read its typed objects and hand them back for 
 Pure and socket-free, so it is fuzzed, benchmarked and reused by tests as it is.
 
 Design notes:
-- Only what every message needs is checked eagerly (start line, Content-Length, the five
-  mandatory headers with the top Via, CSeq, From and To); every other header value is kept as
-  text and parsed when asked (`Headers.get`, `SipRequest.contacts`, `Via.parse`, ...).
+- Parsing checks what every message needs: the start line, Content-Length, that Via, From,
+  To, Call-ID and CSeq are there (once), the CSeq and the top Via. Every other value stays
+  text until read (`msg.to_addr`, `msg.contacts`, `msg.request_uri`, ...); a typed read is
+  parsed once and kept with the headers, and raises RemoteProtocolError when malformed.
 - Text is decoded as UTF-8 with `surrogateescape`, so any octet survives a parse/serialize
   round trip unchanged; header values never contain CR or LF (folding is undone at parse).
 - Malformed input raises `RemoteProtocolError` and nothing else; building something that
@@ -37,6 +38,7 @@ __all__ = [
     "SipRequest",
     "SipResponse",
     "SipUri",
+    "StreamEvent",
     "StreamFramer",
     "Via",
     "error_response_for",
@@ -236,7 +238,7 @@ def _with_param(params: Params, name: str, value: str | None) -> Params:
         return (*params, (name, value))
     # keep the position of the first occurrence
     idx = next(i for i, (n, _) in enumerate(params) if n.lower() == lname)
-    out.insert(min(idx, len(out)), (name, value))
+    out.insert(idx, (name, value))
     return tuple(out)
 
 
@@ -915,8 +917,9 @@ def _unfold(lines: list[str]) -> list[str]:
 def _split_head(head: bytes) -> _Head:
     """Split the start line and header lines; find Content-Length.
 
-    Raises only for what breaks framing (a bad or repeated Content-Length, bare CR); other
-    faults are kept in `error` so a stream can skip the message and carry on.
+    Raises only for what breaks framing (a bad or repeated Content-Length, a bare CR, a
+    continuation line before any header); other faults are kept in `error` so that a stream
+    can skip the message and carry on.
     """
     text = head.decode("utf-8", "surrogateescape")
     if "\r" in text:
