@@ -155,6 +155,29 @@ def build_app(
             phone_number_id=settings.whatsapp_phone_number_id,
         ))
     # (twilio-voice)
+    if settings.twilio_enabled:
+        from connectors.twilio_voice import TwilioVoice
+        from webhooks.signatures import TwilioSignature as VoiceSignature
+        from webhooks.twilio_voice import TwilioVoiceWebhooks, VoiceRouting
+
+        assert settings.twilio_account_sid and settings.twilio_auth_token is not None
+        voice_token = settings.twilio_auth_token.get_secret_value()
+        voice_key = settings.twilio_webhook_shared_key
+        app.add_routes(TwilioVoiceWebhooks(
+            core, metrics, agents,
+            VoiceSignature(voice_token, settings.public_url,
+                           voice_key.get_secret_value() if voice_key else None),
+            VoiceRouting(public_url=settings.public_url,
+                         sip_host=settings.sip_domain or settings.sip_host,
+                         sip_port=settings.sip_port),
+            settings.default_region,
+        ).routes())
+        # Callbacks the core decides (outbox `voice`/`call` rows) are placed through Twilio.
+        connectors.append(TwilioVoice(
+            settings.twilio_account_sid, voice_token, api_url=settings.twilio_api_url,
+            public_url=settings.public_url, from_number=settings.twilio_voice_number,
+            default_region=settings.default_region,
+        ))
     # (sip)
 
     gw.connectors = connectors

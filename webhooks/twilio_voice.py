@@ -1,0 +1,456 @@
+"""Twilio Voice webhooks: an inbound call (`/webhooks/twilio/voice`) is asked for an escalation
+PIN, routed through the core (`Core.open_call`) and bridged to an agent with `<Dial><Sip>`;
+call progress (`/webhooks/twilio/voice/status`) becomes `CallEvent`s on the call's leg.
+
+Provider -> this module (signature, parse) -> IncomingCall / CallEvent -> core. The SIP URI
+carries only the context token and the conversation id as `x-` headers, never the data:
+the agent fetches the bundle from the context URL. Agent choice is the shared
+`AgentDirectory`, so the SIP edge and Twilio route the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+from aiohttp import web
+from multidict import MultiDict
+from twilio.twiml.voice_response import VoiceResponse
+
+from gateway.addresses import Address, AddressError, make_address
+from gateway.agents import AgentDirectory, AgentTarget
+from gateway.core import CallRoute, Core
+from gateway.events import CallEvent, CallEventKind, DeliveryStatus, IncomingCall
+from gateway.metrics import Metrics
+from webhooks.signatures import TWILIO_SIGNATURE, TWILIO_SIGNATURE_SETTINGS, TwilioSignature, Verdict
+
+log = logging.getLogger("gateway.webhooks.twilio_voice")
+
+VOICE_PATH = "/webhooks/twilio/voice"
+VOICE_STATUS_PATH = "/webhooks/twilio/voice/status"
+IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+PIN_DIGITS = 6
+MAX_SIP_URI = 1024  # Twilio refuses longer <Sip> URIs
+MAX_AGENTS_PER_CALL = 3  # after this many agents did not answer, the caller is let go
+SIP_EVENTS = "initiated ringing answered completed"
+
+# What Twilio puts in From when the caller withheld their number.
+ANONYMOUS_CALLERS = frozenset({
+    "", "anonymous", "restricted", "unknown", "unavailable", "blocked", "private",
+    "+266696687", "+7378742833", "+86282452253", "+8656696", "+2562533",
+})
+ENDED = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+DIAL_FAILURES = {"busy": "was busy", "no-answer": "did not answer",
+                 "failed": "could not be reached"}
+_TWIML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+EMPTY_TWIML = str(VoiceResponse()).encode()
+
+PROMPT = ("Welcome. If you have an escalation PIN, enter its six digits now. "
+          "If not, press the pound key.")
+SORRY_NO_AGENT = ("Sorry, no agent can take your call right now. "
+                  "Please try again in a few minutes.")
+SORRY_TROUBLE = "Sorry, we cannot connect your call right now. Please try again later."
+
+
+class BadWebhook(ValueError):
+    """A correctly signed request we cannot act on (Twilio gets a 400)."""
+
+
+class RouteError(Exception):
+    """A call cannot be bridged to the chosen agent (e.g. its SIP URI is too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceRouting:
+    """Where Twilio calls back and where agents are reached."""
+
+    public_url: str  # GATEWAY_PUBLIC_URL: base of every URL in the TwiML
+    sip_host: str  # the gateway's SIP edge as Twilio reaches it (GATEWAY_SIP_DOMAIN or _HOST)
+    sip_port: int = 5060  # 0 (an ephemeral test port) is left out of URIs
+    gather_timeout: int = 8  # seconds Twilio waits for the first PIN digit
+    dial_timeout: int = 20  # seconds an agent's phone rings before we try another
+
+    def url(self, path: str, **query: str) -> str:
+        base = self.public_url.rstrip("/") + path
+        return f"{base}?{urlencode(query, safe=',')}" if query else base
+
+
+def caller_address(from_: str, default_region: str | None = None) -> Address | None:
+    """The caller as a `voice:+E164` address, or None when withheld or not a phone number."""
+    text = from_.strip()
+    if text.lower() in ANONYMOUS_CALLERS:
+        return None
+    try:
+        return make_address("voice", text, default_region)
+    except AddressError:
+        return None  # client:alice, sip:…: not a phone number we could ever call back
+
+
+def agent_sip_uri(target: AgentTarget, directory: AgentDirectory, routing: VoiceRouting) -> str:
+    """The agent's SIP URI as Twilio dials it.
+
+    A registered agent is reached through the gateway's SIP edge (it knows where the phone
+    registered from; Twilio cannot reach a phone behind NAT); a static contact directly.
+    """
+    agent = directory.get(target.agent_id)
+    if target.contact.expires_at is not None and agent is not None and agent.sip_user:
+        port = f":{routing.sip_port}" if routing.sip_port else ""
+        return f"sip:{quote(agent.sip_user, safe='')}@{routing.sip_host}{port}"
+    return target.contact.uri.strip().strip("<>")
+
+
+def with_context(uri: str, token: str, conversation_id: str) -> str:
+    """`uri` plus the `x-` headers Twilio turns into SIP headers on the agent's INVITE.
+
+    Only the capability token and the conversation id: no transcript, no caller data.
+    """
+    headers = urlencode({"x-context": token, "x-conversation-id": conversation_id},
+                        quote_via=quote)
+    full = f"{uri}{'&' if '?' in uri else '?'}{headers}"
+    if len(full) >= MAX_SIP_URI:
+        raise RouteError(f"the SIP URI for {uri[:60]}… is {len(full)} characters; "
+                         f"Twilio accepts fewer than {MAX_SIP_URI}")
+    return full
+
+
+def _twiml(response: VoiceResponse | bytes) -> web.Response:
+    body = response if isinstance(response, bytes) else str(response).encode()
+    return web.Response(body=body, headers=_TWIML_HEADERS)
+
+
+def _parse_form(body: bytes) -> MultiDict[str]:
+    """Every field as sent (a name may repeat): the signature covers them all."""
+    try:
+        return MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                   max_num_fields=1000))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadWebhook(f"the body is not a UTF-8 form ({exc})") from None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class TwilioVoiceWebhooks:
+    """The routes Twilio Voice calls; one instance per app.
+
+    It also keeps, per call, which agent it was bridged to, so that the agent counts as busy
+    from the moment their phone rings until the first report that the call ended (the
+    `AgentDirectory` is in memory, so is this).
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        metrics: Metrics,
+        agents: AgentDirectory,
+        signature: TwilioSignature,
+        routing: VoiceRouting,
+        default_region: str | None = None,
+    ) -> None:
+        self.core = core
+        self.metrics = metrics
+        self.agents = agents
+        self.signature = signature
+        self.routing = routing
+        self.default_region = default_region
+        self._bridged: dict[str, tuple[str, float]] = {}  # CallSid -> (agent id, since)
+        self._latency = metrics.http_latency.labels("twilio-voice")
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(VOICE_PATH, self.voice), web.post(VOICE_STATUS_PATH, self.status)]
+
+    # ---- signature -------------------------------------------------------------------------
+
+    async def _verified(self, request: web.Request, route: str
+                        ) -> tuple[dict[str, str] | None, web.Response | None]:
+        body = await request.read()
+        try:
+            params = _parse_form(body)
+            bad_form = False
+        except BadWebhook:
+            params, bad_form = MultiDict(), True  # the signature is checked first all the same
+        verdict = self.signature.check(
+            request.raw_path, params, body, request.headers.get(TWILIO_SIGNATURE),
+            request.headers.get(TWILIO_SIGNATURE_SETTINGS),
+        )
+        if verdict is not Verdict.OK:
+            self.metrics.webhook_rejected.labels(route, verdict.value).inc()
+            if verdict is Verdict.NO_SHARED_KEY:
+                log.error("%s: Twilio signed with a Webhooks SharedKey but "
+                          "GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; nothing stored", route)
+                return None, web.Response(status=500, text="signing key not configured\n")
+            log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
+                        verdict.value, request.remote)
+            return None, web.Response(status=403, text="invalid signature\n")
+        if bad_form:
+            self.metrics.webhook_rejected.labels(route, "bad-form").inc()
+            return None, web.Response(status=400, text="the body is not a UTF-8 form\n")
+        return {key: params[key] for key in params}, None  # the first of repeated names
+
+    # ---- the call --------------------------------------------------------------------------
+
+    async def voice(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        params, refusal = await self._verified(request, "twilio-voice")
+        if refusal is not None:
+            return refusal
+        assert params is not None
+        query = request.rel_url.query
+        call_sid = params.get("CallSid", "")
+        if not call_sid:
+            self.metrics.webhook_rejected.labels("twilio-voice", "unparseable").inc()
+            return web.Response(status=400, text="CallSid is missing\n")
+        step = query.get("step", "")
+        escalation = query.get("escalation") or None
+        try:
+            if step == "dial-status":
+                response = await self._dial_finished(call_sid, params, query)
+            elif escalation is not None:
+                # A callback the gateway placed to the verified number: the call itself is the
+                # binding, so no PIN is asked for.
+                response = await self._route(call_sid, params, pin=None,
+                                             escalation_token=escalation)
+            elif step == "pin":
+                digits = "".join(ch for ch in params.get("Digits", "") if ch.isdigit())
+                response = await self._route(call_sid, params, pin=digits or None)
+            elif step == "route":
+                response = await self._route(call_sid, params, pin=None)
+            elif step == "":
+                response = self._ask_for_pin()
+            else:
+                raise BadWebhook(f"unknown step {step!r}")
+        except BadWebhook as exc:
+            self.metrics.webhook_rejected.labels("twilio-voice", "unparseable").inc()
+            log.warning("twilio-voice: signed request refused for %s: %s", call_sid, exc)
+            return web.Response(status=400, text=f"{exc}\n")
+        self._latency.observe(time.perf_counter() - started)
+        return _twiml(response)
+
+    def _ask_for_pin(self) -> VoiceResponse:
+        self.metrics.calls.labels("twilio", "asked-for-pin").inc()
+        response = VoiceResponse()
+        gather = response.gather(
+            input="dtmf", num_digits=PIN_DIGITS, finish_on_key="#",
+            timeout=self.routing.gather_timeout, action_on_empty_result=True,
+            action=self.routing.url(VOICE_PATH, step="pin"), method="POST",
+        )
+        gather.say(PROMPT)
+        # Gather falls through here when nothing was typed: route without a PIN.
+        response.redirect(self.routing.url(VOICE_PATH, step="route"), method="POST")
+        return response
+
+    def _incoming_call(self, call_sid: str, params: Mapping[str, str], pin: str | None,
+                       escalation_token: str | None) -> IncomingCall:
+        outbound = params.get("Direction", "").startswith("outbound") or bool(escalation_token)
+        # On a call we placed, the customer is the one we called (To), and we are From.
+        customer_side = params.get("To", "") if outbound else params.get("From", "")
+        our_side = params.get("From", "") if outbound else params.get("To", "")
+        return IncomingCall(
+            caller=caller_address(customer_side, self.default_region),  # type: ignore[arg-type]
+            callee=our_side.strip(), call_ref=call_sid, provider="twilio", pin=pin,
+            escalation_token=escalation_token,
+        )
+
+    async def _route(self, call_sid: str, params: Mapping[str, str], *, pin: str | None,
+                     escalation_token: str | None = None) -> VoiceResponse:
+        route = await self.core.open_call(
+            self._incoming_call(call_sid, params, pin, escalation_token))
+        log.info("twilio-voice: %s opened leg %s (%s)", call_sid, route.leg_id, route.binding)
+        return await self._dial(call_sid, route, tried=())
+
+    async def _dial(self, call_sid: str, route: CallRoute, tried: Sequence[str],
+                    why_not: str | None = None) -> VoiceResponse:
+        """`<Dial><Sip>` to the least busy reachable agent, or sorry and hang up."""
+        response = VoiceResponse()
+        target = self.agents.pick(exclude=tried) if len(tried) < MAX_AGENTS_PER_CALL else None
+        if target is None:
+            detail = "no agent available" if not tried else f"no agent answered; {why_not}"
+            self.metrics.calls.labels("twilio", "no-agent").inc()
+            log.warning("twilio-voice: %s: %s", call_sid, detail)
+            await self.core.call_event(CallEvent(
+                call_ref=call_sid, provider="twilio", kind="failed", detail=detail,
+                event_id=f"twilio-voice:{call_sid}:no-agent",
+            ))
+            response.say(SORRY_NO_AGENT)
+            response.hangup()
+            return response
+        try:
+            uri = with_context(agent_sip_uri(target, self.agents, self.routing),
+                               route.context_token, route.conversation_id)
+        except RouteError as exc:
+            self.metrics.calls.labels("twilio", "bad-uri").inc()
+            log.error("twilio-voice: %s: agent %s cannot be dialled: %s", call_sid,
+                      target.agent_id, exc)
+            await self.core.call_event(CallEvent(
+                call_ref=call_sid, provider="twilio", kind="failed",
+                detail=f"agent {target.agent_id} cannot be dialled",
+                event_id=f"twilio-voice:{call_sid}:bad-uri",
+            ))
+            response.say(SORRY_TROUBLE)
+            response.hangup()
+            return response
+        if tried:
+            await self.core.call_event(CallEvent(
+                call_ref=call_sid, provider="twilio", kind="transferred",
+                detail=f"{why_not}; trying agent {target.agent_id}",
+                event_id=f"twilio-voice:{call_sid}:try:{target.agent_id}",
+            ))
+        self._bridge(call_sid, target.agent_id)
+        self.metrics.calls.labels("twilio", "routed").inc()
+        dial = response.dial(
+            answer_on_bridge=True, timeout=self.routing.dial_timeout, method="POST",
+            action=self.routing.url(VOICE_PATH, step="dial-status", agent=target.agent_id,
+                                    tried=",".join([*tried, target.agent_id])),
+        )
+        dial.sip(uri, status_callback=self.routing.url(VOICE_STATUS_PATH, agent=target.agent_id),
+                 status_callback_event=SIP_EVENTS, status_callback_method="POST")
+        return response
+
+    async def _dial_finished(self, call_sid: str, params: Mapping[str, str],
+                             query: Mapping[str, str]) -> VoiceResponse:
+        """The `<Dial action>`: the agent's leg is over; hang up, or try the next agent."""
+        agent = query.get("agent") or None
+        status = params.get("DialCallStatus", "").lower()
+        self._release(call_sid, agent)
+        if status in ("busy", "no-answer", "failed"):
+            tried = [a for a in query.get("tried", agent or "").split(",") if a]
+            caller_gone = params.get("CallStatus", "").lower() in ENDED
+            if not caller_gone:
+                route = await self.core.open_call(self._incoming_call(call_sid, params, None,
+                                                                      None))
+                return await self._dial(call_sid, route, tried,
+                                        why_not=f"agent {agent} {DIAL_FAILURES[status]}")
+            await self.core.call_event(CallEvent(
+                call_ref=call_sid, provider="twilio", kind="failed",
+                detail=f"agent {agent} {DIAL_FAILURES[status]}; the caller hung up",
+                event_id=f"twilio-voice:{call_sid}:dial:{agent}",
+            ))
+        elif status in ("completed", "answered", "canceled"):
+            await self.core.call_event(CallEvent(
+                call_ref=call_sid, provider="twilio", kind="ended",
+                agent_id=agent if status != "canceled" else None,
+                duration_seconds=_seconds(params.get("DialCallDuration")),
+                detail="the caller hung up before an agent answered"
+                if status == "canceled" else None,
+                event_id=f"twilio-voice:{call_sid}:dial:{agent}",
+            ))
+        else:
+            log.warning("twilio-voice: %s: unexpected DialCallStatus %r", call_sid, status)
+        response = VoiceResponse()
+        response.hangup()
+        return response
+
+    # ---- agents' load ----------------------------------------------------------------------
+
+    def _bridge(self, call_sid: str, agent_id: str) -> None:
+        current = self._bridged.get(call_sid)
+        if current is not None and current[0] == agent_id:
+            return  # a retried webhook for the same call: already counted
+        if current is not None:
+            self._release(call_sid, current[0])
+        self._forget_stale()
+        self._bridged[call_sid] = (agent_id, time.monotonic())
+        self.agents.call_started(agent_id)
+
+    def _release(self, call_sid: str, agent_id: str | None) -> None:
+        current = self._bridged.get(call_sid)
+        if current is None or (agent_id is not None and current[0] != agent_id):
+            return
+        del self._bridged[call_sid]
+        self.agents.call_ended(current[0])
+
+    def _forget_stale(self, max_age: float = 6 * 3600) -> None:
+        # Twilio ends every call within 4 hours; an entry older than that lost its end report.
+        cutoff = time.monotonic() - max_age
+        for sid, (agent_id, since) in list(self._bridged.items()):
+            if since < cutoff:
+                log.warning("twilio-voice: no end reported for %s (agent %s); freeing the agent",
+                            sid, agent_id)
+                self._release(sid, agent_id)
+
+    # ---- status callbacks ------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        params, refusal = await self._verified(request, "twilio-voice-status")
+        if refusal is not None:
+            return refusal
+        assert params is not None
+        call_sid = params.get("CallSid", "")
+        status = params.get("CallStatus", "").lower()
+        if not call_sid or not status:
+            return web.Response(status=400, text="CallSid and CallStatus are required\n")
+        token = request.headers.get(IDEMPOTENCY_HEADER)
+        agent = request.rel_url.query.get("agent") or None
+        parent = params.get("ParentCallSid") or None
+        if parent is not None or agent is not None:
+            await self._agent_leg_status(parent or call_sid, call_sid, status, agent, params,
+                                         token)
+        else:
+            await self._call_status(call_sid, status, params, token)
+        return _twiml(EMPTY_TWIML)
+
+    async def _agent_leg_status(self, call_ref: str, child_sid: str, status: str,
+                                agent: str | None, params: Mapping[str, str],
+                                token: str | None) -> None:
+        """Progress of the `<Sip>` leg to an agent, reported on the customer's call's leg."""
+        kind: CallEventKind
+        if status == "ringing":
+            kind, event_id = "ringing", f"twilio-voice:{child_sid}:ringing"
+        elif status in ("in-progress", "answered"):
+            # One answer per agent leg, however often (and with whatever token) it is reported.
+            kind, event_id = "answered", f"twilio-voice:{child_sid}:answered"
+        elif status == "completed":
+            kind, event_id = "ended", f"twilio-voice:{token}" if token else None
+        else:
+            if status in ENDED:
+                # busy / no-answer / failed / canceled: the <Dial action> decides what next.
+                self._release(call_ref, agent)
+            log.debug("twilio-voice: agent leg %s of %s: %s", child_sid, call_ref, status)
+            return
+        if kind == "ended":
+            self._release(call_ref, agent)
+        known = await self.core.call_event(CallEvent(
+            call_ref=call_ref, provider="twilio", kind=kind, agent_id=agent,
+            duration_seconds=_seconds(params.get("CallDuration")) if kind == "ended" else None,
+            detail=f"agent {agent}" if kind == "ringing" and agent else None,
+            event_id=event_id,
+        ))
+        if not known:
+            log.info("twilio-voice: %s for agent leg %s of unknown call %s ignored", status,
+                     child_sid, call_ref)
+
+    async def _call_status(self, call_sid: str, status: str, params: Mapping[str, str],
+                           token: str | None) -> None:
+        """Progress of the customer's own call (inbound, or a callback we placed)."""
+        if status not in ENDED:
+            log.debug("twilio-voice: %s is %s", call_sid, status)
+            return
+        bridged = self._bridged.get(call_sid)
+        agent = bridged[0] if bridged else None
+        self._release(call_sid, None)
+        kind: CallEventKind = "ended" if status == "completed" else "failed"
+        known = await self.core.call_event(CallEvent(
+            call_ref=call_sid, provider="twilio", kind=kind, agent_id=agent,
+            duration_seconds=_seconds(params.get("CallDuration")),
+            detail=None if kind == "ended" else status,
+            event_id=f"twilio-voice:{token}" if token else None,
+        ))
+        if params.get("Direction", "").startswith("outbound"):
+            # A callback we placed: its outbox row learns whether the customer picked up.
+            await self.core.delivery_status(DeliveryStatus(
+                provider="twilio", provider_message_id=call_sid,
+                status="delivered" if status == "completed" else "failed",
+                error=None if status == "completed" else f"the callback was not answered "
+                                                          f"({status})",
+                event_id=f"twilio-voice-call:{token}" if token else None,
+            ))
+        if not known:
+            log.info("twilio-voice: status %s for unknown call %s acknowledged and ignored",
+                     status, call_sid)
