@@ -25,7 +25,12 @@ from gateway.agents import AgentDirectory, AgentTarget
 from gateway.core import CallRoute, Core
 from gateway.events import CallEvent, CallEventKind, DeliveryStatus, IncomingCall
 from gateway.metrics import Metrics
-from webhooks.signatures import TWILIO_SIGNATURE, TWILIO_SIGNATURE_SETTINGS, TwilioSignature, Verdict
+from webhooks.signatures import (
+    TWILIO_SIGNATURE,
+    TWILIO_SIGNATURE_SETTINGS,
+    TwilioSignature,
+    Verdict,
+)
 
 log = logging.getLogger("gateway.webhooks.twilio_voice")
 
