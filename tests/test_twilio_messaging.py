@@ -13,7 +13,11 @@ import hashlib
 import hmac
 from urllib.parse import urlencode
 
+from urllib.parse import parse_qsl
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from config.settings import ConfigError, load_settings
 from tests.messaging_helpers import (  # noqa: F401  (fixture)
@@ -32,6 +36,7 @@ from tests.standins import (  # noqa: F401  (fixture)
     twilio_standin,
     twilio_status_form,
 )
+from webhooks.signatures import parse_form
 from webhooks.twilio_messaging import EMPTY_TWIML
 
 CUSTOMER = "+14155550100"
@@ -345,3 +350,17 @@ async def test_metrics_count_stored_duplicate_and_rejected(
     assert 'gateway_inbound_events_total{channel="sms",result="duplicate"} 1.0' in text
     assert ('gateway_webhook_rejected_total{reason="missing",route="twilio-messaging"} 1.0'
             in text)
+
+
+_form_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@given(st.lists(st.tuples(_form_text, _form_text), max_size=6))
+def test_parse_form_reads_encoded_forms_exactly_as_parse_qsl(fields: list[tuple[str, str]]) -> None:
+    body = urlencode(fields)
+    assert list(parse_form(body.encode()).items()) == parse_qsl(body, keep_blank_values=True)
+
+
+@given(st.text(alphabet="ab=&+%;/?#é😀 \t2F0", max_size=16))
+def test_parse_form_reads_odd_bodies_exactly_as_parse_qsl(body: str) -> None:
+    assert list(parse_form(body.encode()).items()) == parse_qsl(body, keep_blank_values=True)
