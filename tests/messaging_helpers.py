@@ -156,7 +156,20 @@ class Gateways:
 
 @pytest_asyncio.fixture
 async def gateways(tmp_path: Any) -> AsyncIterator[Gateways]:
+    """Gateways on a fresh SQLite file."""
     pool = Gateways(f"sqlite+aiosqlite:///{tmp_path}/gw.db")
+    try:
+        yield pool
+    finally:
+        for gw in reversed(pool.running):
+            await gw.stop()
+
+
+@pytest_asyncio.fixture
+async def gateways_any_db(database_url: str) -> AsyncIterator[Gateways]:
+    """Gateways on a fresh database, SQLite and then a real PostgreSQL (conftest's
+    `database_url`; skipped where PostgreSQL is not installed)."""
+    pool = Gateways(database_url)
     try:
         yield pool
     finally:

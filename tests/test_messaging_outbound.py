@@ -21,6 +21,7 @@ from tests.messaging_helpers import (  # noqa: F401  (fixture)
     Gateways,
     Gw,
     gateways,
+    gateways_any_db,
 )
 from tests.standins import (  # noqa: F401  (fixtures)
     MetaGraphStandin,
@@ -335,8 +336,9 @@ async def test_code_sent_by_sms_and_typed_in_whatsapp_chat_completes_the_grant(
 
 
 async def test_restart_with_a_message_in_the_outbox_sends_it_exactly_once(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    gateways_any_db: Gateways, twilio_standin: TwilioStandin
 ) -> None:
+    gateways = gateways_any_db
     clock = FrozenClock()
     first = await gateways.start(twilio=twilio_standin, clock=clock)
     conversation = await customer_writes_sms(first, twilio_standin, "help")
@@ -360,9 +362,10 @@ async def test_restart_with_a_message_in_the_outbox_sends_it_exactly_once(
 
 
 async def test_message_in_flight_when_the_process_died_is_marked_unknown_not_resent(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    gateways_any_db: Gateways, twilio_standin: TwilioStandin
 ) -> None:
     """The old process hangs mid-send (as if killed); the new one must not send again."""
+    gateways = gateways_any_db
     first = await gateways.start(twilio=twilio_standin)
     conversation = await customer_writes_sms(first, twilio_standin, "help")
     twilio_standin.delay_next(1.5)

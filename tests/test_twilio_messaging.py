@@ -27,6 +27,7 @@ from tests.messaging_helpers import (  # noqa: F401  (fixture)
     Gateways,
     Gw,
     gateways,
+    gateways_any_db,
 )
 from tests.standins import (  # noqa: F401  (fixture)
     TwilioStandin,
@@ -167,8 +168,9 @@ async def test_unicode_bodies_are_verified_and_stored_exactly(
 
 
 async def test_same_message_sid_ten_times_concurrently_is_stored_once(
-    gw: Gw, twilio_standin: TwilioStandin
+    gateways_any_db: Gateways, twilio_standin: TwilioStandin
 ) -> None:
+    gw = await gateways_any_db.start(twilio=twilio_standin)
     form = sms_form(twilio_standin, "only once please")
     results = await asyncio.gather(*(
         gw.twilio(MESSAGING, form, twilio_standin.auth_token,
@@ -269,8 +271,9 @@ async def test_signed_but_unreadable_message_is_refused_not_acknowledged(
 
 
 async def test_status_callbacks_out_of_order_never_move_a_message_backwards(
-    gw: Gw, twilio_standin: TwilioStandin
+    gateways_any_db: Gateways, twilio_standin: TwilioStandin
 ) -> None:
+    gw = await gateways_any_db.start(twilio=twilio_standin)
     await gw.twilio(MESSAGING, sms_form(twilio_standin, "hello"), twilio_standin.auth_token)
     conversation = (await gw.customer(f"sms:{CUSTOMER}"))["conversations"][0]["id"]
     status, reply = await gw.api("POST", f"/api/v1/conversations/{conversation}/messages",

@@ -16,6 +16,7 @@ from tests.messaging_helpers import (  # noqa: F401  (fixture)
     Gateways,
     Gw,
     gateways,
+    gateways_any_db,
 )
 from tests.standins import (  # noqa: F401  (fixture)
     MetaGraphStandin,
@@ -134,8 +135,9 @@ async def test_emoji_and_accents_verify_over_the_raw_bytes(
 
 
 async def test_same_wamid_ten_times_concurrently_is_stored_once(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gateways_any_db: Gateways, meta_graph_standin: MetaGraphStandin
 ) -> None:
+    gw = await gateways_any_db.start(meta=meta_graph_standin)
     payload = text_payload(meta_graph_standin, "once", wamid=new_wamid(WA_ID))
     results = await asyncio.gather(*(gw.meta(payload) for _ in range(10)))
     assert [r[0] for r in results] == [200] * 10
@@ -205,8 +207,9 @@ async def test_business_scoped_user_id_alone_is_an_address_of_its_own(
 
 
 async def test_user_id_arriving_beside_the_number_links_both_to_one_customer(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gateways_any_db: Gateways, meta_graph_standin: MetaGraphStandin
 ) -> None:
+    gw = await gateways_any_db.start(meta=meta_graph_standin)
     await gw.meta(text_payload(meta_graph_standin, "username only", wa_id=None, user_id=BSUID))
     await gw.meta(text_payload(meta_graph_standin, "now with my number", user_id=BSUID))
     by_number = await gw.customer(f"whatsapp:{NUMBER}")
