@@ -65,7 +65,13 @@ class TwilioMessaging:
 
     async def start(self) -> None:
         # The HTTP session belongs to the running loop, so it is made here, not in __init__.
-        http = AsyncTwilioHttpClient(pool_connections=False, timeout=self._timeout)
+        # The library logs every request and response at INFO (ten lines each); ours says
+        # what matters per message. Its chatter stays available by lowering this logger.
+        http_log = logging.getLogger("gateway.connectors.twilio.http")
+        if http_log.level == logging.NOTSET:
+            http_log.setLevel(logging.WARNING)
+        http = AsyncTwilioHttpClient(pool_connections=False, timeout=self._timeout,
+                                     logger=http_log)
         http.session = aiohttp.ClientSession()
         client = Client(self._sid, self._token, http_client=http)
         # Requests go to GATEWAY_TWILIO_API_URL (Twilio itself, or a loopback stand-in in
