@@ -51,3 +51,13 @@ def code_from(text: str) -> str:
     match = re.search(r"(?:code is|PIN) (\d{6})", text)
     assert match, f"no code in {text!r}"
     return match.group(1)
+
+
+def latest_code(sent: list, marker: str = "PIN") -> str:  # type: ignore[type-arg]
+    """The newest code the customer received whose text says `marker` ("PIN" or "code is").
+
+    The outbox sends concurrently, so the newest message is not always the one wanted."""
+    for message in reversed(sent):
+        if message.text and marker in message.text:
+            return code_from(message.text)
+    raise AssertionError(f"no message with {marker!r} among {[m.text for m in sent]}")

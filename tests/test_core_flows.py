@@ -18,7 +18,7 @@ from gateway.context import bundle_for_leg
 from gateway.core import Core, Policy
 from gateway.models import OtpChallenge, ProcessedEvent, TranscriptEntry
 from gateway.outbox import OutboxWorker
-from tests.helpers import call, code_from, email, sms, whatsapp
+from tests.helpers import call, code_from, email, latest_code, sms, whatsapp  # noqa: F401
 
 NUMBER = "+14155550100"
 
@@ -37,7 +37,7 @@ async def verify_on_whatsapp(core: Core, phone: tuple[MemoryChannel, OutboxWorke
     first = await core.ingest(whatsapp(NUMBER, "I lost my card"))
     await core.start_verification(first.conversation_id, None)
     await worker.drain()
-    result = await core.ingest(whatsapp(NUMBER, code_from(memory.sent[-1].text)))
+    result = await core.ingest(whatsapp(NUMBER, latest_code(memory.sent, "code is")))
     assert result.otp == "passed"
     return first.conversation_id
 
@@ -154,7 +154,7 @@ async def test_otp_locks_after_too_many_wrong_codes(
     first = await core.ingest(sms(NUMBER, "help"))
     await core.start_verification(first.conversation_id, None)
     await worker.drain()
-    real = code_from(memory.sent[-1].text)
+    real = latest_code(memory.sent, "code is")
     wrong = f"{(int(real) + 1) % 1_000_000:06d}"
     outcomes = [(await core.ingest(sms(NUMBER, wrong))).otp for _ in range(5)]
     assert outcomes == ["wrong"] * 4 + ["locked"]
@@ -171,7 +171,7 @@ async def test_expired_otp_does_not_verify(
     await core.start_verification(first.conversation_id, None)
     await worker.drain()
     clock.advance(minutes=11)
-    assert (await core.ingest(sms(NUMBER, code_from(memory.sent[-1].text)))).otp == "expired"
+    assert (await core.ingest(sms(NUMBER, latest_code(memory.sent, "code is")))).otp == "expired"
 
 
 async def test_code_sent_by_sms_and_typed_in_whatsapp_proves_the_sms_number(
@@ -183,7 +183,7 @@ async def test_code_sent_by_sms_and_typed_in_whatsapp_proves_the_sms_number(
     await core.start_verification(chat.conversation_id, f"sms:{NUMBER}")
     await worker.drain()
     assert memory.sent[-1].to == f"sms:{NUMBER}" and memory.sent[-1].kind == "otp"
-    assert (await core.ingest(whatsapp(NUMBER, code_from(memory.sent[-1].text)))).otp == "passed"
+    assert (await core.ingest(whatsapp(NUMBER, latest_code(memory.sent, "code is")))).otp == "passed"
     customer = await core.customer_by_address(parse_address(f"sms:{NUMBER}"))
     assert customer["latest_verification"]["method"] == "sms-otp"
     evidence = {x["address"]: x["evidence"] for x in customer["addresses"]}
@@ -197,7 +197,7 @@ async def test_whatsapp_customer_escalates_to_call_with_pin_and_agent_sees_verif
     conversation_id = await verify_on_whatsapp(core, phone)
     await core.escalate(conversation_id, "voice", "dial-in")
     await worker.drain()
-    pin = code_from(memory.sent[-1].text)
+    pin = latest_code(memory.sent)
     clock.advance(minutes=4)
     route = await core.open_call(call("+442071838750", pin=pin))  # from another phone
     bundle = await core.bundle(route.context_token)
@@ -212,7 +212,7 @@ async def test_pin_works_once(core: Core, phone: tuple[MemoryChannel, OutboxWork
     conversation_id = await verify_on_whatsapp(core, phone)
     await core.escalate(conversation_id, "voice", "dial-in")
     await worker.drain()
-    pin = code_from(memory.sent[-1].text)
+    pin = latest_code(memory.sent)
     await core.open_call(call(NUMBER, pin=pin))
     replay = await core.open_call(call(NUMBER, pin=pin))
     bundle = await core.bundle(replay.context_token)
@@ -227,7 +227,7 @@ async def test_callback_placed_by_the_gateway_carries_the_verification(
     conversation_id = await verify_on_whatsapp(core, phone)
     await core.escalate(conversation_id, "voice", "callback")
     await worker.drain()
-    placed = memory.sent[-1]
+    placed = next(m for m in reversed(memory.sent) if m.kind == "call")
     assert placed.kind == "call" and placed.to == f"voice:{NUMBER}"
     route = await core.open_call(call(NUMBER, token=placed.payload["escalation_token"]))
     bundle = await core.bundle(route.context_token)
@@ -254,7 +254,7 @@ async def test_wrong_pin_from_the_verified_number_does_not_verify(
     conversation_id = await verify_on_whatsapp(core, phone)
     await core.escalate(conversation_id, "voice", "dial-in")
     await worker.drain()
-    pin = code_from(memory.sent[-1].text)
+    pin = latest_code(memory.sent)
     guess = f"{(int(pin) + 1) % 1_000_000:06d}"
     bundle = await core.bundle((await core.open_call(call(NUMBER, pin=guess))).context_token)
     assert bundle["verification"] is None
@@ -283,7 +283,7 @@ async def test_pin_after_the_grant_expired_does_not_verify(
     clock.advance(minutes=50)
     await core.escalate(conversation_id, "voice", "dial-in")
     await worker.drain()
-    pin = code_from(memory.sent[-1].text)
+    pin = latest_code(memory.sent)
     clock.advance(minutes=14)  # PIN still valid, grant (60 min) is not
     bundle = await core.bundle((await core.open_call(call(NUMBER, pin=pin))).context_token)
     assert bundle["verification"] is None
@@ -322,7 +322,7 @@ async def test_email_from_the_verified_address_without_thread_token_is_not_verif
     first = await core.ingest(email("ann@example.org", "hello"))
     await core.start_verification(first.conversation_id, None)
     await worker.drain()
-    assert (await core.ingest(email("ann@example.org", code_from(memory.sent[-1].text),
+    assert (await core.ingest(email("ann@example.org", latest_code(memory.sent, "code is"),
                                     thread_token_ok=True))).otp == "passed"
     forged = await core.ingest(InboundMessageFactory.new_thread(email("ann@EXAMPLE.org", "hi")))
     bundle = await core.reader.run(bundle_for_leg, forged.leg_id, core.clock.now())
@@ -345,7 +345,7 @@ async def test_verification_of_one_customer_never_reaches_another(
     stranger = await core.ingest(whatsapp("+14155550199", "hi"))
     await core.escalate(stranger.conversation_id, "voice", "dial-in")
     await worker.drain()
-    pin = code_from(memory.sent[-1].text)
+    pin = latest_code(memory.sent)
     # The stranger's PIN, dialled from the verified customer's number:
     bundle = await core.bundle((await core.open_call(call(NUMBER, pin=pin))).context_token)
     assert bundle["customer"]["id"] == stranger.customer_id
