@@ -75,6 +75,26 @@ class Settings(BaseSettings):
     sip_port: int = Field(5060, ge=0, le=65535)
     sip_domain: str | None = None  # the domain agents register under; defaults to sip_host
     sip_realm: str = "gateway"
+    # Request-URI users that go to any available agent (pick()): a trunk's DIDs (a number
+    # matches with or without +) and names such as "support". "*" routes every user that is
+    # not an agent's own. Anything else (and no agent user) is answered 404.
+    sip_service_users: list[str] = Field(default_factory=lambda: ["support"])
+    sip_digest_algorithms: list[str] = Field(default_factory=lambda: ["SHA-256", "MD5"])
+    # HMAC secret of the registrar's digest nonces; set it when several gateways share agents
+    # (any of them can then check a nonce another issued). Unset: random per process.
+    sip_nonce_secret: SecretStr | None = None
+    sip_min_expires: int = Field(60, ge=1)  # shorter REGISTER intervals get 423
+    sip_max_expires: int = Field(3600, ge=1)  # longer ones are cut to this
+    sip_retry_after_seconds: int = Field(30, ge=0)  # Retry-After of 480 when no agent is free
+    sip_ring_timeout_seconds: float = Field(60.0, gt=0)  # then CANCEL the agent, 480 the caller
+    # Messages whose User-Agent names a SIP scanner (friendly-scanner, sipvicious, sipcli, ...)
+    # pass at this rate per source IP (token bucket); the rest are dropped without an answer.
+    sip_scanner_rate: float = Field(1.0, ge=0)
+    sip_scanner_burst: int = Field(5, ge=0)
+    # RFC 3261 timers T1, T2, T4 in milliseconds; tests shorten them, production keeps these.
+    sip_timer_t1_ms: int = Field(500, ge=1)
+    sip_timer_t2_ms: int = Field(4000, ge=1)
+    sip_timer_t4_ms: int = Field(5000, ge=1)
 
     agents: list[AgentConfig] = Field(default_factory=list)
 
@@ -106,6 +126,19 @@ class Settings(BaseSettings):
             raise ValueError("must be sqlite+aiosqlite:///… or postgresql+asyncpg://…")
         return value
 
+    @field_validator("sip_digest_algorithms")
+    @classmethod
+    def _digest(cls, value: list[str]) -> list[str]:
+        known = {"SHA-256": "SHA-256", "MD5": "MD5"}
+        out = []
+        for name in value:
+            if name.upper() not in known:
+                raise ValueError(f"{name!r} is not SHA-256 or MD5")
+            out.append(known[name.upper()])
+        if not out:
+            raise ValueError("name at least one of SHA-256, MD5")
+        return out
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -129,6 +162,10 @@ class Settings(BaseSettings):
         wa = [self.whatsapp_app_secret, self.whatsapp_verify_token, self.whatsapp_access_token]
         if any(v is not None for v in wa) and self.whatsapp_app_secret is None:
             raise ValueError("whatsapp_app_secret: required when WhatsApp is configured")
+        if self.sip_min_expires > self.sip_max_expires:
+            raise ValueError("sip_min_expires: must not exceed sip_max_expires")
+        if self.sip_timer_t1_ms > self.sip_timer_t2_ms:
+            raise ValueError("sip_timer_t1_ms: must not exceed sip_timer_t2_ms")
         return self
 
     @property

@@ -18,7 +18,7 @@ from gateway.context import bundle_for_leg
 from gateway.core import Core, Policy
 from gateway.models import OtpChallenge, ProcessedEvent, TranscriptEntry
 from gateway.outbox import OutboxWorker
-from tests.helpers import call, code_from, email, latest_code, sms, whatsapp  # noqa: F401
+from tests.helpers import call, code_from, email, latest_code, sms, whatsapp
 
 NUMBER = "+14155550100"
 
