@@ -10,17 +10,71 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from gateway.models import Conversation, Leg, ProcessedEvent, TranscriptEntry
+from gateway.models import Conversation, CustomerAddress, Leg, ProcessedEvent, TranscriptEntry
 from gateway.store import new_id
 
 CONVERSATIONS = Conversation.__table__
 LEGS = Leg.__table__
 TRANSCRIPT = TranscriptEntry.__table__
 PROCESSED = ProcessedEvent.__table__
+
+
+# Hot-path statements, built once: constructing a statement costs more than running it.
+_CLAIM = {
+    name: dialect.insert(PROCESSED)
+    .values(provider=bindparam("p"), event_id=bindparam("e"), received_at=bindparam("n"))
+    .on_conflict_do_nothing()
+    .returning(PROCESSED.c.event_id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_APPEND = insert(TRANSCRIPT).values(
+    {c: bindparam(c) for c in ("conversation_id", "leg_id", "at", "provider_at", "channel",
+                               "direction", "kind", "author", "text", "data", "provider",
+                               "provider_id")}
+).returning(TRANSCRIPT.c.id)
+_TOUCH = (
+    update(CONVERSATIONS)
+    .where(CONVERSATIONS.c.id == bindparam("cid"))
+    .values(last_activity_at=bindparam("now"))
+)
+_FIND_LEG = select(LEGS.c.id).where(
+    LEGS.c.conversation_id == bindparam("c"), LEGS.c.channel == bindparam("ch"),
+    LEGS.c.thread_key == bindparam("t"),
+)
+_OPEN_CONVERSATION = (
+    select(CONVERSATIONS.c.id, CONVERSATIONS.c.last_activity_at)
+    .where(CONVERSATIONS.c.customer_id == bindparam("c"), CONVERSATIONS.c.status == "open")
+    .order_by(CONVERSATIONS.c.opened_at.desc())
+    .limit(1)
+)
+
+
+ADDRESSES = CustomerAddress.__table__
+_THREAD = (
+    select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence, CONVERSATIONS.c.id,
+           CONVERSATIONS.c.last_activity_at, LEGS.c.id)
+    .select_from(ADDRESSES)
+    .outerjoin(CONVERSATIONS, (CONVERSATIONS.c.customer_id == ADDRESSES.c.customer_id)
+               & (CONVERSATIONS.c.status == "open"))
+    .outerjoin(LEGS, (LEGS.c.conversation_id == CONVERSATIONS.c.id)
+               & (LEGS.c.channel == bindparam("ch")) & (LEGS.c.thread_key == bindparam("t")))
+    .where(ADDRESSES.c.address == bindparam("a"))
+    .order_by(CONVERSATIONS.c.opened_at.desc())
+    .limit(1)
+)
+
+
+def lookup_thread(
+    conn: Connection, address: str, channel: str, thread_key: str
+) -> tuple[str, str, str | None, datetime | None, str | None] | None:
+    """In one query: (customer_id, evidence, open conversation, its last activity, the leg of
+    this thread in it). The steady state of every chat needs nothing more."""
+    row = conn.execute(_THREAD, {"a": address, "ch": channel, "t": thread_key}).first()
+    return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:
@@ -39,24 +93,15 @@ def claim_event(
     Safe under concurrency: the primary key decides, and a concurrent twin waits for the
     first transaction, then finds the row.
     """
-    stmt = insert_ignore(conn, PROCESSED).values(
-        provider=provider, event_id=event_id, received_at=now
-    ).returning(PROCESSED.c.event_id)
-    return (conn.execute(stmt)).first() is not None
+    stmt = _CLAIM["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    return conn.execute(stmt, {"p": provider, "e": event_id, "n": now}).first() is not None
 
 
 def open_conversation(
     conn: Connection, customer_id: str, now: datetime, idle: timedelta
 ) -> tuple[str, bool]:
     """The customer's open conversation, or a new one. Returns (id, created)."""
-    row = (
-        conn.execute(
-            select(CONVERSATIONS.c.id, CONVERSATIONS.c.last_activity_at)
-            .where(CONVERSATIONS.c.customer_id == customer_id, CONVERSATIONS.c.status == "open")
-            .order_by(CONVERSATIONS.c.opened_at.desc())
-            .limit(1)
-        )
-    ).first()
+    row = conn.execute(_OPEN_CONVERSATION, {"c": customer_id}).first()
     if row is not None:
         if now - row[1] <= idle:
             return row[0], False
@@ -82,15 +127,7 @@ def close_conversation(conn: Connection, conversation_id: str, now: datetime) ->
 def find_leg(
     conn: Connection, conversation_id: str, channel: str, thread_key: str
 ) -> str | None:
-    return (
-        conn.execute(
-            select(LEGS.c.id).where(
-                LEGS.c.conversation_id == conversation_id,
-                LEGS.c.channel == channel,
-                LEGS.c.thread_key == thread_key,
-            )
-        )
-    ).scalar()
+    return conn.execute(_FIND_LEG, {"c": conversation_id, "ch": channel, "t": thread_key}).scalar()
 
 
 def open_leg(
@@ -136,20 +173,11 @@ def append(
     data: dict[str, Any] | None = None,
 ) -> int:
     """Append one entry to the transcript and mark the conversation active."""
-    entry_id = (
-        conn.execute(
-            insert(TRANSCRIPT)
-            .values(
-                conversation_id=conversation_id, leg_id=leg_id, at=now, provider_at=provider_at,
-                channel=channel, direction=direction, kind=kind, author=author, text=text,
-                data=data, provider=provider, provider_id=provider_id,
-            )
-            .returning(TRANSCRIPT.c.id)
-        )
-    ).scalar_one()
-    conn.execute(
-        update(CONVERSATIONS)
-        .where(CONVERSATIONS.c.id == conversation_id)
-        .values(last_activity_at=now)
-    )
+    entry_id = conn.execute(_APPEND, {
+        "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
+        "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,
+        "author": author, "text": text, "data": data, "provider": provider,
+        "provider_id": provider_id,
+    }).scalar_one()
+    conn.execute(_TOUCH, {"cid": conversation_id, "now": now})
     return int(entry_id)

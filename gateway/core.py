@@ -121,28 +121,17 @@ class Core:
             return IngestResult(duplicate=True)
         attested = event.attested or event.thread_token_ok
         evidence = Evidence.ATTESTED if attested else Evidence.CLAIMED
-        customer_id = self._known_by_alias(conn, event, evidence, now)
-        if customer_id is None:
-            customer_id, _ = identity.resolve(
-                conn, event.sender, evidence, now, detail=f"{event.provider} sender",
-                display_name=event.profile_name,
-            )
-        for alias in event.also_known_as:
-            try:
-                identity.link(conn, alias, customer_id, evidence, now,
-                                    detail=f"sent with {event.sender}")
-            except IdentityError as exc:
-                # Both are known, as two customers: never merged automatically; an agent can.
-                log.warning("ingest: %s not linked to %s's customer: %s", alias, event.sender,
-                            exc)
-        conversation_id, _ = conversations.open_conversation(
-            conn, customer_id, now, self.policy.conversation_idle
-        )
-        leg_id, new_leg = conversations.open_leg(
-            conn, conversation_id, event.channel, event.thread_key, str(event.sender),
-            Binding.ATTESTED if attested else Binding.ADDRESS, now,
-            local_address=event.recipient,
-        )
+        known = conversations.lookup_thread(conn, str(event.sender), event.channel,
+                                            event.thread_key)
+        if (known is not None and known[4] is not None and known[3] is not None
+                and now - known[3] <= self.policy.conversation_idle
+                and identity.STRENGTH[Evidence(known[1])] >= identity.STRENGTH[evidence]
+                and not event.also_known_as):
+            # The steady state: a known sender in an open thread. One query found it all.
+            customer_id, conversation_id, leg_id, new_leg = known[0], known[2], known[4], False
+        else:
+            customer_id, conversation_id, leg_id, new_leg = self._place(
+                conn, event, evidence, attested, now)
         otp_outcome: str | None = None
         text = event.text
         code = verification.code_in_text(text)
@@ -176,6 +165,35 @@ class Core:
             duplicate=False, customer_id=customer_id, conversation_id=conversation_id,
             leg_id=leg_id, entry_id=entry_id, new_leg=new_leg, otp=otp_outcome,
         )
+
+    def _place(
+        self, conn: Connection, event: InboundMessage, evidence: Evidence, attested: bool,
+        now: datetime,
+    ) -> tuple[str, str, str, bool]:
+        """Find or create the customer, conversation and leg of a message."""
+        customer_id = self._known_by_alias(conn, event, evidence, now)
+        if customer_id is None:
+            customer_id, _ = identity.resolve(
+                conn, event.sender, evidence, now, detail=f"{event.provider} sender",
+                display_name=event.profile_name,
+            )
+        for alias in event.also_known_as:
+            try:
+                identity.link(conn, alias, customer_id, evidence, now,
+                              detail=f"sent with {event.sender}")
+            except IdentityError as exc:
+                # Both are known, as two customers: never merged automatically; an agent can.
+                log.warning("ingest: %s not linked to %s's customer: %s", alias, event.sender,
+                            exc)
+        conversation_id, _ = conversations.open_conversation(
+            conn, customer_id, now, self.policy.conversation_idle
+        )
+        leg_id, new_leg = conversations.open_leg(
+            conn, conversation_id, event.channel, event.thread_key, str(event.sender),
+            Binding.ATTESTED if attested else Binding.ADDRESS, now,
+            local_address=event.recipient,
+        )
+        return customer_id, conversation_id, leg_id, new_leg
 
     def _known_by_alias(
         self, conn: Connection, event: InboundMessage, evidence: Evidence, now: datetime

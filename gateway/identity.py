@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.addresses import PHONE_CHANNELS, Address
@@ -47,15 +47,14 @@ MERGES = Merge.__table__
 CONVERSATIONS = Conversation.__table__
 
 
+_FIND = select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
+    ADDRESSES.c.address == bindparam("a")
+)
+
+
 def find_customer(conn: Connection, address: Address) -> tuple[str, str] | None:
     """(customer_id, evidence) for the address, following merges; None when unknown."""
-    row = (
-        conn.execute(
-            select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
-                ADDRESSES.c.address == str(address)
-            )
-        )
-    ).first()
+    row = conn.execute(_FIND, {"a": str(address)}).first()
     return (row[0], row[1]) if row else None
 
 
