@@ -1,0 +1,477 @@
+"""The SIP edge: transport, transactions, timers, registrar and proxy behind start()/aclose().
+
+Messages arrive from `SipTransport` with their source; the edge matches them to transactions
+(`server_key`, `client_key`, `cancel_target_key`), feeds the sans-IO state machines and does
+what they say (send, start or cancel a timer with `loop.call_later`, hand a message to the
+TU). REGISTER goes to the `Registrar`, OPTIONS is answered here, everything else goes to the
+`Proxy`. Scanners are throttled before any state is made. Every timer and task is owned here
+and cancelled (or awaited) by `aclose()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from connectors.sip.digest import NonceIssuer
+from connectors.sip.errors import LocalProtocolError, RemoteProtocolError, SipProtocolError
+from connectors.sip.message import SipMessage, SipRequest, SipResponse, make_response
+from connectors.sip.proxy import ALLOW, CallSink, Proxy
+from connectors.sip.ratelimit import ScannerLimiter
+from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy
+from connectors.sip.routing import ServiceUsers
+from connectors.sip.transaction import (
+    Action,
+    CancelTimer,
+    ClientTransaction,
+    MessageReceived,
+    PassToTu,
+    Send,
+    ServerTransaction,
+    StartTimer,
+    State,
+    Terminated,
+    Timer,
+    TimerConfig,
+    TimerFired,
+    TransactionKey,
+    TransportFailed,
+    TuSend,
+    TuTimeout,
+    TuTransportError,
+    cancel_target_key,
+    client_key,
+    server_key,
+)
+from connectors.sip.transport import Peer, SipTransport
+from gateway.agents import AgentDirectory
+from gateway.clock import Clock
+from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+__all__ = ["ClientTxn", "ServerTxn", "SipConfig", "SipEdge"]
+
+log = logging.getLogger("gateway.sip")
+
+_KINDS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "response",
+                 "other", "scanner-dropped", "malformed-answered", "malformed-dropped",
+                 "keepalive", "internal-error")
+_STOP_GRACE: Final = 5.0  # how long aclose() lets call events reach the database
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """The SIP edge's settings, read once from `Settings`."""
+
+    host: str = "127.0.0.1"
+    port: int = 5060
+    domain: str | None = None  # the name agents register under, also in our Record-Route
+    realm: str = "gateway"
+    service_users: tuple[str, ...] = ("support",)
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    nonce_secret: bytes | None = None
+    min_expires: int = 60
+    max_expires: int = 3600
+    retry_after: int = 30
+    ring_timeout: float = 60.0
+    scanner_rate: float = 1.0
+    scanner_burst: int = 5
+    timers: TimerConfig = TimerConfig()
+    default_region: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SipConfig:
+        secret = settings.sip_nonce_secret
+        t1 = settings.sip_timer_t1_ms / 1000
+        return cls(
+            host=settings.sip_host, port=settings.sip_port, domain=settings.sip_domain,
+            realm=settings.sip_realm, service_users=tuple(settings.sip_service_users),
+            algorithms=tuple(settings.sip_digest_algorithms),
+            nonce_secret=secret.get_secret_value().encode() if secret else None,
+            min_expires=settings.sip_min_expires, max_expires=settings.sip_max_expires,
+            retry_after=settings.sip_retry_after_seconds,
+            ring_timeout=settings.sip_ring_timeout_seconds,
+            scanner_rate=settings.sip_scanner_rate, scanner_burst=settings.sip_scanner_burst,
+            timers=TimerConfig(t1=t1, t2=settings.sip_timer_t2_ms / 1000,
+                               t4=settings.sip_timer_t4_ms / 1000, timer_d=64 * t1),
+            default_region=settings.default_region,
+        )
+
+    @property
+    def advertised_host(self) -> str:
+        """The host in our Via and Record-Route: the domain when set, else the bound host."""
+        if self.domain:
+            return self.domain
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+
+class ServerTxn:
+    """A server transaction and what the edge keeps beside it."""
+
+    __slots__ = ("txn", "source", "peer", "timers", "ctx")
+
+    def __init__(self, txn: ServerTransaction, source: Peer, peer: Peer) -> None:
+        self.txn = txn
+        self.source = source  # where the request came from (the caller's flow)
+        self.peer = peer  # where responses go (RFC 3261 18.2.2, RFC 3581)
+        self.timers: dict[Timer, asyncio.TimerHandle] = {}
+        self.ctx: object = None  # the TU's state for this request
+
+    @property
+    def request(self) -> SipRequest:
+        return self.txn.request
+
+
+class ClientTxn:
+    """A client transaction and what the edge keeps beside it."""
+
+    __slots__ = ("txn", "peer", "timers", "ctx")
+
+    def __init__(self, txn: ClientTransaction, peer: Peer, ctx: object) -> None:
+        self.txn = txn
+        self.peer = peer
+        self.timers: dict[Timer, asyncio.TimerHandle] = {}
+        self.ctx = ctx
+
+
+def _response_peer(request: SipRequest, source: Peer) -> Peer:
+    """Where responses to `request` go: the same connection over TCP; over UDP the source
+    address, at the source port when rport was asked for, else at the Via port."""
+    if source.reliable:
+        return source
+    via = request.top_via
+    if via.wants_rport:
+        return source
+    port = via.port or 5060
+    return source if port == source.port else Peer("UDP", source.host, port)
+
+
+class SipEdge:
+    """The gateway's SIP side on one UDP+TCP port: `await start()`, `await aclose()`."""
+
+    def __init__(
+        self,
+        config: SipConfig,
+        *,
+        sink: CallSink,
+        agents: AgentDirectory,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.timers = config.timers
+        self.transport = SipTransport(
+            config.host, config.port, self._receive, count=self._count,
+            on_send_failed=self._send_failed,
+        )
+        issuer = NonceIssuer(config.nonce_secret or secrets.token_bytes(32))
+        self.auth = DigestAuth(issuer, config.realm, config.algorithms)
+        self.registrar = Registrar(
+            agents, self.auth,
+            RegistrarPolicy(config.min_expires, config.max_expires, min(3600, config.max_expires)),
+            clock,
+        )
+        self.proxy = Proxy(
+            self, sink=sink, agents=agents, auth=self.auth, clock=clock, metrics=metrics,
+            service_users=ServiceUsers(config.service_users), retry_after=config.retry_after,
+            ring_timeout=config.ring_timeout, cancel_grace=64 * config.timers.t1,
+            default_region=config.default_region,
+        )
+        self.limiter = ScannerLimiter(config.scanner_rate, config.scanner_burst)
+        self._servers: dict[TransactionKey, ServerTxn] = {}
+        self._clients: dict[TransactionKey, ClientTxn] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._counters = {kind: metrics.sip_messages.labels(kind) for kind in _KINDS}
+        self._running = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one chosen for port 0)."""
+        return self.transport.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.advertised_host}:{self.port}"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            port = await self.transport.start()
+        except OSError as exc:
+            raise OSError(
+                f"SIP: cannot listen on {self.config.host}:{self.config.port} "
+                f"(GATEWAY_SIP_HOST/GATEWAY_SIP_PORT): {exc.strerror or exc}"
+            ) from None
+        aliases = {self.config.host, self.config.advertised_host}
+        if self.config.host in ("0.0.0.0", ""):
+            aliases.add("127.0.0.1")
+        self.proxy.bind(self.config.advertised_host, port, aliases)
+        self._running = True
+        log.info("SIP edge listening on %s:%d (UDP and TCP)", self.config.host, port)
+
+    async def aclose(self) -> None:
+        """Stop answering, let call events reach the core (briefly), drop every timer."""
+        self._running = False
+        await self.transport.aclose()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self.proxy.close()
+        for entry in (*self._servers.values(), *self._clients.values()):
+            for handle in entry.timers.values():
+                handle.cancel()
+            entry.timers.clear()
+        self._servers.clear()
+        self._clients.clear()
+
+    @property
+    def live_transactions(self) -> int:
+        return len(self._servers) + len(self._clients)
+
+    # ---- receiving -----------------------------------------------------------------------------
+
+    def _count(self, kind: str) -> None:
+        counter = self._counters.get(kind)
+        if counter is not None:
+            counter.inc()
+
+    def _receive(self, message: SipMessage, source: Peer) -> None:
+        if not self._running:
+            return
+        if isinstance(message, SipResponse):
+            self._count("response")
+            self._on_response(message)
+            return
+        user_agent = message.headers.get("User-Agent")
+        if user_agent is not None and self.limiter.is_scanner(user_agent):
+            if not self.limiter.allow(source.host):
+                self._count("scanner-dropped")
+                if self.limiter.should_log(source.host):
+                    log.warning("SIP: throttling scanner %r from %s (dropping silently)",
+                                user_agent[:60], source.host)
+                return
+        method = message.method
+        self._count(method if method in self._counters else "other")
+        try:
+            self._on_request(message, source)
+        except SipProtocolError as exc:
+            # A header read on demand was malformed (RemoteProtocolError), or the TU broke
+            # the protocol (LocalProtocolError, a bug): answer when we can, never raise.
+            if isinstance(exc, LocalProtocolError):
+                log.exception("SIP: internal protocol error on %s from %s", method, source)
+            self._refuse(message, source, exc)
+
+    def _refuse(self, request: SipRequest, source: Peer, exc: SipProtocolError) -> None:
+        if request.method == "ACK":
+            return
+        entry = self._servers.get(_safe_server_key(request) or ("",))
+        try:
+            if entry is not None:
+                self.reply(entry, exc.status_hint, _reason(exc))
+            else:
+                response = make_response(request, exc.status_hint, _reason(exc))
+                self.transport.send(response.to_bytes(), _response_peer(request, source))
+        except SipProtocolError:
+            log.debug("SIP: could not answer a bad %s from %s", request.method, source)
+
+    def _on_request(self, request: SipRequest, source: Peer) -> None:
+        method = request.method
+        if method == "ACK":
+            entry = self._servers.get(server_key(request))
+            if entry is not None:
+                self._run_server(entry, entry.txn.handle(MessageReceived(request)))
+            else:
+                self.proxy.on_ack(request, source)
+            return
+        key = server_key(request)
+        entry = self._servers.get(key)
+        if entry is not None:  # a retransmission: the transaction answers it again
+            self._run_server(entry, entry.txn.handle(MessageReceived(request)))
+            return
+        txn = ServerTransaction(request, reliable=source.reliable, timers=self.timers)
+        entry = ServerTxn(txn, source, _response_peer(request, source))
+        self._servers[key] = entry
+        self._run_server(entry, txn.start())
+
+    def _dispatch(self, entry: ServerTxn, request: SipRequest) -> None:
+        """The TU's part of a new request (or of an ACK its INVITE transaction passed on)."""
+        if request is not entry.txn.request:  # an ACK matched to an Accepted INVITE
+            self.proxy.on_ack(request, entry.source)
+            return
+        method = request.method
+        if method == "CANCEL":
+            self.proxy.on_cancel(entry, self._servers.get(cancel_target_key(request)))
+        elif method == "REGISTER":
+            self.respond(entry, self.registrar.handle(request, entry.source))
+        elif method == "OPTIONS" and (request.to_addr.tag is None or not request.routes):
+            self.reply(entry, 200, headers=[
+                ("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en"),
+            ])
+        else:
+            self.proxy.on_request(entry)
+
+    def _on_response(self, response: SipResponse) -> None:
+        try:
+            entry = self._clients.get(client_key(response))
+        except RemoteProtocolError:
+            return
+        if entry is None:
+            self.proxy.on_stray_response(response)
+            return
+        self._run_client(entry, entry.txn.handle(MessageReceived(response)))
+
+    def _send_failed(self, peer: Peer, reason: str) -> None:
+        for entry in [e for e in self._clients.values() if e.peer == peer]:
+            self._run_client(entry, entry.txn.handle(TransportFailed(reason)))
+
+    # ---- running transactions --------------------------------------------------------------
+
+    def _run_server(self, entry: ServerTxn, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transport.send(action.data, entry.peer)  # type: ignore[union-attr]
+            elif kind is StartTimer:
+                self._start_timer(entry, action.timer, action.delay, self._fire_server)  # type: ignore[union-attr]
+            elif kind is CancelTimer:
+                handle = entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
+                if handle is not None:
+                    handle.cancel()
+            elif kind is PassToTu:
+                self._tu(self._dispatch, entry, action.message)  # type: ignore[union-attr]
+            elif kind is Terminated:
+                self._forget(self._servers, entry)
+            elif kind is TuTimeout:
+                log.debug("SIP: no ACK for our final response to %s", entry.request.call_id)
+            elif kind is TuTransportError:
+                log.info("SIP: cannot answer %s: %s", entry.peer, action.reason)  # type: ignore[union-attr]
+
+    def _run_client(self, entry: ClientTxn, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transport.send(action.data, entry.peer)  # type: ignore[union-attr]
+            elif kind is StartTimer:
+                self._start_timer(entry, action.timer, action.delay, self._fire_client)  # type: ignore[union-attr]
+            elif kind is CancelTimer:
+                handle = entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
+                if handle is not None:
+                    handle.cancel()
+            elif kind is PassToTu:
+                self._tu(self.proxy.on_response, entry, action.message)  # type: ignore[union-attr]
+            elif kind is Terminated:
+                self._forget(self._clients, entry)
+            elif kind is TuTimeout:
+                self._tu(self.proxy.on_client_timeout, entry)
+            elif kind is TuTransportError:
+                self._tu(self.proxy.on_client_timeout, entry, action.reason)  # type: ignore[union-attr]
+
+    def _tu(self, handler: Callable[..., None], *args: Any) -> None:
+        try:
+            handler(*args)
+        except RemoteProtocolError as exc:
+            entry = args[0]
+            if isinstance(entry, ServerTxn) and entry.request.method != "ACK":
+                self.reply(entry, exc.status_hint, _reason(exc))
+            else:
+                log.debug("SIP: dropped a malformed message: %s", exc)
+        except LocalProtocolError:
+            log.exception("SIP: the proxy broke the protocol; message dropped")
+
+    def _start_timer(self, entry: ServerTxn | ClientTxn, timer: Timer, delay: float,
+                     fire: Callable[[Any, Timer], None]) -> None:
+        old = entry.timers.get(timer)
+        if old is not None:
+            old.cancel()
+        assert self._loop is not None
+        entry.timers[timer] = self._loop.call_later(delay, fire, entry, timer)
+
+    def _fire_server(self, entry: ServerTxn, timer: Timer) -> None:
+        entry.timers.pop(timer, None)
+        self._run_server(entry, entry.txn.handle(TimerFired(timer)))
+
+    def _fire_client(self, entry: ClientTxn, timer: Timer) -> None:
+        entry.timers.pop(timer, None)
+        self._run_client(entry, entry.txn.handle(TimerFired(timer)))
+
+    @staticmethod
+    def _forget(table: dict[TransactionKey, Any], entry: ServerTxn | ClientTxn) -> None:
+        for handle in entry.timers.values():
+            handle.cancel()
+        entry.timers.clear()
+        if table.get(entry.txn.key) is entry:
+            del table[entry.txn.key]
+
+    # ---- ProxyIO: what the TU may ask for -----------------------------------------------------
+
+    def respond(self, server: ServerTxn, response: SipResponse) -> bool:
+        """Send `response` through `server`; False when its state no longer allows it."""
+        if server.txn.state is State.TERMINATED:
+            return False
+        try:
+            actions = server.txn.handle(TuSend(response))
+        except LocalProtocolError:
+            return False
+        self._run_server(server, actions)
+        return True
+
+    def reply(self, server: ServerTxn, status: int, reason: str | None = None,
+              headers: Iterable[tuple[str, str]] = ()) -> bool:
+        return self.respond(server, make_response(server.request, status, reason,
+                                                  extra_headers=headers))
+
+    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn:
+        txn = ClientTransaction(request, reliable=peer.reliable, timers=self.timers)
+        entry = ClientTxn(txn, peer, ctx)
+        self._clients[txn.key] = entry
+        self._run_client(entry, txn.start())
+        return entry
+
+    def abandon(self, client: ClientTxn) -> None:
+        self._forget(self._clients, client)
+
+    def send(self, message: SipMessage, peer: Peer) -> None:
+        self.transport.send(message.to_bytes(), peer)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("SIP: task %s failed", task.get_name(), exc_info=task.exception())
+
+    def later(self, delay: float, callback: Callable[..., None], *args: Any
+              ) -> asyncio.TimerHandle:
+        assert self._loop is not None
+        return self._loop.call_later(delay, callback, *args)
+
+
+def _safe_server_key(request: SipRequest) -> TransactionKey | None:
+    try:
+        return server_key(request)
+    except SipProtocolError:
+        return None
+
+
+def _reason(exc: SipProtocolError) -> str | None:
+    if exc.status_hint == 400:
+        text = str(exc).replace("\r", " ").replace("\n", " ")
+        return "Bad Request (" + text[:80] + ")" if text.isprintable() else None
+    return None

@@ -1,0 +1,714 @@
+"""The routing TU of the SIP edge: a transaction-stateful proxy (RFC 3261 section 16).
+
+An INVITE for the gateway (a service user such as a trunk's DID, or an agent's own user)
+becomes one `IncomingCall` for the core, which resolves the caller and issues a context
+token; the INVITE then goes to an agent's phone with `Call-Info` (the context link) and
+`X-Conversation-Id`, a Record-Route, and our Via. Responses come back with our Via removed.
+CANCEL, ACK, BYE and re-INVITE follow the Record-Route (loose routing) through us. Call
+events (ringing, answered by whom, ended, duration) go to the core in tasks the edge owns, so
+the relay of a response never waits for a database write.
+
+Per live dialog we keep one small `Call` (Call-ID -> agent, tags and the two flows); every
+other piece of state lives in transactions, which the edge removes when they terminate.
+The edge (`connectors/sip/edge.py`) does all I/O; this module decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from connectors.sip.errors import RemoteProtocolError
+from connectors.sip.message import (
+    MAGIC_COOKIE,
+    Headers,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    SipUri,
+    Via,
+    new_branch,
+    split_list,
+    unescape,
+)
+from connectors.sip.registrar import AuthResult, DigestAuth
+from connectors.sip.routing import PIN_HEADER, ServiceUsers, caller_address, dialled, pin_from_header
+from connectors.sip.transaction import State
+from connectors.sip.transport import Peer
+from gateway.agents import Agent, AgentDirectory, AgentTarget, Contact
+from gateway.clock import Clock
+from gateway.events import CallEvent, CallEventKind, IncomingCall
+from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from connectors.sip.edge import ClientTxn, ServerTxn
+
+__all__ = ["Call", "CallSink", "Proxy", "ProxyIO", "RoutedCall"]
+
+log = logging.getLogger("gateway.sip.proxy")
+
+ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK, REFER, NOTIFY"
+_OUT_OF_DIALOG_ELSEWHERE: Final = frozenset(
+    {"MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH"}
+)
+# Never forwarded to an agent: context headers only we may set (a caller could point an
+# agent at a page of its own), the PIN (a secret), and credentials meant for us.
+_STRIP_ON_INVITE: Final = ("Call-Info", "X-Conversation-Id", PIN_HEADER, "Proxy-Authorization",
+                           "Route")
+MAX_DIALOG_SECONDS: Final = 12 * 3600.0  # a dialog with no BYE after this is forgotten
+_SWEEP_EVERY: Final = 60.0
+
+
+class RoutedCall(Protocol):
+    """What the core answers for a call (`gateway.core.CallRoute`): the link, not the data."""
+
+    context_url: str
+    conversation_id: str
+
+
+class CallSink(Protocol):
+    """The core as the SIP edge uses it (`gateway.core.Core`)."""
+
+    def open_call(self, call: IncomingCall) -> Awaitable[RoutedCall]: ...
+
+    def call_event(self, event: CallEvent) -> Awaitable[bool]: ...
+
+
+class ProxyIO(Protocol):
+    """What the proxy needs from the edge: transactions, stateless sends, tasks, timers."""
+
+    def respond(self, server: ServerTxn, response: SipResponse) -> bool: ...
+
+    def reply(self, server: ServerTxn, status: int, reason: str | None = None,
+              headers: Iterable[tuple[str, str]] = ()) -> bool: ...
+
+    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn: ...
+
+    def abandon(self, client: ClientTxn) -> None: ...
+
+    def send(self, message: SipMessage, peer: Peer) -> None: ...
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> None: ...
+
+    def later(self, delay: float, callback: Callable[..., None], *args: Any
+              ) -> asyncio.TimerHandle: ...
+
+
+class Call:
+    """One call from INVITE to BYE; from the 2xx on, the dialog record (kept small)."""
+
+    __slots__ = ("call_id", "agent_id", "caller_tag", "caller_peer", "agent_peer",
+                 "answered_at", "ringing", "ended")
+
+    def __init__(self, call_id: str, agent_id: str, caller_tag: str | None,
+                 caller_peer: Peer) -> None:
+        self.call_id = call_id
+        self.agent_id = agent_id
+        self.caller_tag = caller_tag
+        self.caller_peer = caller_peer
+        self.agent_peer: Peer | None = None
+        self.answered_at: float | None = None
+        self.ringing = False
+        self.ended = False
+
+
+class _Forward:
+    """A request being relayed: its server transaction, its client transaction (None while
+    an INVITE is being routed) and, for an initial INVITE, its Call."""
+
+    __slots__ = ("server", "client", "call", "cancelled", "cancel_sent", "final", "timer",
+                 "outcome")
+
+    def __init__(self, server: ServerTxn, call: Call | None = None) -> None:
+        self.server = server
+        self.client: ClientTxn | None = None
+        self.call = call
+        self.cancelled = False  # the caller CANCELled, or we gave up ringing
+        self.cancel_sent = False
+        self.final = False  # a final response went (or is going) upstream
+        self.timer: asyncio.TimerHandle | None = None
+        self.outcome: str | None = None  # why we ended it ourselves: "cancelled", "no-answer"
+
+
+class Proxy:
+    """Decides what happens to each request and response the edge cannot settle itself."""
+
+    def __init__(
+        self,
+        io: ProxyIO,
+        *,
+        sink: CallSink,
+        agents: AgentDirectory,
+        auth: DigestAuth,
+        clock: Clock,
+        metrics: Metrics,
+        service_users: ServiceUsers,
+        retry_after: int,
+        ring_timeout: float,
+        cancel_grace: float,
+        default_region: str | None = None,
+    ) -> None:
+        self.io = io
+        self.sink = sink
+        self.agents = agents
+        self.auth = auth
+        self.clock = clock
+        self.metrics = metrics
+        self.service_users = service_users
+        self.retry_after = retry_after
+        self.ring_timeout = ring_timeout
+        self.cancel_grace = cancel_grace
+        self.default_region = default_region
+        self.dialogs: dict[str, Call] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.sent_by = ""
+        self.record_route = ""
+        self._hosts: frozenset[str] = frozenset()
+        self._port = 0
+        self._answered = metrics.calls.labels("sip", "answered")
+        self._routed = metrics.calls.labels("sip", "routed")
+
+    def bind(self, host: str, port: int, aliases: Iterable[str] = ()) -> None:
+        """Where we are, once the transport is bound: our Via, Record-Route and own hosts."""
+        self._port = port
+        self.sent_by = f"{host}:{port}".lower()
+        self.record_route = f"<sip:{host}:{port};lr>"
+        self._hosts = frozenset(h.lower() for h in (host, *aliases))
+        self._sweeper = self.io.later(_SWEEP_EVERY, self._sweep)
+
+    def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.dialogs.clear()
+
+    # ---- out-of-dialog requests ------------------------------------------------------------
+
+    def on_request(self, server: ServerTxn) -> None:
+        """A new request with its server transaction (not ACK, CANCEL, REGISTER, OPTIONS)."""
+        request = server.request
+        if request.to_addr.tag is not None:
+            self._in_dialog(server, request)
+        elif request.method == "INVITE":
+            self._invite(server, request)
+        elif request.method == "BYE":
+            self.io.reply(server, 481)
+        elif request.method in _OUT_OF_DIALOG_ELSEWHERE:
+            self.io.reply(server, 405, headers=[("Allow", ALLOW)])
+        else:
+            self.io.reply(server, 501, headers=[("Allow", ALLOW)])
+
+    def _invite(self, server: ServerTxn, request: SipRequest) -> None:
+        io = self.io
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            io.reply(server, 483)
+            return
+        if any(v.sent_by.lower() == self.sent_by for v in request.vias[1:]) or (
+            request.top_via.sent_by.lower() == self.sent_by
+        ):
+            io.reply(server, 482)
+            return
+        ruri = request.request_uri
+        wanted = dialled(unescape(ruri.user or ""))
+        pin = wanted.pin or pin_from_header(request)
+        agent = self.agents.by_sip_user(wanted.user) if wanted.user else None
+        if agent is None and not (
+            wanted.user in self.service_users or (not wanted.user and wanted.pin)
+        ):
+            self._count("not-found")
+            io.reply(server, 404)
+            return
+        caller_agent = self._claimed_agent(request)
+        if caller_agent is not None:
+            result = self.auth.check(request, "Proxy-Authorization", caller_agent)
+            if result is not AuthResult.OK:
+                if result is AuthResult.FORBIDDEN:
+                    io.reply(server, 403)
+                else:
+                    challenges = self.auth.challenges(stale=result is AuthResult.STALE)
+                    io.reply(server, 407, headers=[("Proxy-Authenticate", c) for c in challenges])
+                return
+        if agent is not None:
+            target = self._target_of(agent)
+        else:
+            exclude = (caller_agent.id,) if caller_agent is not None else ()
+            target = self.agents.pick(exclude=exclude)
+        if target is None:
+            self._count("no-agent")
+            io.reply(server, 480, headers=[("Retry-After", str(self.retry_after))])
+            return
+        self.agents.call_started(target.agent_id)  # now, so concurrent calls spread out
+        call = Call(request.call_id, target.agent_id, request.from_addr.tag, server.source)
+        forward = _Forward(server, call)
+        server.ctx = forward
+        incoming = IncomingCall(
+            caller=caller_address(request, self.default_region),
+            callee=wanted.user or "pin",
+            call_ref=request.call_id,
+            provider="sip",
+            pin=pin,
+            caller_authenticated=caller_agent is not None,
+        )
+        io.spawn(self._route(forward, request, target, incoming), "sip-route")
+
+    async def _route(self, forward: _Forward, request: SipRequest, target: AgentTarget,
+                     incoming: IncomingCall) -> None:
+        call = forward.call
+        assert call is not None
+        try:
+            route = await self.sink.open_call(incoming)
+        except Exception:
+            log.exception("SIP: the core could not open call %s; answering 500", call.call_id)
+            call.ended = True
+            self.agents.call_ended(call.agent_id)
+            self._count("error")
+            if not forward.final:
+                self._final(forward, 500)
+            return
+        if forward.cancelled:  # CANCEL arrived while the core was working: 487 already sent
+            self._unanswered(forward, 487)
+            return
+        peer = await self._peer_of_contact(target.contact)
+        if forward.cancelled:
+            self._unanswered(forward, 487)
+            return
+        if peer is None:
+            log.warning("SIP: agent %s's contact %s is unreachable", call.agent_id,
+                        target.contact.uri)
+            self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+            self._unanswered(forward, 480)
+            return
+        headers = self._headers_onward(request, forward.server.source, peer, _STRIP_ON_INVITE)
+        headers.add("Record-Route", self.record_route, first=True)
+        headers.add("Call-Info", f"<{route.context_url}>;purpose=info")
+        headers.add("X-Conversation-Id", route.conversation_id)
+        onward = SipRequest("INVITE", target.contact.uri, headers, request.body)
+        self._routed.inc()
+        forward.client = self.io.forward(onward, peer, forward)
+        forward.timer = self._later(self.ring_timeout, self._ring_timeout, forward)
+
+    def _claimed_agent(self, request: SipRequest) -> Agent | None:
+        """The agent the From header claims to be, when it names one of ours on our host."""
+        try:
+            uri = request.from_addr.sip_uri()
+        except RemoteProtocolError:
+            return None  # a tel: URI or other scheme: a caller, not an agent
+        if uri.user is None or uri.host.lower() not in self._hosts:
+            return None
+        return self.agents.by_sip_user(unescape(uri.user))
+
+    def _target_of(self, agent: Agent) -> AgentTarget | None:
+        contacts = agent.contacts(self.clock.now())
+        if not contacts:
+            return None
+        registered = [c for c in contacts if c.expires_at is not None]
+        if registered:  # as AgentDirectory.pick: the longest-lasting binding is the newest
+            return AgentTarget(agent.id, max(registered, key=lambda c: c.expires_at))  # type: ignore[arg-type, return-value]
+        return AgentTarget(agent.id, contacts[0])
+
+    async def _peer_of_contact(self, contact: Contact) -> Peer | None:
+        """Where to send a call for `contact`: the flow its REGISTER came from (NAT-proof, and
+        the open connection for TCP), else the contact URI's host (resolved when a name)."""
+        if contact.source is not None:
+            host, port = contact.source
+            return Peer("TCP" if contact.transport == "tcp" else "UDP", host, port)
+        try:
+            uri = SipUri.parse(contact.uri)
+        except RemoteProtocolError:
+            return None
+        peer = _peer_of(uri)
+        if peer is not None or uri.scheme != "sip":
+            return peer
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(uri.host, uri.port or 5060, type=2), 2.0  # SOCK_DGRAM
+            )
+        except (OSError, TimeoutError):
+            return None
+        if not infos:
+            return None
+        return Peer("TCP" if uri.transport == "tcp" else "UDP", infos[0][4][0], uri.port or 5060)
+
+    # ---- in-dialog requests -------------------------------------------------------------------
+
+    def _in_dialog(self, server: ServerTxn, request: SipRequest) -> None:
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            self.io.reply(server, 483)
+            return
+        headers, peer = self._next_hop(request, server.source)
+        if peer is None:
+            self.io.reply(server, 481)
+            return
+        if request.method == "BYE":
+            call = self.dialogs.get(request.call_id)
+            if call is not None:
+                who = "caller" if request.from_addr.tag == call.caller_tag else "agent"
+                self._end(call, f"{who} hung up")
+        onward = SipRequest(request.method, request.uri, headers, request.body)
+        forward = _Forward(server)
+        server.ctx = forward
+        forward.client = self.io.forward(onward, peer, forward)
+
+    def on_ack(self, request: SipRequest, source: Peer) -> None:
+        """An ACK no server transaction took: the ACK for a 2xx, relayed statelessly."""
+        if request.to_addr.tag is None:
+            return  # the ACK of a transaction that is gone: nothing to do (RFC 3261 17.2.3)
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            return
+        headers, peer = self._next_hop(request, source, stateless_branch=True)
+        if peer is not None:
+            self.io.send(SipRequest("ACK", request.uri, headers, request.body), peer)
+
+    def _next_hop(self, request: SipRequest, source: Peer, *, stateless_branch: bool = False
+                  ) -> tuple[Headers, Peer | None]:
+        """Loose routing (RFC 3261 16.4, 16.12): drop our own Route entries, then send to the
+        next Route, else to the other party of a dialog we know, else to the Request-URI."""
+        routes = request.routes
+        ours = 0
+        while ours < len(routes) and self._is_me(routes[ours].uri):
+            ours += 1
+        drop: tuple[str, ...] = ("Route",) if ours else ()
+        if stateless_branch:  # RFC 3261 16.11: the same branch for every retransmission
+            branch = MAGIC_COOKIE + hashlib.sha1(
+                (request.top_via.branch or request.call_id).encode(), usedforsecurity=False
+            ).hexdigest()[:16]
+        else:
+            branch = new_branch()
+        peer: Peer | None = None
+        rest = routes[ours:]
+        if rest:
+            peer = _peer_of_text(rest[0].uri)
+        else:
+            call = self.dialogs.get(request.call_id)
+            if call is not None:
+                peer = call.agent_peer if request.from_addr.tag == call.caller_tag \
+                    else call.caller_peer
+            elif not self._is_me(request.uri):
+                peer = _peer_of_text(request.uri)
+        if peer is None:
+            return request.headers, None
+        headers = self._headers_onward(request, source, peer, drop, branch)
+        if ours:
+            for route in rest:
+                headers.add("Route", str(route))
+        return headers, peer
+
+    def _is_me(self, uri_text: str) -> bool:
+        try:
+            uri = SipUri.parse(uri_text)
+        except RemoteProtocolError:
+            return False
+        return uri.host.lower() in self._hosts and (uri.port or 5060) == self._port
+
+    def _headers_onward(self, request: SipRequest, source: Peer, peer: Peer,
+                        drop: Iterable[str], branch: str | None = None) -> Headers:
+        """The request's headers for the next hop (RFC 3261 16.6): `drop` removed, the
+        sender's Via marked with received/rport (RFC 3581), Max-Forwards less one, our Via."""
+        headers = request.headers.copy()
+        for name in drop:
+            if name in headers:
+                headers.remove(name)
+        via = request.top_via
+        if via.wants_rport or via.host != source.host:
+            marked = via.with_param("received", source.host)
+            if via.wants_rport:
+                marked = marked.with_param("rport", str(source.port))
+            headers.pop_first_value("Via")
+            headers.add("Via", str(marked), first=True)
+        max_forwards = request.max_forwards
+        headers.set("Max-Forwards", "70" if max_forwards is None else str(max_forwards - 1))
+        rport = ";rport" if peer.transport == "UDP" else ""
+        headers.add("Via", f"SIP/2.0/{peer.transport} {self.sent_by};branch="
+                    f"{branch or new_branch()}{rport}", first=True)
+        return headers
+
+    # ---- responses ----------------------------------------------------------------------------
+
+    def on_response(self, client: ClientTxn, response: SipResponse) -> None:
+        forward = client.ctx
+        if not isinstance(forward, _Forward):
+            return  # the answer to a CANCEL or BYE we sent ourselves
+        status = response.status
+        if status == 100:
+            return  # hop by hop: we sent our own
+        call = forward.call
+        if status < 200:
+            if forward.cancelled and not forward.cancel_sent:
+                self._send_cancel(forward)  # the CANCEL that waited for a provisional
+            if call is not None and not call.ringing and status in (180, 183):
+                call.ringing = True
+                self._event(call, "ringing")
+            if not forward.final:
+                self.io.respond(forward.server, _upstream(response))
+            return
+        if status < 300:
+            if call is not None and call.answered_at is None:
+                self._answered_call(forward, call, client, response)
+            if forward.final and forward.server.txn.state is not State.ACCEPTED:
+                return
+            forward.final = True
+            if not self.io.respond(forward.server, _upstream(response)):
+                self.io.send(_upstream(response), forward.server.peer)
+            return
+        # 3xx-6xx: the client transaction ACKs it; pass it up unless we already answered.
+        self._stop_timer(forward)
+        if call is not None:
+            self._unanswered(forward, status, response.reason)
+        if not forward.final:
+            forward.final = True
+            self.io.respond(forward.server, _upstream(response, final_error=True))
+
+    def _answered_call(self, forward: _Forward, call: Call, client: ClientTxn,
+                       response: SipResponse) -> None:
+        self._stop_timer(forward)
+        if forward.final or call.ended:
+            # We gave up (ring timeout, CANCEL that crossed the 200): hang up on the agent.
+            self._hang_up_late_answer(client, response)
+            return
+        call.answered_at = time.monotonic()
+        call.agent_peer = client.peer
+        self.dialogs[call.call_id] = call
+        self.metrics.dialogs.inc()
+        self._answered.inc()
+        self._event(call, "answered", agent_id=call.agent_id)
+
+    def on_client_timeout(self, client: ClientTxn, reason: str | None = None) -> None:
+        """Timer B/F fired, or the transport failed: treat it as 408 (RFC 3261 16.7 step 2)
+        and, for a call, as the agent being unreachable (480 with Retry-After)."""
+        forward = client.ctx
+        if not isinstance(forward, _Forward):
+            return
+        self._stop_timer(forward)
+        call = forward.call
+        if call is not None:
+            self._unanswered(forward, 480, reason or "agent did not answer")
+            if not forward.final:
+                self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+        elif not forward.final:
+            self._final(forward, 408 if reason is None else 503)
+
+    def on_stray_response(self, response: SipResponse) -> None:
+        """A response no client transaction took (a 2xx retransmitted after Timer M):
+        forward it statelessly along the Via when the top Via is ours (RFC 3261 16.11)."""
+        vias = response.vias
+        if len(vias) < 2 or vias[0].sent_by.lower() != self.sent_by:
+            return
+        peer = _peer_of_via(vias[1])
+        if peer is not None:
+            self.io.send(_upstream(response), peer)
+
+    # ---- CANCEL and giving up ---------------------------------------------------------------
+
+    def on_cancel(self, cancel: ServerTxn, target: ServerTxn | None) -> None:
+        """RFC 3261 16.10: 200 to the CANCEL, CANCEL the branch; the branch's 487 goes up."""
+        if target is None or not isinstance(target.ctx, _Forward):
+            self.io.reply(cancel, 481)
+            return
+        self.io.reply(cancel, 200)
+        forward = target.ctx
+        if forward.final or forward.cancelled or target.txn.state is not State.PROCEEDING:
+            return
+        forward.cancelled = True
+        forward.outcome = "cancelled"
+        if forward.client is None:  # still being routed: answer for the branch that never was
+            self._final(forward, 487)
+            return
+        self._send_cancel(forward)
+        # A branch that never answers the CANCEL must not keep the caller waiting.
+        self._stop_timer(forward)
+        forward.timer = self._later(self.cancel_grace, self._cancel_expired, forward)
+
+    def _send_cancel(self, forward: _Forward) -> None:
+        """CANCEL the branch (RFC 3261 9.1), or wait for its first provisional response."""
+        client = forward.client
+        if client is None or forward.cancel_sent:
+            return
+        if client.txn.state is not State.PROCEEDING:
+            return  # no provisional yet (sent on the first one) or already final
+        forward.cancel_sent = True
+        invite = client.txn.request
+        h = invite.headers
+        entries = [("Via", split_list(h.get("Via") or "")[0])]
+        entries += [("Route", r) for r in h.get_all("Route")]
+        entries += [
+            ("Max-Forwards", "70"), ("From", h.get("From") or ""), ("To", h.get("To") or ""),
+            ("Call-ID", invite.call_id), ("CSeq", f"{invite.cseq.number} CANCEL"),
+        ]
+        self.io.forward(SipRequest("CANCEL", invite.uri, Headers(entries)), client.peer, None)
+
+    def _cancel_expired(self, forward: _Forward) -> None:
+        self._timers.discard(forward.timer)  # type: ignore[arg-type]
+        forward.timer = None
+        if forward.final:
+            return
+        if forward.client is not None:
+            self.io.abandon(forward.client)
+        self._unanswered(forward, 487)
+        self._final(forward, 487)
+
+    def _ring_timeout(self, forward: _Forward) -> None:
+        self._timers.discard(forward.timer)  # type: ignore[arg-type]
+        forward.timer = None
+        call = forward.call
+        if forward.final or call is None or call.answered_at is not None:
+            return
+        forward.cancelled = True
+        forward.outcome = "no-answer"
+        self._send_cancel(forward)
+        self._unanswered(forward, 480, f"no answer within {self.ring_timeout:g} s")
+        self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+
+    def _hang_up_late_answer(self, client: ClientTxn, response: SipResponse) -> None:
+        """ACK and BYE a 2xx that arrived after we answered the caller ourselves."""
+        invite = client.txn.request
+        h = invite.headers
+        to = response.headers.get("To") or h.get("To") or ""
+        try:
+            contacts = response.contacts
+            uri = contacts[0].uri if contacts else invite.uri
+        except RemoteProtocolError:
+            uri = invite.uri
+        number = invite.cseq.number
+        for method, cseq in (("ACK", number), ("BYE", number + 1)):
+            headers = Headers([
+                ("Via", f"SIP/2.0/{client.peer.transport} {self.sent_by};branch={new_branch()}"),
+                ("Max-Forwards", "70"), ("From", h.get("From") or ""), ("To", to),
+                ("Call-ID", invite.call_id), ("CSeq", f"{cseq} {method}"),
+            ])
+            request = SipRequest(method, uri, headers)
+            if method == "ACK":
+                self.io.send(request, client.peer)
+            else:
+                self.io.forward(request, client.peer, None)
+
+    # ---- call records --------------------------------------------------------------------------
+
+    def _unanswered(self, forward: _Forward, status: int, reason: str | None = None) -> None:
+        """The call ends before anyone answered: free the agent, record why."""
+        call = forward.call
+        if call is None or call.ended or call.answered_at is not None:
+            return
+        call.ended = True
+        self.agents.call_ended(call.agent_id)
+        if forward.outcome == "cancelled":
+            self._count("cancelled")
+            self._event(call, "ended", detail="caller hung up before answer")
+        elif forward.outcome == "no-answer":
+            self._count("no-answer")
+            self._event(call, "failed", agent_id=call.agent_id, detail=reason)
+        else:
+            self._count("failed")
+            detail = f"agent's phone answered {status}" + (f" {reason}" if reason else "")
+            self._event(call, "failed", agent_id=call.agent_id, detail=detail)
+
+    def _end(self, call: Call, detail: str) -> None:
+        """A BYE (either side) or the sweep ends an answered call."""
+        if call.ended:
+            return
+        call.ended = True
+        self.dialogs.pop(call.call_id, None)
+        self.metrics.dialogs.dec()
+        self.agents.call_ended(call.agent_id)
+        duration = time.monotonic() - (call.answered_at or time.monotonic())
+        self._event(call, "ended", agent_id=call.agent_id, duration=duration, detail=detail)
+
+    def _sweep(self) -> None:
+        deadline = time.monotonic() - MAX_DIALOG_SECONDS
+        for call in [c for c in self.dialogs.values() if (c.answered_at or 0) < deadline]:
+            self._end(call, "no BYE seen; forgotten")
+        self._sweeper = self.io.later(_SWEEP_EVERY, self._sweep)
+
+    def _event(self, call: Call, kind: CallEventKind, *, agent_id: str | None = None,
+               duration: float | None = None, detail: str | None = None) -> None:
+        event = CallEvent(call_ref=call.call_id, provider="sip", kind=kind, agent_id=agent_id,
+                          duration_seconds=duration, detail=detail)
+        self.io.spawn(self._record(event), "sip-call-event")
+
+    async def _record(self, event: CallEvent) -> None:
+        try:
+            if not await self.sink.call_event(event):
+                log.warning("SIP: call %s is unknown to the core; %s not recorded",
+                            event.call_ref, event.kind)
+        except Exception:
+            log.exception("SIP: recording %s of call %s failed", event.kind, event.call_ref)
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.calls.labels("sip", outcome).inc()
+
+    # ---- small helpers ------------------------------------------------------------------------
+
+    def _final(self, forward: _Forward, status: int,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+        self._stop_timer(forward)
+        forward.final = True
+        self.io.reply(forward.server, status, headers=headers)
+
+    def _later(self, delay: float, callback: Callable[[_Forward], None],
+               forward: _Forward) -> asyncio.TimerHandle:
+        handle = self.io.later(delay, callback, forward)
+        self._timers.add(handle)
+        return handle
+
+    def _stop_timer(self, forward: _Forward) -> None:
+        if forward.timer is not None:
+            forward.timer.cancel()
+            self._timers.discard(forward.timer)
+            forward.timer = None
+
+
+def _upstream(response: SipResponse, *, final_error: bool = False) -> SipResponse:
+    """The response for the previous hop: our Via removed (RFC 3261 16.7 step 3). A 503 from
+    an agent's phone is about the phone, not us: upstream it becomes 500 (16.7 step 6)."""
+    headers = response.headers.copy()
+    headers.pop_first_value("Via")
+    if final_error and response.status == 503:
+        return SipResponse(500, "Server Internal Error", headers, response.body)
+    return SipResponse(response.status, response.reason, headers, response.body)
+
+
+def _peer_of(uri: SipUri) -> Peer | None:
+    """The peer a URI names when its host is an IP address (names need a resolver)."""
+    host = uri.host
+    if host[:1] == "[":
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    maddr = uri.param("maddr")
+    if maddr:
+        host = maddr
+    return Peer("TCP" if uri.transport == "tcp" else "UDP", host, uri.port or 5060)
+
+
+def _peer_of_text(uri_text: str) -> Peer | None:
+    try:
+        return _peer_of(SipUri.parse(uri_text))
+    except RemoteProtocolError:
+        return None
+
+
+def _peer_of_via(via: Via) -> Peer | None:
+    host = via.received or via.host
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    try:
+        port = via.rport or via.port or 5060
+    except RemoteProtocolError:
+        port = via.port or 5060
+    return Peer("TCP" if via.transport == "TCP" else "UDP", host.strip("[]"), port)
+
