@@ -179,6 +179,21 @@ def build_app(
             default_region=settings.default_region,
         ))
     # (sip)
+    if enable_sip:
+        from connectors.sip.edge import SipConfig, SipEdge
+
+        sip_edge = SipEdge(SipConfig.from_settings(settings), sink=core, agents=agents,
+                           metrics=metrics, clock=clock)
+        gw.services["sip"] = sip_edge
+
+        async def run_sip(app: web.Application) -> AsyncIterator[None]:
+            await sip_edge.start()  # last to start, first to stop: calls end before the store
+            try:
+                yield
+            finally:
+                await sip_edge.aclose()
+
+        lifecycles.append(run_sip)
 
     gw.connectors = connectors
     for connector in connectors:
