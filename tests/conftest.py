@@ -112,6 +112,7 @@ async def start_gateway(tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
         overrides.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path}/gateway.db")
         overrides.setdefault("agent_token", AGENT_TOKEN)
         overrides.setdefault("log_format", "text")
+        overrides.setdefault("sip_port", 0)  # an ephemeral UDP+TCP port: parallel runs never clash
         memory = memory if memory is not None else MemoryChannel()
         settings = load_settings(**overrides)
         app = build_app(settings, clock=clock, extra_connectors=[memory])

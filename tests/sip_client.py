@@ -1,0 +1,238 @@
+"""A tiny SIP endpoint for tests: raw requests out, parsed messages in, over UDP or TCP.
+
+Plays a caller, an agent's phone or a hostile peer against the gateway's SIP edge with
+exact control over every header (SIPp and baresip cover the real-peer side). Built on the
+project's own parser and digest code, which have their own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from connectors.sip.digest import Challenge, authorize
+from connectors.sip.errors import RemoteProtocolError
+from connectors.sip.message import (
+    Headers,
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    StreamFramer,
+    make_response,
+    new_branch,
+    new_tag,
+    parse_datagram,
+)
+
+LOOPBACK = "127.0.0.1"
+
+
+class SipTestClient:
+    """One socket on 127.0.0.1: `send()` bytes, `expect()` the next matching message."""
+
+    def __init__(self, transport: str = "UDP", user: str = "tester") -> None:
+        self.transport = transport.upper()
+        self.user = user
+        self.port = 0
+        self.inbox: asyncio.Queue[SipMessage] = asyncio.Queue()
+        self.raw: list[bytes] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._seen: list[SipMessage] = []
+        self.cseq = 0
+
+    async def __aenter__(self) -> SipTestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self, gateway_port: int | None = None) -> SipTestClient:
+        """Bind (UDP) or connect to the gateway (TCP)."""
+        loop = asyncio.get_running_loop()
+        if self.transport == "UDP":
+            client = self
+
+            class _Proto(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: Any) -> None:
+                    client._got(data)
+
+            self._udp, _ = await loop.create_datagram_endpoint(
+                _Proto, local_addr=(LOOPBACK, 0)
+            )
+            self.port = self._udp.get_extra_info("sockname")[1]
+        else:
+            assert gateway_port is not None
+            reader, self._writer = await asyncio.open_connection(LOOPBACK, gateway_port)
+            self.port = self._writer.get_extra_info("sockname")[1]
+            self._reader_task = asyncio.create_task(self._read(reader))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        framer = StreamFramer()
+        with contextlib.suppress(ConnectionError, RemoteProtocolError):
+            while data := await reader.read(65536):
+                self.raw.append(data)
+                framer.feed(data)
+                for event in framer:
+                    if isinstance(event, (SipRequest, SipResponse)):
+                        self.inbox.put_nowait(event)
+
+    def _got(self, data: bytes) -> None:
+        self.raw.append(data)
+        try:
+            self.inbox.put_nowait(parse_datagram(data))
+        except RemoteProtocolError:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        """For TCP: the gateway closed the connection."""
+        return self._reader_task is not None and self._reader_task.done()
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+
+    def send(self, data: bytes | str | SipMessage, port: int) -> None:
+        if isinstance(data, (SipRequest, SipResponse)):
+            data = data.to_bytes()
+        elif isinstance(data, str):
+            data = data.encode()
+        if self._udp is not None:
+            self._udp.sendto(data, (LOOPBACK, port))
+        else:
+            assert self._writer is not None
+            self._writer.write(data)
+
+    async def expect(
+        self, match: Callable[[SipMessage], bool] | int | str | None = None,
+        timeout: float = 3.0,
+    ) -> SipMessage:
+        """The next message that matches (a status, a method, or a predicate); messages
+        skipped on the way stay available to later `expect` calls."""
+        predicate = _matcher(match)
+        for i, message in enumerate(self._seen):
+            if predicate(message):
+                return self._seen.pop(i)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no message matching {match!r}; got {self._seen!r}")
+            try:
+                message = await asyncio.wait_for(self.inbox.get(), remaining)
+            except TimeoutError:
+                raise TimeoutError(f"no message matching {match!r}; got {self._seen!r}") from None
+            if predicate(message):
+                return message
+            self._seen.append(message)
+
+    async def silence(self, match: Callable[[SipMessage], bool] | int | str | None = None,
+                      seconds: float = 0.5) -> None:
+        """Assert that nothing (matching) arrives for `seconds`."""
+        try:
+            message = await self.expect(match, timeout=seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected silence, got {message!r}")
+
+    # ---- building requests ----------------------------------------------------------------
+
+    def request(
+        self, method: str, uri: str, *, to: str | None = None, from_: str | None = None,
+        call_id: str | None = None, cseq: int | None = None, branch: str | None = None,
+        headers: Iterable[tuple[str, str]] = (), body: bytes = b"", from_tag: str | None = None,
+    ) -> SipRequest:
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        lines = [
+            ("Via", f"SIP/2.0/{self.transport} {LOOPBACK}:{self.port};branch="
+                    f"{branch or new_branch()};rport"),
+            ("Max-Forwards", "70"),
+            ("From", from_ or f"<sip:{self.user}@{LOOPBACK}:{self.port}>;tag="
+                              f"{from_tag or new_tag()}"),
+            ("To", to or f"<{uri}>"),
+            ("Call-ID", call_id or f"{secrets.token_hex(8)}@{LOOPBACK}"),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:{self.user}@{LOOPBACK}:{self.port};transport="
+                        f"{self.transport.lower()}>"),
+            *headers,
+        ]
+        if body:
+            lines.append(("Content-Type", "application/sdp"))
+        return SipRequest(method, uri, Headers(lines), body)
+
+    def answer(self, request: SipRequest, status: int, *, to_tag: str | None = None,
+               headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> SipResponse:
+        """A response to `request` (for playing the agent's phone); 2xx get our Contact
+        and copy the Record-Route, as a UAS must (RFC 3261 12.1.1)."""
+        extra = list(headers)
+        if 200 <= status < 300:
+            extra += [("Record-Route", rr) for rr in request.headers.get_all("Record-Route")]
+            extra.append(("Contact", f"<sip:{self.user}@{LOOPBACK}:{self.port}>"))
+        if body:
+            extra.append(("Content-Type", "application/sdp"))
+        return make_response(request, status, to_tag=to_tag, extra_headers=extra, body=body)
+
+    async def register(
+        self, gateway_port: int, user: str, password: str, *, expires: int = 60,
+        algorithm: str = "SHA-256", contact: str | None = None,
+    ) -> SipResponse:
+        """REGISTER as `user`, answering the gateway's challenge for `algorithm`."""
+        uri = f"sip:{LOOPBACK}:{gateway_port}"
+        call_id = f"{secrets.token_hex(8)}@{LOOPBACK}"
+        tag = new_tag()
+        contact = contact or f"<sip:{user}@{LOOPBACK}:{self.port}>"
+        common = dict(
+            to=f"<sip:{user}@{LOOPBACK}:{gateway_port}>",
+            from_=f"<sip:{user}@{LOOPBACK}:{gateway_port}>;tag={tag}", call_id=call_id,
+        )
+        extra = [("Expires", str(expires))]
+        first = self.request("REGISTER", uri, headers=extra, **common)
+        first.headers.set("Contact", contact)
+        self.send(first, gateway_port)
+        challenge = await self.expect(401)
+        assert isinstance(challenge, SipResponse)
+        offered = [Challenge.parse(v) for v in challenge.headers.get_all("WWW-Authenticate")]
+        chosen = next(c for c in offered if c.algorithm == algorithm)
+        credentials = authorize(chosen, username=user, password=password, method="REGISTER",
+                                uri=uri)
+        second = self.request("REGISTER", uri, headers=[
+            *extra, ("Authorization", credentials.to_header())], **common)
+        second.headers.set("Contact", contact)
+        self.send(second, gateway_port)
+        final = await self.expect(lambda m: isinstance(m, SipResponse) and m.status >= 200)
+        assert isinstance(final, SipResponse)
+        return final
+
+
+def _matcher(match: Callable[[SipMessage], bool] | int | str | None
+             ) -> Callable[[SipMessage], bool]:
+    if match is None:
+        return lambda m: True
+    if isinstance(match, int):
+        return lambda m: isinstance(m, SipResponse) and m.status == match
+    if isinstance(match, str):
+        return lambda m: isinstance(m, SipRequest) and m.method == match
+    return match
+
+
+SDP = (
+    b"v=0\r\no=agent 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
