@@ -30,6 +30,30 @@ def is_transient_status(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def twilio_client(
+    account_sid: str, auth_token: str, api_url: str, timeout: float
+) -> tuple[AsyncTwilioHttpClient, Client]:
+    """The twilio library's async REST client, aimed at `api_url`; call from the running loop.
+
+    The HTTP session belongs to the running loop, so it is made at start, not in __init__.
+    Requests go to GATEWAY_TWILIO_API_URL (Twilio itself, or a loopback stand-in in tests).
+    The library composes URLs from the domain's base_url; edge/region would rewrite the host
+    (and it reads TWILIO_EDGE / TWILIO_REGION from the environment), so they are cleared: the
+    configured URL is the whole truth. The library logs every request and response at INFO
+    (ten lines each); ours says what matters per message, so its logger starts at WARNING.
+    """
+    http_log = logging.getLogger("gateway.connectors.twilio.http")
+    if http_log.level == logging.NOTSET:
+        http_log.setLevel(logging.WARNING)
+    http = AsyncTwilioHttpClient(pool_connections=False, timeout=timeout, logger=http_log)
+    http.session = aiohttp.ClientSession()
+    client = Client(account_sid, auth_token, http_client=http)
+    client.api.base_url = api_url.rstrip("/")
+    client.edge = None
+    client.region = None
+    return http, client
+
+
 class TwilioMessaging:
     """One Twilio account; `send` creates a Message resource per outbox row.
 
@@ -64,24 +88,8 @@ class TwilioMessaging:
         self._client: Client | None = None
 
     async def start(self) -> None:
-        # The HTTP session belongs to the running loop, so it is made here, not in __init__.
-        # The library logs every request and response at INFO (ten lines each); ours says
-        # what matters per message. Its chatter stays available by lowering this logger.
-        http_log = logging.getLogger("gateway.connectors.twilio.http")
-        if http_log.level == logging.NOTSET:
-            http_log.setLevel(logging.WARNING)
-        http = AsyncTwilioHttpClient(pool_connections=False, timeout=self._timeout,
-                                     logger=http_log)
-        http.session = aiohttp.ClientSession()
-        client = Client(self._sid, self._token, http_client=http)
-        # Requests go to GATEWAY_TWILIO_API_URL (Twilio itself, or a loopback stand-in in
-        # tests). The library composes URLs from the domain's base_url; edge/region would
-        # rewrite the host (and it reads TWILIO_EDGE / TWILIO_REGION from the environment),
-        # so they are cleared: the configured URL is the whole truth.
-        client.api.base_url = self._api_url
-        client.edge = None
-        client.region = None
-        self._http, self._client = http, client
+        self._http, self._client = twilio_client(self._sid, self._token, self._api_url,
+                                                 self._timeout)
 
     async def aclose(self) -> None:
         if self._http is not None:

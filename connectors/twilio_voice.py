@@ -18,7 +18,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from connectors.twilio import is_transient_status
+from connectors.twilio import is_transient_status, twilio_client
 from gateway.addresses import AddressError, normalise_phone, parse_address
 from gateway.channels import OutboundMessage, SendError, SendReceipt
 
@@ -59,15 +59,8 @@ class TwilioVoice:
         self._client: Client | None = None
 
     async def start(self) -> None:
-        # Built as connectors/twilio.py builds it: the session belongs to the running loop,
-        # and the configured API URL is the whole truth (edge/region would rewrite the host).
-        http = AsyncTwilioHttpClient(pool_connections=False, timeout=self._timeout)
-        http.session = aiohttp.ClientSession()
-        client = Client(self._sid, self._token, http_client=http)
-        client.api.base_url = self._api_url
-        client.edge = None
-        client.region = None
-        self._http, self._client = http, client
+        self._http, self._client = twilio_client(self._sid, self._token, self._api_url,
+                                                 self._timeout)
 
     async def aclose(self) -> None:
         if self._http is not None:

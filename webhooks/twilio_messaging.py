@@ -21,13 +21,7 @@ from gateway.addresses import Address, AddressError, make_address
 from gateway.core import Core
 from gateway.events import Attachment, DeliveryStatus, InboundMessage
 from gateway.metrics import Metrics
-from webhooks.signatures import (
-    TWILIO_SIGNATURE,
-    TWILIO_SIGNATURE_SETTINGS,
-    TwilioSignature,
-    Verdict,
-    parse_form,
-)
+from webhooks.signatures import TwilioSignature, verified_twilio_form
 
 log = logging.getLogger("gateway.webhooks.twilio")
 
@@ -147,31 +141,9 @@ class TwilioMessagingWebhooks:
 
     async def _verified(self, request: web.Request, route: str
                         ) -> tuple[Mapping[str, str] | None, web.Response | None]:
-        body = await request.read()
-        try:
-            params: Mapping[str, str] = parse_form(body)
-        except ValueError:
-            params = {}  # still check the signature first: strangers learn nothing
-            bad_form = True
-        else:
-            bad_form = False
-        verdict = self.signature.check(
-            request.raw_path, params, body, request.headers.get(TWILIO_SIGNATURE),
-            request.headers.get(TWILIO_SIGNATURE_SETTINGS),
-        )
-        if verdict is not Verdict.OK:
-            self.metrics.webhook_rejected.labels(route, verdict.value).inc()
-            if verdict is Verdict.NO_SHARED_KEY:
-                log.error("%s: Twilio signed with a Webhooks SharedKey but "
-                          "GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; nothing stored", route)
-                return None, web.Response(status=500, text="signing key not configured\n")
-            log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
-                        verdict.value, request.remote)
-            return None, web.Response(status=403, text="invalid signature\n")
-        if bad_form:
-            self.metrics.webhook_rejected.labels(route, "bad-form").inc()
-            return None, web.Response(status=400, text="the body is not a UTF-8 form\n")
-        return params, None
+        return await verified_twilio_form(
+            request, self.signature,
+            lambda r, why: self.metrics.webhook_rejected.labels(r, why).inc(), route, log)
 
     async def messaging(self, request: web.Request) -> web.Response:
         started = time.perf_counter()

@@ -14,10 +14,9 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from multidict import MultiDict
 from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.addresses import Address, AddressError, make_address
@@ -25,12 +24,7 @@ from gateway.agents import AgentDirectory, AgentTarget
 from gateway.core import CallRoute, Core
 from gateway.events import CallEvent, CallEventKind, DeliveryStatus, IncomingCall
 from gateway.metrics import Metrics
-from webhooks.signatures import (
-    TWILIO_SIGNATURE,
-    TWILIO_SIGNATURE_SETTINGS,
-    TwilioSignature,
-    Verdict,
-)
+from webhooks.signatures import TwilioSignature, verified_twilio_form
 
 log = logging.getLogger("gateway.webhooks.twilio_voice")
 
@@ -126,15 +120,6 @@ def _twiml(response: VoiceResponse | bytes) -> web.Response:
     return web.Response(body=body, headers=_TWIML_HEADERS)
 
 
-def _parse_form(body: bytes) -> MultiDict[str]:
-    """Every field as sent (a name may repeat): the signature covers them all."""
-    try:
-        return MultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True,
-                                   max_num_fields=1000))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadWebhook(f"the body is not a UTF-8 form ({exc})") from None
-
-
 def _seconds(value: str | None) -> float | None:
     try:
         return float(value) if value not in (None, "") else None
@@ -175,28 +160,11 @@ class TwilioVoiceWebhooks:
 
     async def _verified(self, request: web.Request, route: str
                         ) -> tuple[dict[str, str] | None, web.Response | None]:
-        body = await request.read()
-        try:
-            params = _parse_form(body)
-            bad_form = False
-        except BadWebhook:
-            params, bad_form = MultiDict(), True  # the signature is checked first all the same
-        verdict = self.signature.check(
-            request.raw_path, params, body, request.headers.get(TWILIO_SIGNATURE),
-            request.headers.get(TWILIO_SIGNATURE_SETTINGS),
-        )
-        if verdict is not Verdict.OK:
-            self.metrics.webhook_rejected.labels(route, verdict.value).inc()
-            if verdict is Verdict.NO_SHARED_KEY:
-                log.error("%s: Twilio signed with a Webhooks SharedKey but "
-                          "GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; nothing stored", route)
-                return None, web.Response(status=500, text="signing key not configured\n")
-            log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
-                        verdict.value, request.remote)
-            return None, web.Response(status=403, text="invalid signature\n")
-        if bad_form:
-            self.metrics.webhook_rejected.labels(route, "bad-form").inc()
-            return None, web.Response(status=400, text="the body is not a UTF-8 form\n")
+        params, refusal = await verified_twilio_form(
+            request, self.signature,
+            lambda r, why: self.metrics.webhook_rejected.labels(r, why).inc(), route, log)
+        if params is None:
+            return None, refusal
         return {key: params[key] for key in params}, None  # the first of repeated names
 
     # ---- the call --------------------------------------------------------------------------
