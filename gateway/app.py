@@ -113,20 +113,28 @@ def build_app(
     lifecycles: list[Lifecycle] = []
 
     # ---- channels: each block adds its connector, its webhook routes and its lifecycle ----
-    # (twilio-messaging)
+    # (twilio-messaging) and (twilio-voice): one account, one signature check
     if settings.twilio_enabled:
         from connectors.twilio import TwilioMessaging
+        from connectors.twilio_voice import TwilioVoice
         from webhooks.signatures import TwilioSignature
         from webhooks.twilio_messaging import TwilioMessagingWebhooks
+        from webhooks.twilio_voice import TwilioVoiceWebhooks, VoiceRouting
 
         # Settings refuse a SID without a (non-empty) token: signature checks never fail open.
         assert settings.twilio_account_sid and settings.twilio_auth_token is not None
         twilio_token = settings.twilio_auth_token.get_secret_value()
         shared_key = settings.twilio_webhook_shared_key
+        twilio_signature = TwilioSignature(
+            twilio_token, settings.public_url,
+            shared_key.get_secret_value() if shared_key else None)
         app.add_routes(TwilioMessagingWebhooks(
-            core, metrics,
-            TwilioSignature(twilio_token, settings.public_url,
-                            shared_key.get_secret_value() if shared_key else None),
+            core, metrics, twilio_signature, settings.default_region).routes())
+        app.add_routes(TwilioVoiceWebhooks(
+            core, metrics, agents, twilio_signature,
+            VoiceRouting(public_url=settings.public_url,
+                         sip_host=settings.sip_domain or settings.sip_host,
+                         sip_port=settings.sip_port),
             settings.default_region,
         ).routes())
         # One WhatsApp sender per gateway: Meta's Cloud API when configured, else Twilio.
@@ -134,6 +142,12 @@ def build_app(
             settings.twilio_account_sid, twilio_token, api_url=settings.twilio_api_url,
             public_url=settings.public_url, from_number=settings.twilio_from_number,
             channels=frozenset({"sms"} if settings.whatsapp_enabled else {"sms", "whatsapp"}),
+            default_region=settings.default_region,
+        ))
+        # Callbacks the core decides (outbox `voice`/`call` rows) are placed through Twilio.
+        connectors.append(TwilioVoice(
+            settings.twilio_account_sid, twilio_token, api_url=settings.twilio_api_url,
+            public_url=settings.public_url, from_number=settings.twilio_voice_number,
             default_region=settings.default_region,
         ))
     # (whatsapp)
@@ -153,30 +167,6 @@ def build_app(
             api_url=settings.whatsapp_api_url,
             access_token=access_token.get_secret_value() if access_token else None,
             phone_number_id=settings.whatsapp_phone_number_id,
-        ))
-    # (twilio-voice)
-    if settings.twilio_enabled:
-        from connectors.twilio_voice import TwilioVoice
-        from webhooks.signatures import TwilioSignature as VoiceSignature
-        from webhooks.twilio_voice import TwilioVoiceWebhooks, VoiceRouting
-
-        assert settings.twilio_account_sid and settings.twilio_auth_token is not None
-        voice_token = settings.twilio_auth_token.get_secret_value()
-        voice_key = settings.twilio_webhook_shared_key
-        app.add_routes(TwilioVoiceWebhooks(
-            core, metrics, agents,
-            VoiceSignature(voice_token, settings.public_url,
-                           voice_key.get_secret_value() if voice_key else None),
-            VoiceRouting(public_url=settings.public_url,
-                         sip_host=settings.sip_domain or settings.sip_host,
-                         sip_port=settings.sip_port),
-            settings.default_region,
-        ).routes())
-        # Callbacks the core decides (outbox `voice`/`call` rows) are placed through Twilio.
-        connectors.append(TwilioVoice(
-            settings.twilio_account_sid, voice_token, api_url=settings.twilio_api_url,
-            public_url=settings.public_url, from_number=settings.twilio_voice_number,
-            default_region=settings.default_region,
         ))
     # (sip)
     if enable_sip:
