@@ -36,6 +36,7 @@ CUSTOMERS = Customer.__table__
 ADDRESSES = CustomerAddress.__table__
 TRANSCRIPT = TranscriptEntry.__table__
 ESCALATIONS = Escalation.__table__
+INSERT_TOKENS = insert(TOKENS)
 
 EARLIER_CONVERSATIONS = 5
 
@@ -56,12 +57,10 @@ def issue_token(
 ) -> IssuedToken:
     """A capability for one leg's bundle: 192 random bits; only its hash is stored."""
     token = secrets.token_urlsafe(24)
-    conn.execute(
-        insert(TOKENS).values(
+    conn.execute(INSERT_TOKENS, dict(
             token_hash=hash_token(token), leg_id=leg_id, conversation_id=conversation_id,
             created_at=now, expires_at=now + ttl,
-        )
-    )
+        ))
     return IssuedToken(token, now + ttl)
 
 

@@ -24,6 +24,8 @@ PROCESSED = ProcessedEvent.__table__
 
 
 # Hot-path statements, built once: constructing a statement costs more than running it.
+INSERT_CONVERSATIONS = insert(CONVERSATIONS)
+INSERT_LEGS = insert(LEGS)
 _CLAIM = {
     name: dialect.insert(PROCESSED)
     .values(provider=bindparam("p"), event_id=bindparam("e"), received_at=bindparam("n"))
@@ -107,12 +109,10 @@ def open_conversation(
             return row[0], False
         close_conversation(conn, row[0], now)
     conversation_id = new_id("conv")
-    conn.execute(
-        insert(CONVERSATIONS).values(
+    conn.execute(INSERT_CONVERSATIONS, dict(
             id=conversation_id, customer_id=customer_id, status="open", opened_at=now,
             last_activity_at=now, closed_at=None,
-        )
-    )
+        ))
     return conversation_id, True
 
 
@@ -146,13 +146,11 @@ def open_leg(
     if existing is not None:
         return existing, False
     leg_id = new_id("leg")
-    conn.execute(
-        insert(LEGS).values(
+    conn.execute(INSERT_LEGS, dict(
             id=leg_id, conversation_id=conversation_id, channel=channel, thread_key=thread_key,
             address=address, local_address=local_address, binding=binding,
             escalation_id=escalation_id, started_at=now, ended_at=None, agent_id=None,
-        )
-    )
+        ))
     return leg_id, True
 
 

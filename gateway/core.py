@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,6 +33,15 @@ log = logging.getLogger("gateway.core")
 LEGS = Leg.__table__
 CONVERSATIONS = Conversation.__table__
 TRANSCRIPT = TranscriptEntry.__table__
+
+
+# Looked up on every call set-up: built once.
+_CALL_LEG = (
+    select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.binding, LEGS.c.escalation_id,
+           CONVERSATIONS.c.customer_id)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
+    .where(LEGS.c.channel == "voice", LEGS.c.thread_key == bindparam("ref"))
+)
 
 
 class NotFound(Exception):
@@ -261,14 +270,7 @@ class Core:
 
     def _open_call(self, conn: Connection, call: IncomingCall) -> CallRoute:
         now = self.clock.now()
-        existing = (
-            conn.execute(
-                select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.binding,
-                       LEGS.c.escalation_id, CONVERSATIONS.c.customer_id)
-                .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
-                .where(LEGS.c.channel == "voice", LEGS.c.thread_key == call.call_ref)
-            )
-        ).first()
+        existing = conn.execute(_CALL_LEG, {"ref": call.call_ref}).first()
         if existing is not None:
             # A retried webhook or INVITE for a call we already routed: same leg, new token.
             token = context.issue_token(

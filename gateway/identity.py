@@ -45,6 +45,10 @@ ADDRESSES = CustomerAddress.__table__
 LINKS = IdentityLink.__table__
 MERGES = Merge.__table__
 CONVERSATIONS = Conversation.__table__
+# Built once; the columns come from the parameters given at execution.
+INSERT_CUSTOMERS = insert(CUSTOMERS)
+INSERT_ADDRESSES = insert(ADDRESSES)
+INSERT_LINKS = insert(LINKS)
 
 
 _FIND = select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
@@ -92,9 +96,8 @@ def resolve(
             link(conn, address, row[0], Evidence.SAME_NUMBER, now, detail)
             return row[0], False
     customer_id = new_id("cus")
-    conn.execute(
-        insert(CUSTOMERS).values(id=customer_id, display_name=display_name, created_at=now)
-    )
+    conn.execute(INSERT_CUSTOMERS,
+                 dict(id=customer_id, display_name=display_name, created_at=now))
     link(conn, address, customer_id, evidence, now, detail)
     return customer_id, True
 
@@ -117,19 +120,16 @@ def link(
             return
         if evidence is Evidence.CLAIMED:
             # Two customers are never merged on a claim; the claim is recorded, not applied.
-            conn.execute(
-                insert(LINKS).values(
+            conn.execute(INSERT_LINKS, dict(
                     address=str(address),
                     customer_id=customer_id,
                     evidence="claimed-conflict",
                     detail=detail,
                     at=now,
-                )
-            )
+                ))
             return
         raise IdentityError(f"{address} already belongs to customer {found[0]}")
-    conn.execute(
-        insert(ADDRESSES).values(
+    conn.execute(INSERT_ADDRESSES, dict(
             address=str(address),
             channel=address.channel,
             value=address.value,
@@ -137,18 +137,15 @@ def link(
             evidence=str(evidence),
             detail=detail,
             linked_at=now,
-        )
-    )
-    conn.execute(
-        insert(LINKS).values(
+        ))
+    conn.execute(INSERT_LINKS, dict(
             address=str(address),
             customer_id=customer_id,
             evidence=str(evidence),
             detail=detail,
             at=now,
             merge_id=merge_id,
-        )
-    )
+        ))
 
 
 def _relink(
@@ -164,12 +161,10 @@ def _relink(
         .where(ADDRESSES.c.address == str(address))
         .values(evidence=str(evidence), detail=detail, linked_at=now)
     )
-    conn.execute(
-        insert(LINKS).values(
+    conn.execute(INSERT_LINKS, dict(
             address=str(address), customer_id=customer_id, evidence=str(evidence),
             detail=detail, at=now,
-        )
-    )
+        ))
 
 
 def mark_proved(
@@ -223,12 +218,10 @@ def merge(
         .values(customer_id=survivor_id, evidence=str(Evidence.AGENT), linked_at=now)
     )
     for address in moved["addresses"]:
-        conn.execute(
-            insert(LINKS).values(
+        conn.execute(INSERT_LINKS, dict(
                 address=address, customer_id=survivor_id, evidence=str(Evidence.AGENT),
                 detail=f"merged by {agent or 'an agent'}", at=now, merge_id=merge_id,
-            )
-        )
+            ))
     conn.execute(
         update(CONVERSATIONS)
         .where(CONVERSATIONS.c.customer_id == merged_id)
@@ -258,12 +251,10 @@ def undo_merge(conn: Connection, merge_id: str, now: datetime) -> None:
             .where(ADDRESSES.c.address == address, ADDRESSES.c.customer_id == survivor_id)
             .values(customer_id=merged_id, evidence=evidence, linked_at=now)
         )
-        conn.execute(
-            insert(LINKS).values(
+        conn.execute(INSERT_LINKS, dict(
                 address=address, customer_id=merged_id, evidence=evidence,
                 detail="merge undone", at=now, merge_id=merge_id,
-            )
-        )
+            ))
     if moved["conversations"]:
         conn.execute(
             update(CONVERSATIONS)
