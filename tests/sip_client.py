@@ -236,3 +236,53 @@ SDP = (
     b"v=0\r\no=agent 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     b"m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 )
+
+
+class DroppingRelay:
+    """A UDP relay on 127.0.0.1 in front of `target` that loses chosen datagrams.
+
+    What anyone sends to the relay goes to `target`; what `target` sends back goes to whoever
+    spoke last. The first `drop` datagrams towards the target that start with `prefix` are
+    lost on the way, as a congested network would lose them.
+    """
+
+    def __init__(self, target_port: int, *, prefix: bytes = b"INVITE ", drop: int = 1) -> None:
+        self.target = (LOOPBACK, target_port)
+        self.prefix = prefix
+        self.to_drop = drop
+        self.dropped: list[bytes] = []
+        self.forwarded = 0
+        self.port = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._client: Any = None
+
+    async def __aenter__(self) -> DroppingRelay:
+        relay = self
+
+        class _Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                relay._relay(data, addr)
+
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            _Proto, local_addr=(LOOPBACK, 0))
+        self.port = self._transport.get_extra_info("sockname")[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _relay(self, data: bytes, addr: Any) -> None:
+        assert self._transport is not None
+        if tuple(addr[:2]) == self.target:
+            if self._client is not None:
+                self._transport.sendto(data, self._client)
+            return
+        self._client = addr
+        if self.to_drop and data.startswith(self.prefix):
+            self.to_drop -= 1
+            self.dropped.append(data)
+            return
+        self.forwarded += 1
+        self._transport.sendto(data, self.target)

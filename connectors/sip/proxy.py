@@ -451,7 +451,7 @@ class Proxy:
                 call.ringing = True
                 self._event(call, "ringing")
             if not forward.final:
-                self.io.respond(forward.server, _upstream(response))
+                self.io.respond(forward.server, self._dialog_response(client, response))
             return
         if status < 300:
             if call is not None and call.answered_at is None:
@@ -459,8 +459,9 @@ class Proxy:
             if forward.final and forward.server.txn.state is not State.ACCEPTED:
                 return
             forward.final = True
-            if not self.io.respond(forward.server, _upstream(response)):
-                self.io.send(_upstream(response), forward.server.peer)
+            upstream = self._dialog_response(client, response)
+            if not self.io.respond(forward.server, upstream):
+                self.io.send(upstream, forward.server.peer)
             return
         # 3xx-6xx: the client transaction ACKs it; pass it up unless we already answered.
         self._stop_timer(forward)
@@ -469,6 +470,18 @@ class Proxy:
         if not forward.final:
             forward.final = True
             self.io.respond(forward.server, _upstream(response, final_error=True))
+
+    def _dialog_response(self, client: ClientTxn, response: SipResponse) -> SipResponse:
+        """`response` for the caller; when the agent's phone left out the Record-Route it
+        had to copy (RFC 3261 12.1.1; pyVoIP does), put it back so that the dialog, and its
+        BYE, still pass through us."""
+        upstream = _upstream(response)
+        request = client.txn.request
+        if (request.method == "INVITE" and response.headers.get("Record-Route") is None
+                and response.to_addr.tag is not None):
+            for value in request.headers.get_all("Record-Route"):
+                upstream.headers.add("Record-Route", value)
+        return upstream
 
     def _answered_call(self, forward: _Forward, call: Call, client: ClientTxn,
                        response: SipResponse) -> None:
