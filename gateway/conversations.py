@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from gateway.models import Conversation, CustomerAddress, Leg, ProcessedEvent, TranscriptEntry
-from gateway.store import new_id
+from gateway.store import Prepared, new_id
 
 CONVERSATIONS = Conversation.__table__
 LEGS = Leg.__table__
@@ -27,27 +27,29 @@ PROCESSED = ProcessedEvent.__table__
 INSERT_CONVERSATIONS = insert(CONVERSATIONS)
 INSERT_LEGS = insert(LEGS)
 _CLAIM = {
-    name: dialect.insert(PROCESSED)
-    .values(provider=bindparam("p"), event_id=bindparam("e"), received_at=bindparam("n"))
-    .on_conflict_do_nothing()
-    .returning(PROCESSED.c.event_id)
+    name: Prepared(
+        dialect.insert(PROCESSED)
+        .values(provider=bindparam("p"), event_id=bindparam("e"), received_at=bindparam("n"))
+        .on_conflict_do_nothing()
+        .returning(PROCESSED.c.event_id)
+    )
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
-_APPEND = insert(TRANSCRIPT).values(
+_APPEND = Prepared(insert(TRANSCRIPT).values(
     {c: bindparam(c) for c in ("conversation_id", "leg_id", "at", "provider_at", "channel",
                                "direction", "kind", "author", "text", "data", "provider",
                                "provider_id")}
-).returning(TRANSCRIPT.c.id)
-_TOUCH = (
+).returning(TRANSCRIPT.c.id))
+_TOUCH = Prepared(
     update(CONVERSATIONS)
     .where(CONVERSATIONS.c.id == bindparam("cid"))
     .values(last_activity_at=bindparam("now"))
 )
-_FIND_LEG = select(LEGS.c.id).where(
+_FIND_LEG = Prepared(select(LEGS.c.id).where(
     LEGS.c.conversation_id == bindparam("c"), LEGS.c.channel == bindparam("ch"),
     LEGS.c.thread_key == bindparam("t"),
-)
-_OPEN_CONVERSATION = (
+))
+_OPEN_CONVERSATION = Prepared(
     select(CONVERSATIONS.c.id, CONVERSATIONS.c.last_activity_at)
     .where(CONVERSATIONS.c.customer_id == bindparam("c"), CONVERSATIONS.c.status == "open")
     .order_by(CONVERSATIONS.c.opened_at.desc())
@@ -56,7 +58,7 @@ _OPEN_CONVERSATION = (
 
 
 ADDRESSES = CustomerAddress.__table__
-_THREAD = (
+_THREAD = Prepared(
     select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence, CONVERSATIONS.c.id,
            CONVERSATIONS.c.last_activity_at, LEGS.c.id)
     .select_from(ADDRESSES)
@@ -75,8 +77,8 @@ def lookup_thread(
 ) -> tuple[str, str, str | None, datetime | None, str | None] | None:
     """In one query: (customer_id, evidence, open conversation, its last activity, the leg of
     this thread in it). The steady state of every chat needs nothing more."""
-    row = conn.execute(_THREAD, {"a": address, "ch": channel, "t": thread_key}).first()
-    return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+    rows = _THREAD.execute(conn, {"a": address, "ch": channel, "t": thread_key})
+    return None if not rows else (rows[0][0], rows[0][1], rows[0][2], rows[0][3], rows[0][4])
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:
@@ -96,14 +98,15 @@ def claim_event(
     first transaction, then finds the row.
     """
     stmt = _CLAIM["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
-    return conn.execute(stmt, {"p": provider, "e": event_id, "n": now}).first() is not None
+    return bool(stmt.execute(conn, {"p": provider, "e": event_id, "n": now}))
 
 
 def open_conversation(
     conn: Connection, customer_id: str, now: datetime, idle: timedelta
 ) -> tuple[str, bool]:
     """The customer's open conversation, or a new one. Returns (id, created)."""
-    row = conn.execute(_OPEN_CONVERSATION, {"c": customer_id}).first()
+    rows = _OPEN_CONVERSATION.execute(conn, {"c": customer_id})
+    row = rows[0] if rows else None
     if row is not None:
         if now - row[1] <= idle:
             return row[0], False
@@ -127,7 +130,8 @@ def close_conversation(conn: Connection, conversation_id: str, now: datetime) ->
 def find_leg(
     conn: Connection, conversation_id: str, channel: str, thread_key: str
 ) -> str | None:
-    return conn.execute(_FIND_LEG, {"c": conversation_id, "ch": channel, "t": thread_key}).scalar()
+    rows = _FIND_LEG.execute(conn, {"c": conversation_id, "ch": channel, "t": thread_key})
+    return rows[0][0] if rows else None
 
 
 def open_leg(
@@ -171,11 +175,11 @@ def append(
     data: dict[str, Any] | None = None,
 ) -> int:
     """Append one entry to the transcript and mark the conversation active."""
-    entry_id = conn.execute(_APPEND, {
+    entry_id = _APPEND.execute(conn, {
         "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
         "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,
         "author": author, "text": text, "data": data, "provider": provider,
         "provider_id": provider_id,
-    }).scalar_one()
-    conn.execute(_TOUCH, {"cid": conversation_id, "now": now})
+    })[0][0]
+    _TOUCH.execute(conn, {"cid": conversation_id, "now": now})
     return int(entry_id)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from gateway.addresses import PHONE_CHANNELS, Address
 from gateway.models import Conversation, Customer, CustomerAddress, IdentityLink, Merge
-from gateway.store import new_id
+from gateway.store import Prepared, new_id
 
 
 class Evidence(StrEnum):
@@ -51,14 +51,15 @@ INSERT_ADDRESSES = insert(ADDRESSES)
 INSERT_LINKS = insert(LINKS)
 
 
-_FIND = select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
+_FIND = Prepared(select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
     ADDRESSES.c.address == bindparam("a")
-)
+))
 
 
 def find_customer(conn: Connection, address: Address) -> tuple[str, str] | None:
     """(customer_id, evidence) for the address, following merges; None when unknown."""
-    row = conn.execute(_FIND, {"a": str(address)}).first()
+    rows = _FIND.execute(conn, {"a": str(address)})
+    row = rows[0] if rows else None
     return (row[0], row[1]) if row else None
 
 
