@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, func, insert, select, type_coerce
+from sqlalchemy import String, bindparam, func, insert, select, type_coerce
 from sqlalchemy.engine import Connection
 
 from gateway.models import (
@@ -27,6 +27,7 @@ from gateway.models import (
     TranscriptEntry,
 )
 from gateway.trust import Binding, CarryDecision, LegFacts, decide_carry
+from gateway.store import Prepared
 from gateway.verification import hash_token, read_grant, read_latest_grant
 
 TOKENS = ContextToken.__table__
@@ -36,7 +37,9 @@ CUSTOMERS = Customer.__table__
 ADDRESSES = CustomerAddress.__table__
 TRANSCRIPT = TranscriptEntry.__table__
 ESCALATIONS = Escalation.__table__
-INSERT_TOKENS = insert(TOKENS)
+INSERT_TOKENS = Prepared(insert(TOKENS).values(
+    {c: bindparam(c) for c in ("token_hash", "leg_id", "conversation_id", "created_at",
+                               "expires_at")}))
 
 EARLIER_CONVERSATIONS = 5
 
@@ -57,10 +60,10 @@ def issue_token(
 ) -> IssuedToken:
     """A capability for one leg's bundle: 192 random bits; only its hash is stored."""
     token = secrets.token_urlsafe(24)
-    conn.execute(INSERT_TOKENS, dict(
-            token_hash=hash_token(token), leg_id=leg_id, conversation_id=conversation_id,
-            created_at=now, expires_at=now + ttl,
-        ))
+    INSERT_TOKENS.execute(conn, {
+        "token_hash": hash_token(token), "leg_id": leg_id, "conversation_id": conversation_id,
+        "created_at": now, "expires_at": now + ttl,
+    })
     return IssuedToken(token, now + ttl)
 
 

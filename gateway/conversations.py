@@ -25,7 +25,8 @@ PROCESSED = ProcessedEvent.__table__
 
 # Hot-path statements, built once: constructing a statement costs more than running it.
 INSERT_CONVERSATIONS = insert(CONVERSATIONS)
-INSERT_LEGS = insert(LEGS)
+INSERT_LEGS = Prepared(insert(LEGS).values(
+    {c.name: bindparam(c.name) for c in LEGS.columns}))
 _CLAIM = {
     name: Prepared(
         dialect.insert(PROCESSED)
@@ -150,11 +151,12 @@ def open_leg(
     if existing is not None:
         return existing, False
     leg_id = new_id("leg")
-    conn.execute(INSERT_LEGS, dict(
-            id=leg_id, conversation_id=conversation_id, channel=channel, thread_key=thread_key,
-            address=address, local_address=local_address, binding=binding,
-            escalation_id=escalation_id, started_at=now, ended_at=None, agent_id=None,
-        ))
+    INSERT_LEGS.execute(conn, {
+        "id": leg_id, "conversation_id": conversation_id, "channel": channel,
+        "thread_key": thread_key, "address": address, "local_address": local_address,
+        "binding": binding, "escalation_id": escalation_id, "started_at": now,
+        "ended_at": None, "agent_id": None,
+    })
     return leg_id, True
 
 

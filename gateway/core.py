@@ -23,7 +23,7 @@ from gateway.addresses import Address, parse_address
 from gateway.batching import WriteBatcher
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.clock import Clock
-from gateway.store import Reader
+from gateway.store import Prepared, Reader
 from gateway.events import CallEvent, DeliveryStatus, IncomingCall, InboundMessage
 from gateway.identity import Evidence, IdentityError
 from gateway.models import Conversation, Leg, TranscriptEntry
@@ -36,7 +36,7 @@ TRANSCRIPT = TranscriptEntry.__table__
 
 
 # Looked up on every call set-up: built once.
-_CALL_LEG = (
+_CALL_LEG = Prepared(
     select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.binding, LEGS.c.escalation_id,
            CONVERSATIONS.c.customer_id)
     .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
@@ -270,7 +270,8 @@ class Core:
 
     def _open_call(self, conn: Connection, call: IncomingCall) -> CallRoute:
         now = self.clock.now()
-        existing = conn.execute(_CALL_LEG, {"ref": call.call_ref}).first()
+        found = _CALL_LEG.execute(conn, {"ref": call.call_ref})
+        existing = found[0] if found else None
         if existing is not None:
             # A retried webhook or INVITE for a call we already routed: same leg, new token.
             token = context.issue_token(
