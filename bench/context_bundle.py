@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -103,6 +104,8 @@ async def measure(url: str, number: str, runs: int) -> dict[str, float]:
         provider="sip"))
     for _ in range(20):  # warm caches and the pool
         await core.bundle(route.context_token)
+    gc.collect()
+    gc.freeze()  # as `gateway serve` does after start-up
     build, with_json = [], []
     size = 0
     for _ in range(runs):
