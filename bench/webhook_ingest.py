@@ -121,21 +121,24 @@ def serve_webhook_only(port: int) -> None:
 
 
 def serve_gateway(port: int, database: str) -> None:
-    from aiohttp import web
+    """The gateway exactly as `gateway serve` runs it (SIP on a spare port, unused here)."""
+    import asyncio
 
     from config.settings import load_settings
     from gateway import logs
-    from gateway.app import build_app
+    from gateway.cli import serve
 
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        sip_port = probe.getsockname()[1]
     settings = load_settings(
         database_url=f"sqlite+aiosqlite:///{database}", http_port=port, public_url=PUBLIC_URL,
         twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN,
         twilio_from_number=BUSINESS, agent_token="bench-agent-token", log_level="WARNING",
-        log_format="text",
+        log_format="text", sip_port=sip_port,
     )
     logs.configure(settings.log_level, settings.log_format)
-    app = build_app(settings, enable_sip=False)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    asyncio.run(serve(settings))
 
 
 # ---- load ------------------------------------------------------------------------------------
