@@ -4,13 +4,14 @@ Messages arrive from `SipTransport` with their source; the edge matches them to 
 (`server_key`, `client_key`, `cancel_target_key`), feeds the sans-IO state machines and does
 what they say (send, start or cancel a timer with `loop.call_later`, hand a message to the
 TU). REGISTER goes to the `Registrar`, OPTIONS is answered here, everything else goes to the
-`Proxy`. Scanners are throttled before any state is made. Every timer and task is owned here
-and cancelled (or awaited) by `aclose()`.
+`Proxy`. Scanners are throttled before any state is made. Transaction timers share one loop timer
+(`TimerWheel`); every timer and task is owned here and cancelled (or awaited) by `aclose()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,7 @@ from connectors.sip.transaction import (
     client_key,
     server_key,
 )
+from connectors.sip.timers import TimerWheel
 from connectors.sip.transport import Peer, SipTransport
 from gateway.agents import AgentDirectory
 from gateway.clock import Clock
@@ -120,7 +122,7 @@ class ServerTxn:
         self.txn = txn
         self.source = source  # where the request came from (the caller's flow)
         self.peer = peer  # where responses go (RFC 3261 18.2.2, RFC 3581)
-        self.timers: dict[Timer, asyncio.TimerHandle] = {}
+        self.timers: dict[Timer, int] = {}  # running timers -> the token their firing carries
         self.ctx: object = None  # the TU's state for this request
 
     @property
@@ -136,7 +138,7 @@ class ClientTxn:
     def __init__(self, txn: ClientTransaction, peer: Peer, ctx: object) -> None:
         self.txn = txn
         self.peer = peer
-        self.timers: dict[Timer, asyncio.TimerHandle] = {}
+        self.timers: dict[Timer, int] = {}
         self.ctx = ctx
 
 
@@ -189,6 +191,10 @@ class SipEdge:
         self._clients: dict[TransactionKey, ClientTxn] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wheel: TimerWheel | None = None
+        self._tokens = itertools.count()
+        self._fire_server_cb = self._fire_server  # bound once, not once per timer
+        self._fire_client_cb = self._fire_client
         self._counters = {kind: metrics.sip_messages.labels(kind) for kind in _KINDS}
         self._running = False
 
@@ -205,6 +211,7 @@ class SipEdge:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._wheel = TimerWheel(self._loop)
         try:
             port = await self.transport.start()
         except OSError as exc:
@@ -230,10 +237,11 @@ class SipEdge:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         self.proxy.close()
+        if self._wheel is not None:
+            self._wheel.close()
         for entry in (*self._servers.values(), *self._clients.values()):
-            for handle in entry.timers.values():
-                handle.cancel()
             entry.timers.clear()
+            entry.ctx = None
         self._servers.clear()
         self._clients.clear()
 
@@ -253,7 +261,10 @@ class SipEdge:
             return
         if isinstance(message, SipResponse):
             self._count("response")
-            self._on_response(message)
+            try:
+                self._on_response(message)
+            except RemoteProtocolError as exc:  # a header read on demand was malformed
+                log.debug("SIP: dropped a malformed response from %s: %s", source, exc)
             return
         user_agent = message.headers.get("User-Agent")
         if user_agent is not None and self.limiter.is_scanner(user_agent):
@@ -271,6 +282,7 @@ class SipEdge:
             # A header read on demand was malformed (RemoteProtocolError), or the TU broke
             # the protocol (LocalProtocolError, a bug): answer when we can, never raise.
             if isinstance(exc, LocalProtocolError):
+                self._count("internal-error")
                 log.exception("SIP: internal protocol error on %s from %s", method, source)
             self._refuse(message, source, exc)
 
@@ -324,10 +336,7 @@ class SipEdge:
             self.proxy.on_request(entry)
 
     def _on_response(self, response: SipResponse) -> None:
-        try:
-            entry = self._clients.get(client_key(response))
-        except RemoteProtocolError:
-            return
+        entry = self._clients.get(client_key(response))
         if entry is None:
             self.proxy.on_stray_response(response)
             return
@@ -345,11 +354,9 @@ class SipEdge:
             if kind is Send:
                 self.transport.send(action.data, entry.peer)  # type: ignore[union-attr]
             elif kind is StartTimer:
-                self._start_timer(entry, action.timer, action.delay, self._fire_server)  # type: ignore[union-attr]
+                self._start_timer(entry, action.timer, action.delay, self._fire_server_cb)  # type: ignore[union-attr]
             elif kind is CancelTimer:
-                handle = entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
-                if handle is not None:
-                    handle.cancel()
+                entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
             elif kind is PassToTu:
                 self._tu(self._dispatch, entry, action.message)  # type: ignore[union-attr]
             elif kind is Terminated:
@@ -365,11 +372,9 @@ class SipEdge:
             if kind is Send:
                 self.transport.send(action.data, entry.peer)  # type: ignore[union-attr]
             elif kind is StartTimer:
-                self._start_timer(entry, action.timer, action.delay, self._fire_client)  # type: ignore[union-attr]
+                self._start_timer(entry, action.timer, action.delay, self._fire_client_cb)  # type: ignore[union-attr]
             elif kind is CancelTimer:
-                handle = entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
-                if handle is not None:
-                    handle.cancel()
+                entry.timers.pop(action.timer, None)  # type: ignore[union-attr]
             elif kind is PassToTu:
                 self._tu(self.proxy.on_response, entry, action.message)  # type: ignore[union-attr]
             elif kind is Terminated:
@@ -389,29 +394,32 @@ class SipEdge:
             else:
                 log.debug("SIP: dropped a malformed message: %s", exc)
         except LocalProtocolError:
+            self._count("internal-error")
             log.exception("SIP: the proxy broke the protocol; message dropped")
 
     def _start_timer(self, entry: ServerTxn | ClientTxn, timer: Timer, delay: float,
-                     fire: Callable[[Any, Timer], None]) -> None:
-        old = entry.timers.get(timer)
-        if old is not None:
-            old.cancel()
-        assert self._loop is not None
-        entry.timers[timer] = self._loop.call_later(delay, fire, entry, timer)
+                     fire: Callable[[Any, Timer, int], None]) -> None:
+        assert self._wheel is not None
+        token = next(self._tokens)
+        entry.timers[timer] = token  # a restart makes the earlier firing stale
+        self._wheel.schedule(delay, fire, entry, timer, token)
 
-    def _fire_server(self, entry: ServerTxn, timer: Timer) -> None:
-        entry.timers.pop(timer, None)
-        self._run_server(entry, entry.txn.handle(TimerFired(timer)))
+    def _fire_server(self, entry: ServerTxn, timer: Timer, token: int) -> None:
+        if entry.timers.get(timer) == token:
+            del entry.timers[timer]
+            self._run_server(entry, entry.txn.handle(TimerFired(timer)))
 
-    def _fire_client(self, entry: ClientTxn, timer: Timer) -> None:
-        entry.timers.pop(timer, None)
-        self._run_client(entry, entry.txn.handle(TimerFired(timer)))
+    def _fire_client(self, entry: ClientTxn, timer: Timer, token: int) -> None:
+        if entry.timers.get(timer) == token:
+            del entry.timers[timer]
+            self._run_client(entry, entry.txn.handle(TimerFired(timer)))
 
     @staticmethod
     def _forget(table: dict[TransactionKey, Any], entry: ServerTxn | ClientTxn) -> None:
-        for handle in entry.timers.values():
-            handle.cancel()
-        entry.timers.clear()
+        entry.timers.clear()  # pending firings find no token and do nothing
+        # The TU's state points back at its transactions: dropping the link here lets
+        # reference counting free the pair, so the garbage collector has less to walk.
+        entry.ctx = None
         if table.get(entry.txn.key) is entry:
             del table[entry.txn.key]
 
