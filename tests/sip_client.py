@@ -141,6 +141,12 @@ class SipTestClient:
                 return message
             self._seen.append(message)
 
+    def received(self) -> list[SipMessage]:
+        """Everything that arrived and was not taken by `expect` yet (kept for it)."""
+        while not self.inbox.empty():
+            self._seen.append(self.inbox.get_nowait())
+        return list(self._seen)
+
     async def silence(self, match: Callable[[SipMessage], bool] | int | str | None = None,
                       seconds: float = 0.5) -> None:
         """Assert that nothing (matching) arrives for `seconds`."""
