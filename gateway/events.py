@@ -74,7 +74,7 @@ class DeliveryStatus(Event):
 class IncomingCall(Event):
     """A call is being set up towards an agent (SIP INVITE, Twilio Voice webhook)."""
 
-    caller: Address  # voice:+E164 from caller ID, or sip:user@host
+    caller: Address | None  # voice:+E164 from caller ID, sip:user@host; None when withheld
     callee: str
     call_ref: str  # SIP Call-ID or Twilio CallSid: one leg per call
     provider: str  # "sip" | "twilio"
