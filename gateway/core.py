@@ -250,11 +250,11 @@ class Core:
         """Move an outbound message's state forward (never back). Returns its state."""
 
         def write(conn: Connection) -> str | None:
+            # Statuses only move forward, so a repeated callback changes nothing: the event
+            # id is recorded for the log's sake, never to drop a status not yet applied.
             now = self.clock.now()
-            if event.event_id and not conversations.claim_event(
-                conn, event.provider, event.event_id, now
-            ):
-                return None
+            if event.event_id:
+                conversations.claim_event(conn, event.provider, event.event_id, now)
             return outbox.apply_status(
                 conn, provider_id=event.provider_message_id, status=event.status, now=now,
                 error=event.error,

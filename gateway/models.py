@@ -243,3 +243,17 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+
+class EarlyStatus(Base):
+    """A delivery status that arrived before the send that it reports was recorded.
+
+    Providers can call back within milliseconds of accepting a message, before the worker
+    has stored the provider's id; the status waits here and is applied when it has.
+    """
+
+    __tablename__ = "early_statuses"
+    provider_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[str] = mapped_column(String(15), primary_key=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]

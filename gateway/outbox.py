@@ -22,11 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.channels import Connector, OutboundMessage, SendError
 from gateway.clock import Clock
-from gateway.models import OutboxMessage
+from gateway.models import EarlyStatus, OutboxMessage
+from gateway.conversations import insert_ignore
 from gateway.store import new_id
 
 log = logging.getLogger("gateway.outbox")
 OUTBOX = OutboxMessage.__table__
+EARLY = EarlyStatus.__table__
 
 # Where a message stands; a status only ever moves to a higher rank.
 RANK = {
@@ -77,26 +79,47 @@ def apply_status(
 ) -> str | None:
     """Move the message with this provider id to `status` unless that goes backwards.
 
-    Returns the status the message has afterwards, or None when no message has that id.
+    Returns the status the message has afterwards, or None when no message has that id yet:
+    then the status is kept and applied once the send is recorded (`apply_early`).
     """
-    row = (
-        conn.execute(
-            select(OUTBOX.c.id, OUTBOX.c.status).where(OUTBOX.c.provider_id == provider_id)
-        )
+    row = conn.execute(
+        select(OUTBOX.c.id, OUTBOX.c.status).where(OUTBOX.c.provider_id == provider_id)
     ).first()
     if row is None:
+        if status in RANK:
+            conn.execute(
+                insert_ignore(conn, EARLY).values(
+                    provider_id=provider_id, status=status, error=error, at=now)
+            )
         return None
-    current = row[1]
+    return _move(conn, row[0], row[1], status, now, error)
+
+
+def _move(conn: Connection, message_id: str, current: str, status: str, now: datetime,
+          error: str | None) -> str:
     if status not in RANK:
-        log.warning("outbox: unknown provider status %r for %s ignored", status, provider_id)
+        log.warning("outbox: unknown provider status %r for %s ignored", status, message_id)
         return current
     if RANK[status] <= RANK.get(current, 0) or current in FINAL:
         return current
     values: dict[str, Any] = {"status": status, "updated_at": now}
     if error:
         values["last_error"] = error
-    conn.execute(update(OUTBOX).where(OUTBOX.c.id == row[0]).values(**values))
+    conn.execute(update(OUTBOX).where(OUTBOX.c.id == message_id).values(**values))
     return status
+
+
+def apply_early(conn: Connection, message_id: str, provider_id: str, now: datetime) -> None:
+    """Apply statuses that arrived before this send was recorded, in rank order."""
+    early = conn.execute(
+        select(EARLY.c.status, EARLY.c.error).where(EARLY.c.provider_id == provider_id)
+    ).all()
+    if not early:
+        return
+    current = conn.execute(select(OUTBOX.c.status).where(OUTBOX.c.id == message_id)).scalar()
+    for status, error in sorted(early, key=lambda r: RANK[r[0]]):
+        current = _move(conn, message_id, current or "sent", status, now, error)
+    conn.execute(EARLY.delete().where(EARLY.c.provider_id == provider_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +310,8 @@ class OutboxWorker:
                 .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "sending")
                 .values(**values)
             )
+            if values.get("provider_id"):
+                await conn.run_sync(apply_early, message_id, values["provider_id"], now)
         log.info("outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
                  values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
         if values["status"] == "pending":

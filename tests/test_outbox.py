@@ -230,3 +230,29 @@ async def test_killed_between_accept_and_send_loses_nothing_and_sends_once(
         for p in procs:
             if p.proc.poll() is None:
                 p.kill()
+
+
+async def test_a_status_that_arrives_before_the_send_is_recorded_is_applied_after(
+    core: Core, clock: FrozenClock
+) -> None:
+    from gateway.channels import OutboundMessage, SendReceipt
+    from gateway.events import DeliveryStatus
+
+    class QuickProvider:
+        """Calls back 'delivered' before its own API answer reaches the worker."""
+
+        channels = frozenset({"whatsapp"})
+
+        async def send(self, message: OutboundMessage) -> SendReceipt:
+            assert await core.delivery_status(
+                DeliveryStatus("memory", "SMfast", "delivered", event_id="cb-1")) is None
+            return SendReceipt("memory", "SMfast", "queued")
+
+    worker = OutboxWorker(core.engine, {"whatsapp": QuickProvider()}, clock)
+    first = await core.ingest(whatsapp(NUMBER, "hi"))
+    reply = await core.reply(first.conversation_id, "hello", None)
+    await worker.drain()
+    assert (await core.outbox_message(reply["id"]))["status"] == "delivered"
+    # the provider repeats the callback: nothing moves, nothing breaks
+    assert await core.delivery_status(
+        DeliveryStatus("memory", "SMfast", "delivered", event_id="cb-1")) == "delivered"
