@@ -474,6 +474,17 @@ async def test_call_over_tcp_reaches_a_udp_phone(sip: Sip) -> None:
         assert (await caller.expect(200)).status == 200
 
 
+async def test_agent_registered_over_tcp_gets_calls_on_its_own_connection(sip: Sip) -> None:
+    async with await sip.client("alice", transport="TCP") as phone, \
+            await sip.client() as caller:
+        answer = await phone.register(sip.port, "alice", "alice-secret")
+        assert answer.status == 200
+        _, got = await call_in(sip, caller, phone)
+        assert got.top_via.transport == "TCP"
+        phone.send(phone.answer(got, 200, to_tag="a", body=SDP), sip.port)
+        assert (await caller.expect(200)).status == 200
+
+
 # ---- PINs and authenticated agents -------------------------------------------------------------
 
 

@@ -209,7 +209,7 @@ class _Sink:
 
 def _seed_messages(port: int) -> list[bytes]:
     me = f"127.0.0.1:{port}"
-    common = (f"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKseed1;rport\r\n"
+    common = ("Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKseed1;rport\r\n"
               "From: <sip:+14155550100@127.0.0.1>;tag=f1\r\nCall-ID: seed@127.0.0.1\r\n"
               "Max-Forwards: 70\r\nContact: <sip:caller@127.0.0.1:5071>\r\n")
     sdp = SDP.decode()

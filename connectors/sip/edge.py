@@ -25,6 +25,7 @@ from connectors.sip.proxy import ALLOW, CallSink, Proxy
 from connectors.sip.ratelimit import ScannerLimiter
 from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy
 from connectors.sip.routing import ServiceUsers
+from connectors.sip.timers import TimerWheel
 from connectors.sip.transaction import (
     Action,
     CancelTimer,
@@ -48,7 +49,6 @@ from connectors.sip.transaction import (
     client_key,
     server_key,
 )
-from connectors.sip.timers import TimerWheel
 from connectors.sip.transport import Peer, SipTransport
 from gateway.agents import AgentDirectory
 from gateway.clock import Clock
@@ -469,6 +469,9 @@ class SipEdge:
               ) -> asyncio.TimerHandle:
         assert self._loop is not None
         return self._loop.call_later(delay, callback, *args)
+
+    def connected(self, peer: Peer) -> bool:
+        return self.transport.connected(peer)
 
 
 def _safe_server_key(request: SipRequest) -> TransactionKey | None:

@@ -37,7 +37,13 @@ from connectors.sip.message import (
     unescape,
 )
 from connectors.sip.registrar import AuthResult, DigestAuth
-from connectors.sip.routing import PIN_HEADER, ServiceUsers, caller_address, dialled, pin_from_header
+from connectors.sip.routing import (
+    PIN_HEADER,
+    ServiceUsers,
+    caller_address,
+    dialled,
+    pin_from_header,
+)
 from connectors.sip.transaction import State
 from connectors.sip.transport import Peer
 from gateway.agents import Agent, AgentDirectory, AgentTarget, Contact
@@ -97,6 +103,8 @@ class ProxyIO(Protocol):
 
     def later(self, delay: float, callback: Callable[..., None], *args: Any
               ) -> asyncio.TimerHandle: ...
+
+    def connected(self, peer: Peer) -> bool: ...
 
 
 class Call:
@@ -320,7 +328,11 @@ class Proxy:
         the open connection for TCP), else the contact URI's host (resolved when a name)."""
         if contact.source is not None:
             host, port = contact.source
-            return Peer("TCP" if contact.transport == "tcp" else "UDP", host, port)
+            if contact.transport != "tcp":
+                return Peer("UDP", host, port)
+            flow = Peer("TCP", host, port)
+            if self.io.connected(flow):  # a TCP flow is only good while its connection is
+                return flow
         try:
             uri = SipUri.parse(contact.uri)
         except RemoteProtocolError:

@@ -155,9 +155,17 @@ class SipTransport:
             queued.append(data)
             return
         self._connecting[key] = [data]
-        task = asyncio.get_running_loop().create_task(self._connect(peer), name=f"sip-connect {peer}")
+        task = asyncio.get_running_loop().create_task(
+            self._connect(peer), name=f"sip-connect {peer}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def connected(self, peer: Peer) -> bool:
+        """Whether a TCP connection to (or from) `peer` is open now (UDP: always true)."""
+        if peer.transport == "UDP":
+            return True
+        conn = self._conns.get((peer.host, peer.port))
+        return conn is not None and not conn.closing
 
     async def _connect(self, peer: Peer) -> None:
         key = (peer.host, peer.port)
