@@ -417,6 +417,25 @@ async def test_unanswered_call_is_cancelled_after_the_ring_timeout(start_gateway
     assert texts[-1] == "call failed (no answer within 0.3 s)"
 
 
+async def test_answer_after_the_ring_timeout_is_hung_up_on_the_agent(
+    start_gateway: Any,
+) -> None:
+    sip = await start_sip(start_gateway, sip_ring_timeout_seconds=0.3)
+    async with await sip.phone(ALICE) as phone, await sip.client() as caller:
+        _, got = await call_in(sip, caller, phone)
+        phone.send(phone.answer(got, 180, to_tag="late"), sip.port)
+        assert (await caller.expect(480)).status == 480
+        await phone.expect("CANCEL")
+        # The phone picks up anyway (its 200 crossed our CANCEL): nobody is there any more.
+        phone.send(phone.answer(got, 200, to_tag="late", body=SDP), sip.port)
+        ack = await phone.expect("ACK")
+        bye = await phone.expect("BYE")
+        assert ack.to_addr.tag == bye.to_addr.tag == "late"
+        assert bye.uri == f"sip:alice@127.0.0.1:{phone.port}"  # its Contact
+        await caller.silence(200, 0.2)
+    assert sip.gw.gw.agents.get("12").active_calls == 0  # type: ignore[union-attr]
+
+
 async def test_agent_that_never_answers_gives_480(start_gateway: Any) -> None:
     sip = await start_sip(start_gateway, sip_timer_t1_ms=10)  # Timer B = 64 * T1 = 0.64 s
     async with await sip.phone(ALICE) as phone, await sip.client() as caller:
