@@ -273,6 +273,14 @@ async def test_max_forwards_zero_is_483(sip: Sip) -> None:
         assert (await caller.expect(483)).status == 483
 
 
+async def test_invite_that_already_passed_us_is_a_loop(sip: Sip) -> None:
+    async with await sip.phone(ALICE), await sip.client() as caller:
+        invite = caller.request("INVITE", sip.uri("support"), body=SDP)
+        invite.headers.add("Via", f"SIP/2.0/UDP 127.0.0.1:{sip.port};branch=z9hG4bKloop")
+        caller.send(invite, sip.port)
+        assert (await caller.expect(482)).status == 482
+
+
 async def test_call_reaches_a_registered_agent_with_context_and_its_story_is_recorded(
     sip: Sip,
 ) -> None:

@@ -179,6 +179,7 @@ class Proxy:
         self.record_route = ""
         self._hosts: frozenset[str] = frozenset()
         self._port = 0
+        self._me: dict[str, bool] = {}
         self._answered = metrics.calls.labels("sip", "answered")
         self._routed = metrics.calls.labels("sip", "routed")
 
@@ -220,9 +221,7 @@ class Proxy:
         if max_forwards is not None and max_forwards <= 0:
             io.reply(server, 483)
             return
-        if any(v.sent_by.lower() == self.sent_by for v in request.vias[1:]) or (
-            request.top_via.sent_by.lower() == self.sent_by
-        ):
+        if self._looped(request):
             io.reply(server, 482)
             return
         ruri = request.request_uri
@@ -417,12 +416,27 @@ class Proxy:
                 headers.add("Route", str(route))
         return headers, peer
 
+    def _looped(self, request: SipRequest) -> bool:
+        """Our own Via in the request: it went round to us again (RFC 3261 16.3 step 4)."""
+        sent_by = self.sent_by
+        if not any(sent_by in value.lower() for value in request.headers.get_all("Via")):
+            return False  # the usual case, without parsing every Via
+        return any(v.sent_by.lower() == sent_by for v in request.vias)
+
     def _is_me(self, uri_text: str) -> bool:
+        """Whether a Route or Request-URI names us (remembered: it is mostly our own RR)."""
+        known = self._me.get(uri_text)
+        if known is not None:
+            return known
         try:
             uri = SipUri.parse(uri_text)
+            me = uri.host.lower() in self._hosts and (uri.port or 5060) == self._port
         except RemoteProtocolError:
-            return False
-        return uri.host.lower() in self._hosts and (uri.port or 5060) == self._port
+            me = False
+        if len(self._me) >= 1024:
+            self._me.clear()
+        self._me[uri_text] = me
+        return me
 
     def _headers_onward(self, request: SipRequest, source: Peer, peer: Peer,
                         drop: Iterable[str], branch: str | None = None) -> Headers:
