@@ -55,6 +55,10 @@ async def serve(settings: Settings) -> None:
         # walks it all and one request in a hundred waits tens of milliseconds for it.
         gc.collect()
         gc.freeze()
+        # A proxied call or a webhook makes thousands of short-lived objects; collecting the
+        # young generation every 700 allocations cost the SIP edge a fifth of its calls per
+        # second (bench/sip_cps.py: 400 -> 500 CPS, p99 setup delay 8 -> 4 ms).
+        gc.set_threshold(20_000, 50, 100)
         log.info("gateway listening on http://%s:%s (public URL %s)", settings.http_host,
                  settings.http_port, settings.public_url)
         await stop.wait()

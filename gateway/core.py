@@ -43,6 +43,18 @@ _CALL_LEG = Prepared(
     .where(LEGS.c.channel == "voice", LEGS.c.thread_key == bindparam("ref"))
 )
 
+_CALL_EVENT_LEG = Prepared(
+    select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.started_at, LEGS.c.agent_id,
+           LEGS.c.ended_at)
+    .where(LEGS.c.channel == "voice", LEGS.c.thread_key == bindparam("ref"))
+    .order_by(LEGS.c.started_at.desc())
+    .limit(1)
+)
+_LEG_AGENT = Prepared(
+    update(LEGS).where(LEGS.c.id == bindparam("leg")).values(agent_id=bindparam("agent")))
+_LEG_ENDED = Prepared(
+    update(LEGS).where(LEGS.c.id == bindparam("leg")).values(ended_at=bindparam("at")))
+
 
 class NotFound(Exception):
     """The thing asked for does not exist (an API 404)."""
@@ -346,18 +358,10 @@ class Core:
                 conn, event.provider, event.event_id, now
             ):
                 return True
-            leg = (
-                conn.execute(
-                    select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.started_at,
-                           LEGS.c.agent_id, LEGS.c.ended_at)
-                    .where(LEGS.c.channel == "voice", LEGS.c.thread_key == event.call_ref)
-                    .order_by(LEGS.c.started_at.desc())
-                    .limit(1)
-                )
-            ).first()
-            if leg is None:
+            found = _CALL_EVENT_LEG.execute(conn, {"ref": event.call_ref})
+            if not found:
                 return False
-            leg_id, conversation_id, started_at, agent_id, ended_at = leg
+            leg_id, conversation_id, started_at, agent_id, ended_at = found[0]
             agent = event.agent_id or agent_id
             values: dict[str, Any] = {}
             if event.kind == "answered":
@@ -377,8 +381,10 @@ class Core:
                     text += f" ({event.detail})"
             else:
                 text = f"call {event.kind}" + (f" ({event.detail})" if event.detail else "")
-            if values:
-                conn.execute(update(LEGS).where(LEGS.c.id == leg_id).values(**values))
+            if "agent_id" in values:
+                _LEG_AGENT.execute(conn, {"leg": leg_id, "agent": values["agent_id"]})
+            if "ended_at" in values:
+                _LEG_ENDED.execute(conn, {"leg": leg_id, "at": values["ended_at"]})
             data: dict[str, Any] = {"event": event.kind}
             if agent:
                 data["agent_id"] = agent
