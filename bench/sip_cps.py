@@ -51,7 +51,6 @@ from tests.peers import (  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 CALL_LENGTH_MS = 10
-GC_THRESHOLD = ""  # --gc-threshold
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -121,9 +120,6 @@ def start_gateway(uas_address: str, directory: Path) -> Relay:
            "GATEWAY_SIP_SERVICE_USERS": '["service"]', "GATEWAY_LOG_LEVEL": "WARNING",
            "GATEWAY_OUTBOX_ENABLED": "false"}
     argv = [sys.executable, "-m", "gateway", "serve"]
-    if GC_THRESHOLD:  # an experiment: the collector's thresholds set before `serve` runs
-        argv = [sys.executable, "-c", "import gc, sys; gc.set_threshold("
-                f"{GC_THRESHOLD}); from gateway.cli import main; sys.exit(main(['serve']))"]
     return Relay("gateway", argv, env, port, directory)
 
 
@@ -383,8 +379,9 @@ def _rates(text: str) -> list[int]:
 async def main(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="sip-bench-"))
     print(f"SIP CPS benchmark: SIPp uac -d {CALL_LENGTH_MS} -> relay -> SIPp uas (200 without "
-          f"180), {args.step_seconds:g} s per step; gateway GC thresholds "
-          f"{GC_THRESHOLD or 'Python defaults'}; work dir {directory}", flush=True)
+          f"180), {args.step_seconds:g} s per step; the gateway as `gateway serve` runs it "
+          f"(gc frozen after start-up, thresholds 20000/50/100); work dir {directory}",
+          flush=True)
     results: dict[str, Step | None] = {}
     delays: dict[str, float] = {}
     async with SippUas(UAS_ANSWER_WITHOUT_RINGING, trace_messages=False) as uas:
@@ -453,9 +450,5 @@ if __name__ == "__main__":
     parser.add_argument("--delay-rate", type=int, default=100)
     parser.add_argument("--dialogs", type=int, default=20000)
     parser.add_argument("--skip-edge-only", action="store_true")
-    parser.add_argument("--gc-threshold", default="", metavar="G0,G1,G2",
-                        help="run the gateway with gc.set_threshold(G0, G1, G2), e.g. "
-                        "20000,50,100 (the default is Python's 700,10,10)")
     arguments = parser.parse_args()
-    GC_THRESHOLD = arguments.gc_threshold
     sys.exit(asyncio.run(main(arguments)))
