@@ -631,8 +631,16 @@ def _key_and_name(name: str) -> tuple[str, str]:
 
 
 def _key(name: str) -> str:
-    found = _CANON.get(name.lower())
+    found = _CANON_EXACT.get(name) or _CANON.get(name.lower())
     return found[0] if found is not None else name.lower()
+
+
+# Memo entries (see Headers._memo) named otherwise than the header they are parsed from.
+_MEMO_SOURCE: Final = {"top_via": "via", "vias": "via"}
+
+
+def _memo_source(memo_key: str) -> str:
+    return _MEMO_SOURCE.get(memo_key) or _key(memo_key)
 
 
 def _clean_value(value: str) -> str:
@@ -649,7 +657,8 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._entries: list[tuple[str, str, str]] = []
-        # Parsed values (top Via, CSeq, From, ...) computed once per text; any change clears it.
+        # Parsed values (top Via, CSeq, From, ...) computed once per text; a change to a
+        # header drops the values parsed from it (each is parsed from one header only).
         self._memo: dict[str, object] = {}
         for name, value in items:
             self.add(name, value)
@@ -661,9 +670,11 @@ class Headers:
         h._memo = {}
         return h
 
-    def _changed(self) -> None:
-        if self._memo:
-            self._memo = {}
+    def _changed(self, key: str) -> None:
+        memo = self._memo
+        if memo:
+            for stale in [m for m in memo if _memo_source(m) == key]:
+                del memo[stale]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name`, or `default`."""
@@ -701,7 +712,7 @@ class Headers:
         if not placed:
             out.append(entry)
         self._entries = out
-        self._changed()
+        self._changed(key)
 
     def add(self, name: str, value: str, *, first: bool = False) -> None:
         """Append a `name` line; with first=True put it above the existing ones (a proxy's
@@ -713,14 +724,14 @@ class Headers:
             self._entries.insert(idx, entry)
         else:
             self._entries.append(entry)
-        self._changed()
+        self._changed(key)
 
     def remove(self, name: str) -> int:
         """Drop every `name` line; returns how many were dropped."""
         key = _key(name)
         before = len(self._entries)
         self._entries = [e for e in self._entries if e[0] != key]
-        self._changed()
+        self._changed(key)
         return before - len(self._entries)
 
     def pop_first_value(self, name: str) -> str | None:
@@ -729,7 +740,7 @@ class Headers:
         key = _key(name)
         for i, (k, n, v) in enumerate(self._entries):
             if k == key:
-                self._changed()
+                self._changed(key)
                 elements = split_list(v)
                 if len(elements) <= 1:
                     del self._entries[i]
@@ -755,7 +766,10 @@ class Headers:
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> Headers:
-        return Headers._trusted(list(self._entries))
+        # The parsed values are immutable: the copy may share them.
+        h = Headers._trusted(list(self._entries))
+        h._memo = dict(self._memo)
+        return h
 
     def __repr__(self) -> str:
         return f"Headers({self.items()!r})"
