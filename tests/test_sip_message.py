@@ -595,3 +595,36 @@ def test_framer_on_garbage_only_raises_remote_protocol_error(
                 assume(event is not None)
     except RemoteProtocolError:
         assert framer.broken
+
+
+def test_a_header_change_drops_only_the_values_parsed_from_that_header() -> None:
+    request = parse_datagram(INVITE)
+    assert isinstance(request, SipRequest)
+    cseq, to = request.cseq, request.to_addr
+    assert request.top_via.host == "pc33.atlanta.example.com"
+    request.headers.set("To", "<sip:carol@chicago.example.com>;tag=9")
+    assert request.to_addr.uri == "sip:carol@chicago.example.com"
+    assert request.to_addr.tag == "9"
+    assert request.cseq is cseq and to.tag is None
+    request.headers.add("Via", "SIP/2.0/TCP proxy.example.com;branch=z9hG4bKp1", first=True)
+    assert request.top_via.host == "proxy.example.com"
+    assert [v.host for v in request.vias] == ["proxy.example.com", "pc33.atlanta.example.com"]
+    request.headers.pop_first_value("Via")
+    assert request.top_via.host == "pc33.atlanta.example.com"
+    request.headers.set("Call-ID", "other-call")
+    assert request.call_id == "other-call"
+
+
+def test_a_copy_keeps_parsed_values_and_changes_apart() -> None:
+    request = parse_datagram(INVITE)
+    assert isinstance(request, SipRequest)
+    via = request.top_via
+    copy = request.headers.copy()
+    copy.add_top_via(Via(transport="UDP", host="proxy.example.com", port=5070,
+                         params=(("branch", "z9hG4bKp2"), ("rport", None))))
+    onward = SipRequest("INVITE", request.uri, copy, request.body)
+    assert copy.get("Via") == "SIP/2.0/UDP proxy.example.com:5070;branch=z9hG4bKp2;rport"
+    assert onward.top_via == Via.parse(copy.get("Via") or "")
+    assert onward.cseq is request.cseq
+    assert request.top_via is via
+    assert len(onward.vias) == 2 and len(request.vias) == 1

@@ -635,12 +635,16 @@ def _key(name: str) -> str:
     return found[0] if found is not None else name.lower()
 
 
-# Memo entries (see Headers._memo) named otherwise than the header they are parsed from.
-_MEMO_SOURCE: Final = {"top_via": "via", "vias": "via"}
-
-
-def _memo_source(memo_key: str) -> str:
-    return _MEMO_SOURCE.get(memo_key) or _key(memo_key)
+# Every entry of Headers._memo, by the header it is parsed from: a change to that header
+# drops them. _Message._memo takes no other key.
+_MEMO_SOURCE: Final = {
+    "cseq": "cseq", "top_via": "via", "vias": "via", "from": "from", "to": "to",
+    "call_id": "call-id", "Contact": "contact", "Route": "route", "Record-Route": "record-route",
+}
+_MEMO_OF: Final = {
+    source: tuple(m for m, s in _MEMO_SOURCE.items() if s == source)
+    for source in _MEMO_SOURCE.values()
+}
 
 
 def _clean_value(value: str) -> str:
@@ -673,8 +677,8 @@ class Headers:
     def _changed(self, key: str) -> None:
         memo = self._memo
         if memo:
-            for stale in [m for m in memo if _memo_source(m) == key]:
-                del memo[stale]
+            for stale in _MEMO_OF.get(key, ()):
+                memo.pop(stale, None)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of `name`, or `default`."""
@@ -733,6 +737,12 @@ class Headers:
         self._entries = [e for e in self._entries if e[0] != key]
         self._changed(key)
         return before - len(self._entries)
+
+    def add_top_via(self, via: Via) -> None:
+        """Put `via` above the other Via lines (a proxy's own, RFC 3261 16.6 step 8) and
+        keep it as the parsed top Via, which it is: no need to parse our own text again."""
+        self.add("Via", str(via), first=True)
+        self._memo["top_via"] = via
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated element of `name` (the top Via a
@@ -795,6 +805,8 @@ class _Message:
         try:
             return memo[key]  # type: ignore[return-value]
         except KeyError:
+            if key not in _MEMO_SOURCE:  # it would outlive a change to its header
+                raise LocalProtocolError(f"no header known for memo entry {key!r}") from None
             value = memo[key] = build()
             return value
 
@@ -806,7 +818,7 @@ class _Message:
 
     @property
     def call_id(self) -> str:
-        return self._required("Call-ID")
+        return self._memo("call_id", lambda: self._required("Call-ID"))
 
     @property
     def cseq(self) -> CSeq:
@@ -1052,6 +1064,7 @@ def _build(h: _Head, body: bytes) -> SipMessage:
     call_id = firsts["call-id"]
     if " " in call_id or "\t" in call_id:
         raise _bad(f"bad Call-ID {_short(call_id)}")
+    memo["call_id"] = call_id
     return message
 
 

@@ -176,6 +176,7 @@ class Proxy:
         self._timers: set[asyncio.TimerHandle] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.sent_by = ""
+        self._own_via = Via(transport="UDP", host="")
         self.record_route = ""
         self._hosts: frozenset[str] = frozenset()
         self._port = 0
@@ -187,6 +188,7 @@ class Proxy:
         """Where we are, once the transport is bound: our Via, Record-Route and own hosts."""
         self._port = port
         self.sent_by = f"{host}:{port}".lower()
+        self._own_via = Via.parse(f"SIP/2.0/UDP {self.sent_by}")  # our host and port, parsed
         self.record_route = f"<sip:{host}:{port};lr>"
         self._hosts = frozenset(h.lower() for h in (host, *aliases))
         self._sweeper = self.io.later(_SWEEP_EVERY, self._sweep)
@@ -455,9 +457,13 @@ class Proxy:
             headers.add("Via", str(marked), first=True)
         max_forwards = request.max_forwards
         headers.set("Max-Forwards", "70" if max_forwards is None else str(max_forwards - 1))
-        rport = ";rport" if peer.transport == "UDP" else ""
-        headers.add("Via", f"SIP/2.0/{peer.transport} {self.sent_by};branch="
-                    f"{branch or new_branch()}{rport}", first=True)
+        # SIP/2.0/<transport> <sent-by>;branch=...[;rport], built already parsed
+        own = self._own_via
+        params: tuple[tuple[str, str | None], ...] = (("branch", branch or new_branch()),)
+        if peer.transport == "UDP":
+            params += (("rport", None),)
+        headers.add_top_via(Via(transport=peer.transport, host=own.host, port=own.port,
+                                params=params))
         return headers
 
     # ---- responses ----------------------------------------------------------------------------
