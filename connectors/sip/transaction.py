@@ -22,7 +22,7 @@ Invariants of the four tables below (tests/test_sip_transaction.py checks them):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import ClassVar, Final, TypeAlias
@@ -345,7 +345,7 @@ def _status_class(status: int) -> str:
 class _Transaction:
     _is_server: ClassVar[bool]
     __slots__ = (
-        "request", "reliable", "timers", "state", "key", "_table", "_running", "_intervals",
+        "request", "reliable", "timers", "state", "key", "_table", "_compiled", "_running", "_intervals",
         "_request_data", "_last", "_ack", "_send_trying",
     )
 
@@ -357,6 +357,7 @@ class _Transaction:
         self.timers = timers
         self.state = State.INIT
         self._table = table
+        self._compiled = _compiled(table)
         self._running: dict[Timer, float] = {}  # timers now running -> their interval
         self._intervals: dict[Timer, float] = {}  # last interval of each timer, for backoff
         self._request_data: bytes | None = None
@@ -398,7 +399,7 @@ class _Transaction:
         raise NotImplementedError
 
     def _step(self, kind: str, payload: object) -> list[Action]:
-        row = self._table.get((self.state, kind))
+        row = self._compiled.get((self.state._name_, kind))
         if row is None:
             if kind.startswith("TU "):
                 raise LocalProtocolError(
@@ -408,8 +409,8 @@ class _Transaction:
         self.state, ops = row
         actions: list[Action] = []
         immediate: list[Timer] = []
-        for step, timer in ops:
-            self._apply(step, timer, payload, actions, immediate)
+        for apply, step, timer in ops:
+            apply(self, step, timer, payload, actions, immediate)
         if self.state is State.TERMINATED:
             actions.extend(CancelTimer(t) for t in self._running)
             self._running.clear()
@@ -421,61 +422,74 @@ class _Transaction:
             actions.extend(self._step(f"timer {timer}", timer))
         return actions
 
-    def _apply(
-        self,
-        step: Step,
-        timer: Timer | None,
-        payload: object,
-        actions: list[Action],
-        immediate: list[Timer],
-    ) -> None:
-        match step:
-            case Step.SEND_REQUEST:
-                if self._request_data is None:
-                    self._request_data = self.request.to_bytes()
-                actions.append(Send(self.request, self._request_data))
-            case Step.SEND_ACK:
-                if self._ack is None:
-                    assert isinstance(payload, SipResponse)
-                    ack = make_ack(self.request, payload)
-                    self._ack = Send(ack, ack.to_bytes())
-                actions.append(self._ack)
-            case Step.SEND_TRYING:
-                if self._send_trying:
-                    trying = make_response(self.request, 100)
-                    self._last = Send(trying, trying.to_bytes())
-                    actions.append(self._last)
-            case Step.SEND_RESPONSE:
-                assert isinstance(payload, SipResponse)
-                self._last = Send(payload, payload.to_bytes())
-                actions.append(self._last)
-            case Step.RESEND_RESPONSE:
-                if self._last is not None:
-                    actions.append(self._last)
-            case Step.PASS_TO_TU:
-                message = self.request if payload is None else payload
-                assert isinstance(message, (SipRequest, SipResponse))
-                actions.append(PassToTu(message))
-            case Step.TIMEOUT:
-                assert isinstance(payload, Timer)
-                actions.append(TuTimeout(payload))
-            case Step.TRANSPORT_ERROR:
-                assert isinstance(payload, TransportFailed)
-                actions.append(TuTransportError(payload.reason))
-            case Step.START | Step.BACKOFF | Step.START_T2:
-                assert timer is not None
-                delay = self._delay(step, timer)
-                if delay is None:
-                    return
-                if delay == 0:
-                    immediate.append(timer)
-                    return
-                self._running[timer] = self._intervals[timer] = delay
-                actions.append(StartTimer(timer, delay))
-            case Step.CANCEL:
-                assert timer is not None
-                if self._running.pop(timer, None) is not None:
-                    actions.append(CancelTimer(timer))
+    # One method per Step, found through the compiled tables (below) rather than by matching
+    # the step against each member in turn.
+
+    def _send_request(self, step: Step, timer: Timer | None, payload: object,
+                      actions: list[Action], immediate: list[Timer]) -> None:
+        if self._request_data is None:
+            self._request_data = self.request.to_bytes()
+        actions.append(Send(self.request, self._request_data))
+
+    def _send_ack(self, step: Step, timer: Timer | None, payload: object,
+                  actions: list[Action], immediate: list[Timer]) -> None:
+        if self._ack is None:
+            assert isinstance(payload, SipResponse)
+            ack = make_ack(self.request, payload)
+            self._ack = Send(ack, ack.to_bytes())
+        actions.append(self._ack)
+
+    def _send_100(self, step: Step, timer: Timer | None, payload: object,
+                  actions: list[Action], immediate: list[Timer]) -> None:
+        if self._send_trying:
+            trying = make_response(self.request, 100)
+            self._last = Send(trying, trying.to_bytes())
+            actions.append(self._last)
+
+    def _send_response(self, step: Step, timer: Timer | None, payload: object,
+                       actions: list[Action], immediate: list[Timer]) -> None:
+        assert isinstance(payload, SipResponse)
+        self._last = Send(payload, payload.to_bytes())
+        actions.append(self._last)
+
+    def _resend_response(self, step: Step, timer: Timer | None, payload: object,
+                         actions: list[Action], immediate: list[Timer]) -> None:
+        if self._last is not None:
+            actions.append(self._last)
+
+    def _pass_to_tu(self, step: Step, timer: Timer | None, payload: object,
+                    actions: list[Action], immediate: list[Timer]) -> None:
+        message = self.request if payload is None else payload
+        assert isinstance(message, (SipRequest, SipResponse))
+        actions.append(PassToTu(message))
+
+    def _timeout(self, step: Step, timer: Timer | None, payload: object,
+                 actions: list[Action], immediate: list[Timer]) -> None:
+        assert isinstance(payload, Timer)
+        actions.append(TuTimeout(payload))
+
+    def _transport_error(self, step: Step, timer: Timer | None, payload: object,
+                         actions: list[Action], immediate: list[Timer]) -> None:
+        assert isinstance(payload, TransportFailed)
+        actions.append(TuTransportError(payload.reason))
+
+    def _start_timer(self, step: Step, timer: Timer | None, payload: object,
+                     actions: list[Action], immediate: list[Timer]) -> None:
+        assert timer is not None
+        delay = self._delay(step, timer)
+        if delay is None:
+            return
+        if delay == 0:
+            immediate.append(timer)
+            return
+        self._running[timer] = self._intervals[timer] = delay
+        actions.append(StartTimer(timer, delay))
+
+    def _cancel_timer(self, step: Step, timer: Timer | None, payload: object,
+                      actions: list[Action], immediate: list[Timer]) -> None:
+        assert timer is not None
+        if self._running.pop(timer, None) is not None:
+            actions.append(CancelTimer(timer))
 
     def _delay(self, step: Step, timer: Timer) -> float | None:
         initial = self.timers.initial(timer, self.reliable)
@@ -485,6 +499,51 @@ class _Transaction:
             return self.timers.t2
         doubled = 2 * self._intervals.get(timer, initial)
         return doubled if timer is Timer.A else min(doubled, self.timers.t2)
+
+
+_Apply: TypeAlias = Callable[
+    [_Transaction, Step, "Timer | None", object, list[Action], list[Timer]], None
+]
+_Compiled: TypeAlias = dict[
+    tuple[str, str], tuple[State, tuple[tuple[_Apply, Step, "Timer | None"], ...]]
+]
+
+_APPLY: Final[dict[Step, _Apply]] = {
+    Step.SEND_REQUEST: _Transaction._send_request,
+    Step.SEND_ACK: _Transaction._send_ack,
+    Step.SEND_TRYING: _Transaction._send_100,
+    Step.SEND_RESPONSE: _Transaction._send_response,
+    Step.RESEND_RESPONSE: _Transaction._resend_response,
+    Step.PASS_TO_TU: _Transaction._pass_to_tu,
+    Step.TIMEOUT: _Transaction._timeout,
+    Step.TRANSPORT_ERROR: _Transaction._transport_error,
+    Step.START: _Transaction._start_timer,
+    Step.BACKOFF: _Transaction._start_timer,
+    Step.START_T2: _Transaction._start_timer,
+    Step.CANCEL: _Transaction._cancel_timer,
+}
+assert set(_APPLY) == set(Step)
+
+def _compile(table: Table) -> _Compiled:
+    """`table` as the interpreter runs it: the same rows, keyed by the state's name (a str
+    hashes in C, an Enum member in Python), each step with its method."""
+    return {
+        (state._name_, kind): (after, tuple((_APPLY[step], step, timer) for step, timer in ops))
+        for (state, kind), (after, ops) in table.items()
+    }
+
+
+_COMPILED: Final = {
+    id(t): (t, _compile(t))
+    for t in (CLIENT_INVITE, CLIENT_NON_INVITE, SERVER_INVITE, SERVER_NON_INVITE)
+}
+
+
+def _compiled(table: Table) -> _Compiled:
+    known = _COMPILED.get(id(table))
+    if known is not None and known[0] is table:
+        return known[1]
+    return _compile(table)
 
 
 class ClientTransaction(_Transaction):
