@@ -17,6 +17,7 @@ Design notes:
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -618,6 +619,14 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _name_addr(value: str) -> NameAddr:
+    """NameAddr.parse, remembered for the last texts seen: a call's From, To and Route come
+    back unchanged in each of its messages. A NameAddr is immutable, so sharing is safe; a
+    malformed value raises every time (exceptions are not cached)."""
+    return NameAddr.parse(value)
+
+
 # --- headers ------------------------------------------------------------------------------
 
 
@@ -845,15 +854,15 @@ class _Message:
 
     @property
     def from_addr(self) -> NameAddr:
-        return self._memo("from", lambda: NameAddr.parse(self._required("From")))
+        return self._memo("from", lambda: _name_addr(self._required("From")))
 
     @property
     def to_addr(self) -> NameAddr:
-        return self._memo("to", lambda: NameAddr.parse(self._required("To")))
+        return self._memo("to", lambda: _name_addr(self._required("To")))
 
     def _addresses(self, name: str) -> tuple[NameAddr, ...]:
         return self._memo(
-            name, lambda: tuple(NameAddr.parse(e) for e in self.headers.get_list(name))
+            name, lambda: tuple(_name_addr(e) for e in self.headers.get_list(name))
         )
 
     @property
@@ -1269,7 +1278,7 @@ def make_response(
         raise LocalProtocolError("cannot answer a request without To")
     if status > 100 or to_tag is not None:
         try:
-            has_tag = NameAddr.parse(to).has_param("tag")
+            has_tag = _name_addr(to).has_param("tag")
         except RemoteProtocolError:
             has_tag = True  # unparseable: copy it untouched rather than make it worse
         if not has_tag:
