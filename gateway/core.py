@@ -43,6 +43,14 @@ _CALL_LEG = Prepared(
     .where(LEGS.c.channel == "voice", LEGS.c.thread_key == bindparam("ref"))
 )
 
+_TOKEN_LEG = Prepared(
+    select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.binding, LEGS.c.escalation_id,
+           CONVERSATIONS.c.customer_id, context.TOKENS.c.expires_at)
+    .join(LEGS, LEGS.c.id == context.TOKENS.c.leg_id)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
+    .where(context.TOKENS.c.token_hash == bindparam("hash"),
+           context.TOKENS.c.expires_at > bindparam("now"), LEGS.c.channel == "voice")
+)
 _CALL_EVENT_LEG = Prepared(
     select(LEGS.c.id, LEGS.c.conversation_id, LEGS.c.started_at, LEGS.c.agent_id,
            LEGS.c.ended_at)
@@ -282,6 +290,17 @@ class Core:
 
     def _open_call(self, conn: Connection, call: IncomingCall) -> CallRoute:
         now = self.clock.now()
+        if call.context_token:
+            # The call was routed already (and its leg bound) by the edge that issued this
+            # token; knowing a live token is the capability, so the same leg is kept. An
+            # unknown or expired token is ignored: the call is routed as any other.
+            known = _TOKEN_LEG.execute(
+                conn, {"hash": verification.hash_token(call.context_token), "now": now})
+            if known:
+                leg_id, conversation_id, binding, escalation_id, customer_id, expires = known[0]
+                return CallRoute(customer_id, conversation_id, leg_id, call.context_token,
+                                 self.context_url(call.context_token), expires, binding,
+                                 escalation_id)
         found = _CALL_LEG.execute(conn, {"ref": call.call_ref})
         existing = found[0] if found else None
         if existing is not None:

@@ -81,6 +81,9 @@ class IncomingCall(Event):
     pin: str | None = None  # escalation PIN typed or dialled by the caller
     escalation_token: str | None = None  # carried by a callback the gateway placed
     caller_authenticated: bool = False  # e.g. a SIP REGISTERed, digest-authenticated caller
+    # A context token an upstream edge already issued for this call (Twilio's `<Dial><Sip>`
+    # to a registered agent arrives at the SIP edge with `X-Context`): that leg, not a new one.
+    context_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from gateway.batching import WriteBatcher
 from gateway.clock import FrozenClock
 from gateway.context import bundle_for_leg
 from gateway.core import Core, Policy
+from gateway.events import IncomingCall
 from gateway.models import OtpChallenge, ProcessedEvent, TranscriptEntry
 from gateway.outbox import OutboxWorker
 from tests.helpers import call, code_from, email, latest_code, sms, whatsapp
@@ -410,3 +411,38 @@ async def test_retried_call_setup_reuses_the_leg(core: Core) -> None:
 def test_policy_defaults_match_the_contract() -> None:
     policy = Policy(public_url="http://x")
     assert policy.context_token_ttl == timedelta(minutes=15)
+
+
+async def test_a_call_presenting_a_live_context_token_keeps_its_leg(
+    core: Core, clock: FrozenClock, phone: tuple[MemoryChannel, OutboxWorker]
+) -> None:
+    memory, worker = phone
+    conversation_id = await verify_on_whatsapp(core, phone)
+    await core.escalate(conversation_id, "voice", "dial-in")
+    await worker.drain()
+    upstream = await core.open_call(call(NUMBER, pin=latest_code(memory.sent)))
+    # The same call reaches the SIP edge with the upstream's token (Twilio's X-Context).
+    relayed = await core.open_call(IncomingCall(
+        caller=make_address("voice", NUMBER), callee="alice", call_ref="sip-call-id@twilio",
+        provider="sip", context_token=upstream.context_token))
+    assert (relayed.leg_id, relayed.context_token) == (upstream.leg_id, upstream.context_token)
+    bundle = await core.bundle(relayed.context_token)
+    assert bundle["verification_reason"] == "verified-via-escalation"
+
+
+async def test_a_forged_or_expired_context_token_binds_nothing(
+    core: Core, clock: FrozenClock, phone: tuple[MemoryChannel, OutboxWorker]
+) -> None:
+    await verify_on_whatsapp(core, phone)
+    forged = await core.open_call(IncomingCall(
+        caller=make_address("voice", NUMBER), callee="alice", call_ref="forged@test",
+        provider="sip", context_token="A" * 32))
+    bundle = await core.bundle(forged.context_token)
+    assert forged.context_token != "A" * 32
+    assert bundle["verification_reason"] == "caller-id-only"
+    old = await core.open_call(call(NUMBER))
+    clock.advance(minutes=16)
+    late = await core.open_call(IncomingCall(
+        caller=make_address("voice", NUMBER), callee="alice", call_ref="late@test",
+        provider="sip", context_token=old.context_token))
+    assert late.leg_id != old.leg_id
