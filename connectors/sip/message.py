@@ -785,10 +785,10 @@ class Headers:
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> Headers:
-        # The parsed values are immutable: the copy may share them.
-        h = Headers._trusted(list(self._entries))
-        h._memo = dict(self._memo)
-        return h
+        # Without the parsed values: a copy is mostly forwarded, and the next hop's message
+        # reads none of them but the top Via, which the proxy replaces (add_top_via). Keeping
+        # them cost ~0.5 KB per live call for nothing.
+        return Headers._trusted(list(self._entries))
 
     def __repr__(self) -> str:
         return f"Headers({self.items()!r})"
