@@ -20,7 +20,7 @@ from connectors.sip.ratelimit import ScannerLimiter
 from connectors.sip.routing import ServiceUsers, caller_address, dialled
 from gateway.clock import FrozenClock
 from tests.conftest import RunningGateway
-from tests.helpers import code_from, whatsapp
+from tests.helpers import call, code_from, whatsapp
 from tests.sip_client import SDP, SipTestClient
 
 PUBLIC_URL = "https://gw.example"
@@ -582,3 +582,34 @@ async def test_trunk_caller_id_is_never_authenticated(sip: Sip) -> None:
     conv = await sip.conversation(got.headers.get("X-Conversation-Id") or "")
     leg = next(leg for leg in conv["legs"] if leg["channel"] == "voice")
     assert leg["binding"] == "caller-id"
+
+
+async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(sip: Sip) -> None:
+    # Twilio Voice routed the call (PIN checked there) and dials alice through this edge
+    # with X-Context: the agent's Call-Info must be that leg's link, not a new caller-ID leg.
+    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
+    status, body = await sip.gw.api(
+        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
+        json={"channel": "voice", "mode": "dial-in"})
+    assert status == 201, body
+    sent = await sip.gw.memory.wait_for(1)
+    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
+    upstream = await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAtwilio"))
+    async with await sip.phone(ALICE) as phone, await sip.client() as caller:
+        _, got = await call_in(sip, caller, phone, "alice",
+                               headers=(("X-Context", upstream.context_token),))
+        assert got.headers.get("Call-Info") == f"<{upstream.context_url}>;purpose=info"
+        assert got.headers.get("X-Context") is None  # one link, ours
+        bundle = await sip.bundle(got.headers.get("Call-Info") or "")
+    assert bundle["leg"]["id"] == upstream.leg_id
+    assert bundle["leg"]["binding"] == "escalation"  # bound by the PIN, not by caller ID
+
+
+async def test_a_forged_x_context_is_ignored(sip: Sip) -> None:
+    await sip.core.ingest(whatsapp(CALLER, "hello"))
+    async with await sip.phone(ALICE) as phone, await sip.client() as caller:
+        _, got = await call_in(sip, caller, phone, headers=(("X-Context", "F" * 32),))
+        assert "F" * 32 not in (got.headers.get("Call-Info") or "")
+        assert got.headers.get("X-Context") is None
+        bundle = await sip.bundle(got.headers.get("Call-Info") or "")
+    assert bundle["leg"]["binding"] == "caller-id"  # routed as any call: a new leg

@@ -62,10 +62,13 @@ ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, PRACK
 _OUT_OF_DIALOG_ELSEWHERE: Final = frozenset(
     {"MESSAGE", "SUBSCRIBE", "NOTIFY", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH"}
 )
+# Twilio's `<Dial><Sip>` passes the context token it got from the core as `X-Context`; the
+# core keeps that call's leg when the token is live (and ignores it otherwise).
+CONTEXT_HEADER: Final = "X-Context"
 # Never forwarded to an agent: context headers only we may set (a caller could point an
 # agent at a page of its own), the PIN (a secret), and credentials meant for us.
 _STRIP_ON_INVITE: Final = ("Call-Info", "X-Conversation-Id", PIN_HEADER, "Proxy-Authorization",
-                           "Route")
+                           "Route", CONTEXT_HEADER)
 MAX_DIALOG_SECONDS: Final = 12 * 3600.0  # a dialog with no BYE after this is forgotten
 _SWEEP_EVERY: Final = 60.0
 
@@ -266,6 +269,7 @@ class Proxy:
             provider="sip",
             pin=pin,
             caller_authenticated=caller_agent is not None,
+            context_token=request.headers.get(CONTEXT_HEADER),
         )
         io.spawn(self._route(forward, request, target, incoming), "sip-route")
 
