@@ -74,14 +74,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def iso_sql(conn: Connection, column: Any) -> Any:
-    """The same format without a Python datetime per row: PostgreSQL formats it; SQLite
-    hands back its stored text ("2026-11-25 12:00:00.000000", UTC), cut by `iso_text`."""
-    if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-    return type_coerce(column, String)
-
-
 def iso_text(value: str | None) -> str | None:
     if value is None or value.endswith("Z"):
         return value
@@ -172,19 +164,30 @@ def customer_json(conn: Connection, customer_id: str) -> dict[str, Any] | None:
     }
 
 
-def transcript_json(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
-    rows = (
-        conn.execute(
-            select(
-                TRANSCRIPT.c.id, iso_sql(conn, TRANSCRIPT.c.at), TRANSCRIPT.c.channel,
-                TRANSCRIPT.c.direction, TRANSCRIPT.c.author, TRANSCRIPT.c.text,
-                TRANSCRIPT.c.kind, TRANSCRIPT.c.leg_id, iso_sql(conn, TRANSCRIPT.c.provider_at),
-                TRANSCRIPT.c.data,
-            )
-            .where(TRANSCRIPT.c.conversation_id == conversation_id)
-            .order_by(TRANSCRIPT.c.id)
+def _transcript_statement(dialect: str) -> Prepared:
+    def at(column: Any) -> Any:
+        if dialect == "postgresql":
+            return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+        return type_coerce(column, String)  # SQLite's stored text, cut by iso_text
+
+    return Prepared(
+        select(
+            TRANSCRIPT.c.id, at(TRANSCRIPT.c.at), TRANSCRIPT.c.channel, TRANSCRIPT.c.direction,
+            TRANSCRIPT.c.author, TRANSCRIPT.c.text, TRANSCRIPT.c.kind, TRANSCRIPT.c.leg_id,
+            at(TRANSCRIPT.c.provider_at), TRANSCRIPT.c.data,
         )
-    ).all()
+        .where(TRANSCRIPT.c.conversation_id == bindparam("c"))
+        .order_by(TRANSCRIPT.c.id)
+    )
+
+
+# The biggest read of a bundle (1,000 rows and more), prepared once per dialect.
+_TRANSCRIPT = {name: _transcript_statement(name) for name in ("postgresql", "sqlite")}
+
+
+def transcript_json(conn: Connection, conversation_id: str) -> list[dict[str, Any]]:
+    statement = _TRANSCRIPT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    rows = statement.execute(conn, {"c": conversation_id})
     return [
         {"id": r[0], "at": iso_text(r[1]), "channel": r[2], "direction": r[3], "author": r[4],
          "text": r[5], "kind": r[6], "leg_id": r[7], "provider_at": iso_text(r[8]),

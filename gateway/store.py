@@ -97,9 +97,11 @@ class Prepared:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._sqlite: tuple[str, list[tuple[str, Any, Any]], list[Any]] | None = None
+        self._sqlite: tuple[str, list[tuple[str, Any, Any]], list[tuple[int, Any]]] | None = None
 
-    def _compile_sqlite(self, dialect: Any) -> tuple[str, list[tuple[str, Any, Any]], list[Any]]:
+    def _compile_sqlite(
+        self, dialect: Any
+    ) -> tuple[str, list[tuple[str, Any, Any]], list[tuple[int, Any]]]:
         compiled = self.statement.compile(dialect=dialect)
         binds = []
         for name in compiled.positiontup or ():
@@ -110,7 +112,8 @@ class Prepared:
                        getattr(self.statement, "_returning", ()) or ())
         results = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                    for c in columns]
-        return compiled.string, binds, results
+        converters = [(i, p) for i, p in enumerate(results) if p is not None]
+        return compiled.string, binds, converters
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         if conn.dialect.name != "sqlite":
@@ -118,7 +121,7 @@ class Prepared:
             return [tuple(row) for row in result] if result.returns_rows else []
         if self._sqlite is None:
             self._sqlite = self._compile_sqlite(conn.dialect)
-        sql, binds, results = self._sqlite
+        sql, binds, converters = self._sqlite
         args = []
         for name, default, process in binds:
             value = params[name] if name in params else default
@@ -129,10 +132,15 @@ class Prepared:
             rows = cursor.fetchall()
         finally:
             cursor.close()
-        if not rows or not any(results):
+        if not rows or not converters:
             return rows
-        return [tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
-                for row in rows]
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, convert in converters:
+                values[i] = convert(values[i])
+            out.append(tuple(values))
+        return out
 
 
 class Reader:
