@@ -54,7 +54,32 @@ def twilio_client(
     return http, client
 
 
-class TwilioMessaging:
+class TwilioRestConnector:
+    """What the Twilio connectors share: one account and the library's async client, opened
+    by `start()` on the running loop and closed by `aclose()`."""
+
+    def __init__(self, account_sid: str, auth_token: str, api_url: str, timeout: float
+                 ) -> None:
+        if not account_sid or not auth_token:
+            raise ValueError("Twilio needs an account SID and an auth token")
+        self._sid = account_sid
+        self._token = auth_token
+        self._api_url = api_url.rstrip("/")
+        self._timeout = timeout
+        self._http: AsyncTwilioHttpClient | None = None
+        self._client: Client | None = None
+
+    async def start(self) -> None:
+        self._http, self._client = twilio_client(self._sid, self._token, self._api_url,
+                                                 self._timeout)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        self._http, self._client = None, None
+
+
+class TwilioMessaging(TwilioRestConnector):
     """One Twilio account; `send` creates a Message resource per outbox row.
 
     Which channels it serves is decided by the composition root: `sms`, and `whatsapp` when
@@ -74,27 +99,11 @@ class TwilioMessaging:
         timeout: float = 15.0,
         default_region: str | None = None,
     ) -> None:
-        if not account_sid or not auth_token:
-            raise ValueError("Twilio needs an account SID and an auth token")
+        super().__init__(account_sid, auth_token, api_url, timeout)
         self.channels = channels
-        self._sid = account_sid
-        self._token = auth_token
-        self._api_url = api_url.rstrip("/")
         self._status_callback = public_url.rstrip("/") + STATUS_CALLBACK_PATH
         self._from_number = from_number
-        self._timeout = timeout
         self._region = default_region
-        self._http: AsyncTwilioHttpClient | None = None
-        self._client: Client | None = None
-
-    async def start(self) -> None:
-        self._http, self._client = twilio_client(self._sid, self._token, self._api_url,
-                                                 self._timeout)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-        self._http, self._client = None, None
 
     def _addresses(self, message: OutboundMessage) -> tuple[str, dict[str, str]]:
         """(To, sender fields) in Twilio's spelling: E.164, `whatsapp:` prefixed on WhatsApp."""

@@ -15,10 +15,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 
-from connectors.twilio import is_transient_status, twilio_client
+from connectors.twilio import TwilioRestConnector, is_transient_status
 from gateway.addresses import AddressError, normalise_phone, parse_address
 from gateway.channels import OutboundMessage, SendError, SendReceipt
 
@@ -28,7 +26,7 @@ VOICE_PATH = "/webhooks/twilio/voice"
 VOICE_STATUS_PATH = "/webhooks/twilio/voice/status"
 
 
-class TwilioVoice:
+class TwilioVoice(TwilioRestConnector):
     """One Twilio account; `send` creates a Call resource per callback row."""
 
     channels = frozenset({"voice"})
@@ -45,27 +43,11 @@ class TwilioVoice:
         ring_seconds: int = 30,
         default_region: str | None = None,
     ) -> None:
-        if not account_sid or not auth_token:
-            raise ValueError("Twilio needs an account SID and an auth token")
-        self._sid = account_sid
-        self._token = auth_token
-        self._api_url = api_url.rstrip("/")
+        super().__init__(account_sid, auth_token, api_url, timeout)
         self._public_url = public_url.rstrip("/")
         self._from_number = from_number
-        self._timeout = timeout
         self._ring_seconds = ring_seconds
         self._region = default_region
-        self._http: AsyncTwilioHttpClient | None = None
-        self._client: Client | None = None
-
-    async def start(self) -> None:
-        self._http, self._client = twilio_client(self._sid, self._token, self._api_url,
-                                                 self._timeout)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-        self._http, self._client = None, None
 
     def _numbers(self, message: OutboundMessage) -> tuple[str, str]:
         try:
