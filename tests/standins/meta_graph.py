@@ -11,7 +11,6 @@ or a Graph error `{"error":{"message","type","code","fbtrace_id",...}}`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -23,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from tests.standins.server import StandinServer
 
 __all__ = [
     "GraphRequest",
@@ -104,15 +105,7 @@ class GraphRequest:
     response: dict = field(default_factory=dict)
 
 
-@dataclass
-class _Fault:
-    status: int | None = None
-    delay: float = 0.0
-    code: int | None = None
-    message: str | None = None
-
-
-class MetaGraphStandin:
+class MetaGraphStandin(StandinServer):
     """WhatsApp Cloud API send endpoint on 127.0.0.1 (aiohttp, port 0).
 
     `base_url` (from start()) replaces https://graph.facebook.com. Accepted sends are
@@ -121,57 +114,23 @@ class MetaGraphStandin:
     """
 
     def __init__(self, access_token: str, phone_number_id: str) -> None:
+        super().__init__()
         self.access_token = access_token
         self.phone_number_id = phone_number_id
         self.messages: list[dict] = []
         self.message_ids: list[str] = []
         self.read_receipts: list[str] = []
         self.requests: list[GraphRequest] = []
-        self.base_url = ""
-        self._faults: list[_Fault] = []
-        self._closing = asyncio.Event()
-        self._arrived = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/{phone_number_id}/messages", self._messages)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
-
-    async def close(self) -> None:
-        self._closing.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def __aenter__(self) -> MetaGraphStandin:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def fail_next(
-        self, n: int = 1, status: int = 500, *, code: int | None = None, message: str | None = None
-    ) -> None:
-        """Answer the next `n` requests with `status` and a Graph error body."""
-        self._faults += [_Fault(status=status, code=code, message=message) for _ in range(n)]
-
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        """Hold the next `n` requests for `seconds` before handling them normally."""
-        self._faults += [_Fault(delay=seconds) for _ in range(n)]
-
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict]:
-        async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.messages) >= count), timeout
-            )
+        await self._wait_until(lambda: len(self.messages) >= count, timeout)
         return self.messages
 
     def _answer(self, recorded: GraphRequest, status: int, body: dict) -> web.Response:
@@ -187,12 +146,7 @@ class MetaGraphStandin:
         raw = await request.read()
         recorded = GraphRequest(request.method, request.path, dict(request.headers))
         self.requests.append(recorded)
-        fault = self._faults.pop(0) if self._faults else None
-        if fault and fault.delay:
-            try:
-                await asyncio.wait_for(self._closing.wait(), fault.delay)
-            except TimeoutError:
-                pass
+        fault = await self._next_fault()
         if fault and fault.status:
             code, message = _FAULT_ERRORS.get(fault.status, (1, "An unknown error has occurred."))
             return self._answer(
@@ -318,8 +272,7 @@ class MetaGraphStandin:
             message["message_status"] = "accepted"
         self.messages.append(body)
         self.message_ids.append(wamid)
-        async with self._arrived:
-            self._arrived.notify_all()
+        await self._notify()
         return self._answer(
             recorded,
             200,

@@ -13,7 +13,6 @@ Twilio's documented JSON, so the real `twilio` library can talk to it:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -25,6 +24,8 @@ from email.utils import formatdate
 from urllib.parse import urlencode
 
 from aiohttp import web
+
+from tests.standins.server import StandinServer
 from twilio.request_validator import RequestValidator
 
 __all__ = [
@@ -109,15 +110,7 @@ class RecordedRequest:
         return values[0] if values else default
 
 
-@dataclass
-class _Fault:
-    status: int | None = None  # None: answer normally (after the delay)
-    delay: float = 0.0
-    code: int | None = None
-    message: str | None = None
-
-
-class TwilioStandin:
+class TwilioStandin(StandinServer):
     """Twilio's Messages.json and Calls.json on 127.0.0.1 (aiohttp, port 0).
 
     Accepted sends are in `.messages` / `.calls` (the form fields, single values, plus
@@ -128,71 +121,33 @@ class TwilioStandin:
     def __init__(self, account_sid: str, auth_token: str) -> None:
         if not re.fullmatch(r"AC[0-9a-f]{32}", account_sid):
             raise ValueError(f"not a Twilio Account SID: {account_sid!r}")
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.messages: list[dict[str, str]] = []
         self.calls: list[dict[str, str]] = []
         self.requests: list[RecordedRequest] = []
         self.resources: dict[str, dict] = {}  # sid -> Message/Call JSON, for GET
-        self.base_url = ""
-        self._faults: list[_Fault] = []
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._arrived = asyncio.Condition()
 
     # -- lifecycle
-    async def start(self) -> str:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         base = "/2010-04-01/Accounts/{account_sid}"
         app.router.add_post(base + "/Messages.json", self._create_message)
         app.router.add_post(base + "/Calls.json", self._create_call)
         app.router.add_get(base + "/Messages/{sid}.json", self._fetch)
         app.router.add_get(base + "/Calls/{sid}.json", self._fetch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
-
-    async def close(self) -> None:
-        self._closing.set()  # releases delayed handlers
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def __aenter__(self) -> TwilioStandin:
         await self.start()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    # -- failure injection
-    def fail_next(
-        self, n: int = 1, status: int = 500, *, code: int | None = None, message: str | None = None
-    ) -> None:
-        """Answer the next `n` requests with `status` and a Twilio error body."""
-        self._faults += [_Fault(status=status, code=code, message=message) for _ in range(n)]
-
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        """Hold the next `n` requests for `seconds` before handling them normally."""
-        self._faults += [_Fault(delay=seconds) for _ in range(n)]
-
     async def wait_for_messages(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
         """Wait until at least `count` messages were accepted."""
-        async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.messages) >= count), timeout
-            )
+        await self._wait_until(lambda: len(self.messages) >= count, timeout)
         return self.messages
 
     async def wait_for_calls(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
-        async with self._arrived:
-            await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.calls) >= count), timeout
-            )
+        await self._wait_until(lambda: len(self.calls) >= count, timeout)
         return self.calls
 
     # -- request handling
@@ -205,12 +160,7 @@ class TwilioStandin:
             form={key: [str(v) for v in form.getall(key)] for key in set(form.keys())},
         )
         self.requests.append(recorded)
-        fault = self._faults.pop(0) if self._faults else None
-        if fault and fault.delay:
-            try:
-                await asyncio.wait_for(self._closing.wait(), fault.delay)
-            except TimeoutError:
-                pass
+        fault = await self._next_fault()
         if fault and fault.status:
             return recorded, self._error(recorded, fault.status, fault.code, fault.message)
         if not self._authenticated(request):
@@ -313,8 +263,7 @@ class TwilioStandin:
             "uri": uri,
         }
         self.messages.append({**{k: v[0] for k, v in recorded.form.items()}, "Sid": sid})
-        async with self._arrived:
-            self._arrived.notify_all()
+        await self._notify()
         return self._created(recorded, message)
 
     async def _create_call(self, request: web.Request) -> web.Response:
@@ -379,8 +328,7 @@ class TwilioStandin:
             "uri": f"{base}.json",
         }
         self.calls.append({**{k: v[0] for k, v in recorded.form.items()}, "Sid": sid})
-        async with self._arrived:
-            self._arrived.notify_all()
+        await self._notify()
         return self._created(recorded, call)
 
     async def _fetch(self, request: web.Request) -> web.Response:
