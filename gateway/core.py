@@ -23,7 +23,7 @@ from gateway.addresses import Address, parse_address
 from gateway.batching import WriteBatcher
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.clock import Clock
-from gateway.store import Prepared, Reader
+from gateway.store import Prepared, Reader, new_id
 from gateway.events import CallEvent, DeliveryStatus, IncomingCall, InboundMessage
 from gateway.identity import Evidence, IdentityError
 from gateway.models import Conversation, Leg, TranscriptEntry
@@ -449,20 +449,18 @@ class Core:
         author: str, now: datetime, kind: str = "message", transcript_text: str | None = None,
     ) -> str:
         leg = (conn.execute(select(LEGS).where(LEGS.c.id == leg_id))).mappings().one()
+        message_id = new_id("out")  # known before either row is written: each names the other
         entry_id = conversations.append(
             conn, conversation_id=conversation_id, leg_id=leg_id, channel=leg["channel"],
             direction="out", kind="message", author=author,
             text=transcript_text if transcript_text is not None else text, now=now,
+            data={"outbox_id": message_id},
         )
-        message_id = outbox.enqueue(
+        outbox.enqueue(
             conn, channel=leg["channel"], kind=kind, to=leg["address"],
             from_=leg["local_address"], text=text, now=now, conversation_id=conversation_id,
             leg_id=leg_id, transcript_entry_id=entry_id,
-            payload={"thread_key": leg["thread_key"]},
-        )
-        conn.execute(
-            update(TRANSCRIPT).where(TRANSCRIPT.c.id == entry_id)
-            .values(data={"outbox_id": message_id})
+            payload={"thread_key": leg["thread_key"]}, message_id=message_id,
         )
         return message_id
 

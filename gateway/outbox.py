@@ -52,8 +52,9 @@ def enqueue(
     leg_id: str | None = None,
     payload: dict[str, Any] | None = None,
     transcript_entry_id: int | None = None,
+    message_id: str | None = None,
 ) -> str:
-    message_id = new_id("out")
+    message_id = message_id or new_id("out")
     body = dict(payload or {})
     if text is not None:
         body["text"] = text
