@@ -88,10 +88,6 @@ class AgentDirectory:
     def unregister_all(self, agent: Agent) -> None:
         agent.registrations.clear()
 
-    def reachable(self) -> list[Agent]:
-        now = self._clock.now()
-        return [a for a in self._agents.values() if a.contacts(now)]
-
     def pick(self, exclude: Iterable[str] = ()) -> AgentTarget | None:
         """The least busy reachable agent, or None when nobody can take a call."""
         now = self._clock.now()

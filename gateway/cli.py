@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             from gateway.demo import run_demo
 
-            return asyncio.run(run_demo(settings))
+            return asyncio.run(run_demo())
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

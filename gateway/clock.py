@@ -26,7 +26,3 @@ class FrozenClock:
 
     def advance(self, **delta: float) -> None:
         self._at += timedelta(**delta)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

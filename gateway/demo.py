@@ -153,7 +153,7 @@ def show(bundle: dict[str, Any]) -> None:
     print("  └" + "─" * 71)
 
 
-async def run_demo(base_settings: Settings | None = None) -> int:
+async def run_demo() -> int:
     from gateway import logs
     from gateway.app import build_app
 

@@ -12,7 +12,6 @@ from typing import Literal
 
 from gateway.addresses import Address
 
-Direction = Literal["in", "out", "event"]
 CallEventKind = Literal["ringing", "answered", "ended", "failed", "transferred"]
 
 

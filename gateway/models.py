@@ -38,7 +38,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use gateway.clock.utcnow()")
+            raise ValueError("naive datetime given to the store; use an aware UTC time (Clock.now())")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -187,9 +186,3 @@ def upgrade_sync(url: str, revision: str = "head") -> None:
 async def upgrade(url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; Alembic's env runs its own loop, so use a thread."""
     await asyncio.to_thread(upgrade_sync, url, revision)
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaInfo:
-    url: str
-    revision: str | None
