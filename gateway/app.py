@@ -88,7 +88,9 @@ def build_app(
         log.warning("GATEWAY_AGENT_TOKEN is not set: generated one for this run: %s", token)
     engine = make_engine(settings.database_url)
     metrics = Metrics()
-    outbox_worker = OutboxWorker(engine, {}, clock)
+    outbox_worker = OutboxWorker(
+        engine, {}, clock,
+        sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc())
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
                 on_outbox=outbox_worker.wake)
     agents = AgentDirectory(settings.agents, clock)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -146,8 +146,10 @@ class OutboxWorker:
         send_timeout: float = 20.0,
         poll_interval: float = 5.0,
         concurrency: int = 16,
+        sent: Callable[[str, str], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._sent = sent or (lambda _channel, _outcome: None)  # (channel, outcome) counter
         self._connectors = dict(connectors)
         self._clock = clock
         self._backoff = backoff or Backoff()
@@ -313,6 +315,7 @@ class OutboxWorker:
             )
             if values.get("provider_id"):
                 await conn.run_sync(apply_early, message_id, values["provider_id"], now)
+        self._sent(message.channel, "retry" if values["status"] == "pending" else values["status"])
         log.info("outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
                  values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
         if values["status"] == "pending":
