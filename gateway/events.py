@@ -45,6 +45,18 @@ class InboundMessage(Event):
     also_known_as: tuple[Address, ...] = ()  # e.g. a WhatsApp user_id beside the wa_id
     thread_token_ok: bool = False  # an email reply that carried our own thread token
     extra: dict[str, str] = field(default_factory=dict)
+    # What kind of message: auto-replies (out-of-office, Auto-Submitted) and bounces are
+    # recorded as such, never as the customer speaking, and never answered.
+    kind: Literal["message", "auto-reply", "bounce"] = "message"
+    # The provider ids this message answers (email In-Reply-To then References, newest
+    # first): how a reply finds its thread when no thread token is present.
+    thread_refs: tuple[str, ...] = ()
+    # A gateway-issued thread token found in the message (an email reply address
+    # support+<token>@…, or one embedded in our own Message-ID); the core checks it.
+    thread_token: str | None = None
+    # A channel position (key, value), e.g. ("imap:INBOX", "<uidvalidity>:<uid>"), stored in
+    # the same transaction as the message, so a crash can neither skip nor double it.
+    checkpoint: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.provider_id:

@@ -1,0 +1,188 @@
+"""The committed-event bus: after each commit the core says what happened, once, in order.
+
+Subscribers (the console's event stream, XMPP agent notifications, later PostgreSQL NOTIFY
+fan-out) read `Published` records from their own bounded queue; nothing polls the store.
+Every record has a sequence number, so a subscriber that reconnects can resume from the last
+one it saw (`Last-Event-ID`) while the bus still holds it. A subscriber that falls too far
+behind is not allowed to hold the others up: it is closed, and its next read says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+REPLAY: Final = 4096  # records kept for resume
+QUEUE: Final = 1024  # records a subscriber may have unread before it is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class EntryAdded:
+    """A transcript entry was committed (a message either way, a call event, a system note)."""
+
+    conversation_id: str
+    customer_id: str
+    leg_id: str
+    entry: Mapping[str, Any]  # as the API shows a transcript entry: id, at, channel, ...
+
+    kind = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class CallOffered:
+    """A call is being offered to an agent (their phone is about to ring)."""
+
+    conversation_id: str
+    customer_id: str
+    leg_id: str
+    agent_id: str
+    context_url: str
+    call_ref: str
+
+    kind = "call"
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    conversation_id: str
+    customer_id: str
+    leg_id: str
+    agent_id: str | None
+    call_ref: str
+
+    kind = "call-ended"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationAssigned:
+    """An agent took a conversation, or it went back to the queue (agent_id None)."""
+
+    conversation_id: str
+    customer_id: str
+    agent_id: str | None
+    previous_agent_id: str | None
+
+    kind = "assigned"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationClosed:
+    conversation_id: str
+    customer_id: str
+
+    kind = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresenceChanged:
+    agent_id: str
+    presence: str  # available | away | dnd | offline
+
+    kind = "presence"
+
+
+DomainEvent = (EntryAdded | CallOffered | CallEnded | ConversationAssigned
+               | ConversationClosed | AgentPresenceChanged)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    seq: int
+    at: datetime
+    event: DomainEvent
+
+
+class SubscriptionLost(Exception):
+    """The subscriber fell more than its queue behind and was dropped; resubscribe."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's view of the bus: `async for record in subscription`."""
+
+    _bus: EventBus
+    _accept: Callable[[DomainEvent], bool]
+    _queue: asyncio.Queue[Published | None] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE + 1))
+    lost: bool = False
+
+    def _offer(self, record: Published) -> None:
+        if self.lost or not self._accept(record.event):
+            return
+        if self._queue.qsize() >= QUEUE:
+            self.lost = True
+            self._queue.put_nowait(None)
+            self._bus._drop(self)
+            return
+        self._queue.put_nowait(record)
+
+    async def get(self, timeout: float | None = None) -> Published | None:
+        """The next record, or None after `timeout` seconds with nothing new."""
+        try:
+            record = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if record is None:
+            raise SubscriptionLost("subscriber fell behind and was dropped")
+        return record
+
+    def __aiter__(self) -> AsyncIterator[Published]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Published]:
+        while True:
+            record = await self.get()
+            assert record is not None
+            yield record
+
+    def close(self) -> None:
+        self._bus._drop(self)
+
+
+class EventBus:
+    """In-process fan-out of committed domain events, with a replay window for resume."""
+
+    def __init__(self, clock: Callable[[], datetime], replay: int = REPLAY) -> None:
+        self._now = clock
+        self._seq = itertools.count(1)
+        self._recent: deque[Published] = deque(maxlen=replay)
+        self._subscribers: list[Subscription] = []
+        self.last_seq = 0
+
+    def publish(self, events: Iterable[DomainEvent]) -> None:
+        """Called by the core after the commit that holds `events`; never before."""
+        for event in events:
+            record = Published(next(self._seq), self._now(), event)
+            self.last_seq = record.seq
+            self._recent.append(record)
+            for subscriber in list(self._subscribers):
+                subscriber._offer(record)
+
+    def subscribe(
+        self,
+        accept: Callable[[DomainEvent], bool] = lambda _e: True,
+        *,
+        since: int | None = None,
+    ) -> Subscription:
+        """A new subscription; with `since`, first the held records after that sequence
+        number (a gap older than the replay window is not reported: resume is best effort)."""
+        subscription = Subscription(self, accept)
+        if since is not None:
+            for record in self._recent:
+                if record.seq > since:
+                    subscription._offer(record)
+        self._subscribers.append(subscription)
+        return subscription
+
+    def _drop(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
