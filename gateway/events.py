@@ -95,6 +95,12 @@ class IncomingCall(Event):
     # A context token an upstream edge already issued for this call (Twilio's `<Dial><Sip>`
     # to a registered agent arrives at the SIP edge with `X-Context`): that leg, not a new one.
     context_token: str | None = None
+    # Where the attempt came from, for guess limits (PINs): a SIP peer's IP address; for
+    # Twilio Voice the caller's number. Never an identity.
+    source: str | None = None
+    # Caller-ID attestation (STIR/SHAKEN) where the network gives it: "A", "B" or "C" from a
+    # trusted trunk's verstat, or Twilio's StirVerstat value. Evidence, never verification.
+    attestation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
