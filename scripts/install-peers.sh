@@ -1,10 +1,10 @@
 #!/bin/sh
 # Installs the real peers the test suite talks to (PostgreSQL, SIPp, baresip,
-# Kamailio) when they are missing and this machine allows it. Tests skip a peer
+# Kamailio, Prosody, Dovecot, Chromium) when they are missing and this machine allows it. Tests skip a peer
 # that is absent, unless GATEWAY_REQUIRE_PEERS=1 makes absence an error here too.
 set -eu
 
-PACKAGES="postgresql sip-tester baresip kamailio"
+PACKAGES="postgresql sip-tester baresip kamailio prosody dovecot-imapd chromium"
 
 missing_peers() {
     missing=""
@@ -18,6 +18,9 @@ missing_peers() {
     command -v sipp >/dev/null 2>&1 || [ -x /usr/bin/sipp ] || missing="$missing sipp"
     command -v baresip >/dev/null 2>&1 || [ -x /usr/bin/baresip ] || missing="$missing baresip"
     command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || missing="$missing kamailio"
+    command -v prosody >/dev/null 2>&1 || [ -x /usr/bin/prosody ] || missing="$missing prosody"
+    command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing="$missing dovecot"
+    command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing="$missing chromium"
     echo "$missing"
 }
 
