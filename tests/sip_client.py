@@ -13,19 +13,13 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from connectors.sip.answers import make_response
 from connectors.sip.digest import Challenge, authorize
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
-    Headers,
-    SipMessage,
-    SipRequest,
-    SipResponse,
-    StreamFramer,
-    make_response,
-    new_branch,
-    new_tag,
-    parse_datagram,
-)
+from connectors.sip.framing import StreamFramer, parse_datagram
+from connectors.sip.grammar import new_branch, new_tag
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 
 LOOPBACK = "127.0.0.1"
 

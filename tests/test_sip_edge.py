@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from connectors.sip.message import SipRequest, SipResponse, parse_datagram
+from connectors.sip.framing import parse_datagram
+from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.ratelimit import ScannerLimiter
 from connectors.sip.routing import ServiceUsers, caller_address, dialled
 from gateway.clock import FrozenClock

@@ -7,27 +7,18 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from connectors.sip.answers import error_response_for, make_response, salvage_request
 from connectors.sip.errors import LocalProtocolError, RemoteProtocolError
-from connectors.sip.message import (
-    CSeq,
-    Headers,
+from connectors.sip.framing import (
     KeepAlive,
     MalformedMessage,
-    NameAddr,
-    SipRequest,
-    SipResponse,
-    SipUri,
     StreamFramer,
-    Via,
-    error_response_for,
     is_keepalive,
-    make_response,
-    new_branch,
     parse_datagram,
-    salvage_request,
-    serialize,
-    split_list,
 )
+from connectors.sip.grammar import CSeq, NameAddr, SipUri, Via, new_branch, split_list
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipRequest, SipResponse, serialize
 
 SDP = (
     b"v=0\r\no=alice 2890844526 2890844526 IN IP4 pc33.atlanta.example.com\r\ns=-\r\n"

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from connectors.sip.answers import make_response
 from connectors.sip.errors import LocalProtocolError
-from connectors.sip.message import SipRequest, SipResponse, make_response, parse_datagram
+from connectors.sip.framing import parse_datagram
+from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.transaction import (
     CLIENT_INVITE,
     CLIENT_NON_INVITE,

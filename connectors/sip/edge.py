@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from connectors.sip.answers import make_response
 from connectors.sip.digest import NonceIssuer
 from connectors.sip.errors import LocalProtocolError, RemoteProtocolError, SipProtocolError
-from connectors.sip.message import SipMessage, SipRequest, SipResponse, make_response
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 from connectors.sip.proxy import ALLOW, CallSink, Proxy
 from connectors.sip.ratelimit import ScannerLimiter
 from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy

@@ -24,18 +24,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    SipMessage,
-    SipRequest,
-    SipResponse,
-    SipUri,
-    Via,
-    new_branch,
-    split_list,
-    unescape,
-)
+from connectors.sip.grammar import MAGIC_COOKIE, SipUri, Via, new_branch, split_list, unescape
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 from connectors.sip.registrar import AuthResult, DigestAuth
 from connectors.sip.routing import (
     PIN_HEADER,

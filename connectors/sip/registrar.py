@@ -17,6 +17,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from enum import Enum
 
+from connectors.sip.answers import make_response
 from connectors.sip.digest import (
     AuthOutcome,
     Credentials,
@@ -25,7 +26,8 @@ from connectors.sip.digest import (
     check_credentials,
 )
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import SipRequest, SipResponse, make_response, unescape
+from connectors.sip.grammar import unescape
+from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.transport import Peer
 from gateway.agents import Agent, AgentDirectory
 from gateway.clock import Clock

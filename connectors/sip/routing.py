@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import NameAddr, SipRequest, SipUri, split_list, unescape
+from connectors.sip.grammar import NameAddr, SipUri, split_list, unescape
+from connectors.sip.message import SipRequest
 from gateway.addresses import Address, AddressError, make_address
 
 __all__ = ["Dialled", "ServiceUsers", "caller_address", "dialled", "pin_from_header"]

@@ -27,16 +27,11 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import ClassVar, Final, TypeAlias
 
+from connectors.sip.answers import make_response
 from connectors.sip.errors import LocalProtocolError
-from connectors.sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    SipMessage,
-    SipRequest,
-    SipResponse,
-    make_response,
-    split_list,
-)
+from connectors.sip.grammar import MAGIC_COOKIE, split_list
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 
 __all__ = [
     "Action",

@@ -17,16 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from connectors.sip.answers import error_response_for
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
+from connectors.sip.framing import (
     KeepAlive,
     MalformedMessage,
-    SipMessage,
     StreamFramer,
-    error_response_for,
     is_keepalive,
     parse_datagram,
 )
+from connectors.sip.message import SipMessage
 
 __all__ = ["Peer", "SipTransport"]
 
