@@ -22,7 +22,7 @@ from connectors.sip.answers import make_response
 from connectors.sip.digest import NonceIssuer
 from connectors.sip.errors import LocalProtocolError, RemoteProtocolError, SipProtocolError
 from connectors.sip.message import SipMessage, SipRequest, SipResponse
-from connectors.sip.proxy import ALLOW, CallSink, Proxy
+from connectors.sip.proxy import ALLOW, CallSink, Forward, Proxy
 from connectors.sip.ratelimit import ScannerLimiter
 from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy
 from connectors.sip.routing import ServiceUsers
@@ -51,6 +51,7 @@ from connectors.sip.transaction import (
     server_key,
 )
 from connectors.sip.transport import Peer, SipTransport
+from connectors.sip.txn import ClientTxn, ServerTxn
 from gateway.agents import AgentDirectory
 from gateway.clock import Clock
 from gateway.metrics import Metrics
@@ -58,7 +59,7 @@ from gateway.metrics import Metrics
 if TYPE_CHECKING:
     from config.settings import Settings
 
-__all__ = ["ClientTxn", "ServerTxn", "SipConfig", "SipEdge"]
+__all__ = ["SipConfig", "SipEdge"]
 
 log = logging.getLogger("gateway.sip")
 
@@ -112,35 +113,6 @@ class SipConfig:
         if self.domain:
             return self.domain
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-
-
-class ServerTxn:
-    """A server transaction and what the edge keeps beside it."""
-
-    __slots__ = ("txn", "source", "peer", "timers", "ctx")
-
-    def __init__(self, txn: ServerTransaction, source: Peer, peer: Peer) -> None:
-        self.txn = txn
-        self.source = source  # where the request came from (the caller's flow)
-        self.peer = peer  # where responses go (RFC 3261 18.2.2, RFC 3581)
-        self.timers: dict[Timer, int] = {}  # running timers -> the token their firing carries
-        self.ctx: object = None  # the TU's state for this request
-
-    @property
-    def request(self) -> SipRequest:
-        return self.txn.request
-
-
-class ClientTxn:
-    """A client transaction and what the edge keeps beside it."""
-
-    __slots__ = ("txn", "peer", "timers", "ctx")
-
-    def __init__(self, txn: ClientTransaction, peer: Peer, ctx: object) -> None:
-        self.txn = txn
-        self.peer = peer
-        self.timers: dict[Timer, int] = {}
-        self.ctx = ctx
 
 
 def _response_peer(request: SipRequest, source: Peer) -> Peer:
@@ -242,7 +214,7 @@ class SipEdge:
             self._wheel.close()
         for entry in (*self._servers.values(), *self._clients.values()):
             entry.timers.clear()
-            entry.ctx = None
+            entry.forward = None
         self._servers.clear()
         self._clients.clear()
 
@@ -420,7 +392,7 @@ class SipEdge:
         entry.timers.clear()  # pending firings find no token and do nothing
         # The TU's state points back at its transactions: dropping the link here lets
         # reference counting free the pair, so the garbage collector has less to walk.
-        entry.ctx = None
+        entry.forward = None
         if table.get(entry.txn.key) is entry:
             del table[entry.txn.key]
 
@@ -442,9 +414,9 @@ class SipEdge:
         return self.respond(server, make_response(server.request, status, reason,
                                                   extra_headers=headers))
 
-    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn:
+    def forward(self, request: SipRequest, peer: Peer, forward: Forward | None) -> ClientTxn:
         txn = ClientTransaction(request, reliable=peer.reliable, timers=self.timers)
-        entry = ClientTxn(txn, peer, ctx)
+        entry = ClientTxn(txn, peer, forward)
         self._clients[txn.key] = entry
         self._run_client(entry, txn.start())
         return entry

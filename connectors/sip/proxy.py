@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from connectors.sip.errors import RemoteProtocolError
@@ -43,9 +44,10 @@ from gateway.events import CallEvent, CallEventKind, IncomingCall
 from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
-    from connectors.sip.edge import ClientTxn, ServerTxn
+    from connectors.sip.txn import ClientTxn, ServerTxn
 
-__all__ = ["Call", "CallSink", "Proxy", "ProxyIO", "RoutedCall"]
+__all__ = ["Call", "CallSink", "CallState", "Forward", "Forwarding", "Proxy", "ProxyIO",
+           "RoutedCall"]
 
 log = logging.getLogger("gateway.sip.proxy")
 
@@ -87,7 +89,8 @@ class ProxyIO(Protocol):
     def reply(self, server: ServerTxn, status: int, reason: str | None = None,
               headers: Iterable[tuple[str, str]] = ()) -> bool: ...
 
-    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn: ...
+    def forward(self, request: SipRequest, peer: Peer, forward: Forward | None
+                ) -> ClientTxn: ...
 
     def abandon(self, client: ClientTxn) -> None: ...
 
@@ -101,11 +104,20 @@ class ProxyIO(Protocol):
     def connected(self, peer: Peer) -> bool: ...
 
 
+class CallState(Enum):
+    """Where a call stands, as the call events record it."""
+
+    OFFERED = "offered"  # the INVITE is on its way to (or at) the agent's phone
+    RINGING = "ringing"  # the phone sent 180 or 183 (recorded once)
+    ANSWERED = "answered"  # a 2xx: from here on the Call is a dialog record
+    ENDED = "ended"  # BYE, failure, cancel or sweep: recorded, the agent freed
+
+
 class Call:
     """One call from INVITE to BYE; from the 2xx on, the dialog record (kept small)."""
 
     __slots__ = ("call_id", "agent_id", "caller_tag", "caller_peer", "agent_peer",
-                 "answered_at", "ringing", "ended")
+                 "answered_at", "state")
 
     def __init__(self, call_id: str, agent_id: str, caller_tag: str | None,
                  caller_peer: Peer) -> None:
@@ -115,26 +127,66 @@ class Call:
         self.caller_peer = caller_peer
         self.agent_peer: Peer | None = None
         self.answered_at: float | None = None
-        self.ringing = False
-        self.ended = False
+        self.state = CallState.OFFERED
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
 
 
-class _Forward:
+class Forwarding(Enum):
+    """Where the relay of one request stands, upstream (the caller's answer) and downstream
+    (the branch we sent). Transitions, all in `Proxy`:
+
+        ROUTING -> RELAYING                    sent on (an INVITE once routed, others at once)
+        ROUTING -> ANSWERED                    CANCEL, failure or no route: we answer ourselves
+        RELAYING -> ANSWERED                   a final answer went up (relayed or ours)
+        RELAYING -> CANCEL_WAITING -> CANCEL_SENT    the caller cancelled; the CANCEL waits
+                                               for the branch's first provisional (RFC 3261 9.1)
+        CANCEL_* -> ANSWERED                   the branch's 487 (or a crossing 2xx) went up
+        RELAYING -> GIVING_UP -> GAVE_UP       ring timeout: 480 went up, CANCEL waits / went
+    """
+
+    ROUTING = "routing"  # an INVITE waiting for the core and the agent's address
+    RELAYING = "relaying"  # sent on; answers are relayed up
+    CANCEL_WAITING = "cancel-waiting"  # cancelled by the caller; CANCEL on the next 1xx
+    CANCEL_SENT = "cancel-sent"  # cancelled by the caller; the branch's final goes up
+    GIVING_UP = "giving-up"  # we answered up ourselves; CANCEL on the next 1xx
+    GAVE_UP = "gave-up"  # we answered up ourselves and CANCELled the branch
+    ANSWERED = "answered"  # a final answer went (or is going) up
+
+
+# A final answer went upstream: later 1xx are not relayed, a late 2xx is hung up on.
+_FINAL: Final = frozenset({Forwarding.ANSWERED, Forwarding.GIVING_UP, Forwarding.GAVE_UP})
+# A CANCEL is due on the branch's first provisional answer.
+_CANCEL_DUE: Final = {Forwarding.CANCEL_WAITING: Forwarding.CANCEL_SENT,
+                      Forwarding.GIVING_UP: Forwarding.GAVE_UP}
+
+
+class Outcome(Enum):
+    """Why we ended an unanswered call ourselves (None: the agent's phone ended it)."""
+
+    CANCELLED = "cancelled"  # the caller CANCELled (or hung up while we routed)
+    NO_ANSWER = "no-answer"  # ring timeout
+
+
+class Forward:
     """A request being relayed: its server transaction, its client transaction (None while
     an INVITE is being routed) and, for an initial INVITE, its Call."""
 
-    __slots__ = ("server", "client", "call", "cancelled", "cancel_sent", "final", "timer",
-                 "outcome")
+    __slots__ = ("server", "client", "call", "state", "timer", "outcome")
 
     def __init__(self, server: ServerTxn, call: Call | None = None) -> None:
         self.server = server
         self.client: ClientTxn | None = None
         self.call = call
-        self.cancelled = False  # the caller CANCELled, or we gave up ringing
-        self.cancel_sent = False
-        self.final = False  # a final response went (or is going) upstream
+        self.state = Forwarding.ROUTING
         self.timer: asyncio.TimerHandle | None = None
-        self.outcome: str | None = None  # why we ended it ourselves: "cancelled", "no-answer"
+        self.outcome: Outcome | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in _FINAL
 
 
 class Proxy:
@@ -251,8 +303,8 @@ class Proxy:
             return
         self.agents.call_started(target.agent_id)  # now, so concurrent calls spread out
         call = Call(request.call_id, target.agent_id, request.from_addr.tag, server.source)
-        forward = _Forward(server, call)
-        server.ctx = forward
+        forward = Forward(server, call)
+        server.forward = forward
         incoming = IncomingCall(
             caller=caller_address(request, self.default_region),
             callee=wanted.user or "pin",
@@ -264,7 +316,7 @@ class Proxy:
         )
         io.spawn(self._route(forward, request, target, incoming), "sip-route")
 
-    async def _route(self, forward: _Forward, request: SipRequest, target: AgentTarget,
+    async def _route(self, forward: Forward, request: SipRequest, target: AgentTarget,
                      incoming: IncomingCall) -> None:
         call = forward.call
         assert call is not None
@@ -272,17 +324,17 @@ class Proxy:
             route = await self.sink.open_call(incoming)
         except Exception:
             log.exception("SIP: the core could not open call %s; answering 500", call.call_id)
-            call.ended = True
+            call.state = CallState.ENDED
             self.agents.call_ended(call.agent_id)
             self._count("error")
             if not forward.final:
                 self._final(forward, 500)
             return
-        if forward.cancelled:  # CANCEL arrived while the core was working: 487 already sent
+        if forward.state is not Forwarding.ROUTING:  # CANCEL came meanwhile: 487 was sent
             self._unanswered(forward, 487)
             return
         peer = await self._peer_of_contact(target.contact)
-        if forward.cancelled:
+        if forward.state is not Forwarding.ROUTING:
             self._unanswered(forward, 487)
             return
         if peer is None:
@@ -297,6 +349,7 @@ class Proxy:
         headers.add("X-Conversation-Id", route.conversation_id)
         onward = SipRequest("INVITE", target.contact.uri, headers, request.body)
         self._routed.inc()
+        forward.state = Forwarding.RELAYING
         forward.client = self.io.forward(onward, peer, forward)
         forward.timer = self._later(self.ring_timeout, self._ring_timeout, forward)
 
@@ -364,8 +417,9 @@ class Proxy:
                 who = "caller" if request.from_addr.tag == call.caller_tag else "agent"
                 self._end(call, f"{who} hung up")
         onward = SipRequest(request.method, request.uri, headers, request.body)
-        forward = _Forward(server)
-        server.ctx = forward
+        forward = Forward(server)
+        forward.state = Forwarding.RELAYING
+        server.forward = forward
         forward.client = self.io.forward(onward, peer, forward)
 
     def on_ack(self, request: SipRequest, source: Peer) -> None:
@@ -464,18 +518,18 @@ class Proxy:
     # ---- responses ----------------------------------------------------------------------------
 
     def on_response(self, client: ClientTxn, response: SipResponse) -> None:
-        forward = client.ctx
-        if not isinstance(forward, _Forward):
+        forward = client.forward
+        if forward is None:
             return  # the answer to a CANCEL or BYE we sent ourselves
         status = response.status
         if status == 100:
             return  # hop by hop: we sent our own
         call = forward.call
         if status < 200:
-            if forward.cancelled and not forward.cancel_sent:
+            if forward.state in _CANCEL_DUE:
                 self._send_cancel(forward)  # the CANCEL that waited for a provisional
-            if call is not None and not call.ringing and status in (180, 183):
-                call.ringing = True
+            if call is not None and call.state is CallState.OFFERED and status in (180, 183):
+                call.state = CallState.RINGING
                 self._event(call, "ringing")
             if not forward.final:
                 self.io.respond(forward.server, self._dialog_response(client, response))
@@ -485,7 +539,7 @@ class Proxy:
                 self._answered_call(forward, call, client, response)
             if forward.final and forward.server.txn.state is not State.ACCEPTED:
                 return
-            forward.final = True
+            forward.state = Forwarding.ANSWERED
             upstream = self._dialog_response(client, response)
             if not self.io.respond(forward.server, upstream):
                 self.io.send(upstream, forward.server.peer)
@@ -495,7 +549,7 @@ class Proxy:
         if call is not None:
             self._unanswered(forward, status, response.reason)
         if not forward.final:
-            forward.final = True
+            forward.state = Forwarding.ANSWERED
             self.io.respond(forward.server, _upstream(response, final_error=True))
 
     def _dialog_response(self, client: ClientTxn, response: SipResponse) -> SipResponse:
@@ -510,7 +564,7 @@ class Proxy:
                 upstream.headers.add("Record-Route", value)
         return upstream
 
-    def _answered_call(self, forward: _Forward, call: Call, client: ClientTxn,
+    def _answered_call(self, forward: Forward, call: Call, client: ClientTxn,
                        response: SipResponse) -> None:
         self._stop_timer(forward)
         if forward.final or call.ended:
@@ -518,6 +572,7 @@ class Proxy:
             self._hang_up_late_answer(client, response)
             return
         call.answered_at = time.monotonic()
+        call.state = CallState.ANSWERED
         call.agent_peer = client.peer
         self.dialogs[call.call_id] = call
         self.metrics.dialogs.inc()
@@ -527,8 +582,8 @@ class Proxy:
     def on_client_timeout(self, client: ClientTxn, reason: str | None = None) -> None:
         """Timer B/F fired, or the transport failed: treat it as 408 (RFC 3261 16.7 step 2)
         and, for a call, as the agent being unreachable (480 with Retry-After)."""
-        forward = client.ctx
-        if not isinstance(forward, _Forward):
+        forward = client.forward
+        if forward is None:
             return
         self._stop_timer(forward)
         call = forward.call
@@ -553,31 +608,33 @@ class Proxy:
 
     def on_cancel(self, cancel: ServerTxn, target: ServerTxn | None) -> None:
         """RFC 3261 16.10: 200 to the CANCEL, CANCEL the branch; the branch's 487 goes up."""
-        if target is None or not isinstance(target.ctx, _Forward):
+        forward = target.forward if target is not None else None
+        if forward is None:
             self.io.reply(cancel, 481)
             return
         self.io.reply(cancel, 200)
-        forward = target.ctx
-        if forward.final or forward.cancelled or target.txn.state is not State.PROCEEDING:
+        if (forward.state not in (Forwarding.ROUTING, Forwarding.RELAYING)
+                or target.txn.state is not State.PROCEEDING):  # type: ignore[union-attr]
             return
-        forward.cancelled = True
-        forward.outcome = "cancelled"
+        forward.outcome = Outcome.CANCELLED
         if forward.client is None:  # still being routed: answer for the branch that never was
             self._final(forward, 487)
             return
+        forward.state = Forwarding.CANCEL_WAITING
         self._send_cancel(forward)
         # A branch that never answers the CANCEL must not keep the caller waiting.
         self._stop_timer(forward)
         forward.timer = self._later(self.cancel_grace, self._cancel_expired, forward)
 
-    def _send_cancel(self, forward: _Forward) -> None:
+    def _send_cancel(self, forward: Forward) -> None:
         """CANCEL the branch (RFC 3261 9.1), or wait for its first provisional response."""
         client = forward.client
-        if client is None or forward.cancel_sent:
+        sent = _CANCEL_DUE.get(forward.state)
+        if client is None or sent is None:
             return
         if client.txn.state is not State.PROCEEDING:
             return  # no provisional yet (sent on the first one) or already final
-        forward.cancel_sent = True
+        forward.state = sent
         invite = client.txn.request
         h = invite.headers
         entries = [("Via", split_list(h.get("Via") or "")[0])]
@@ -588,7 +645,7 @@ class Proxy:
         ]
         self.io.forward(SipRequest("CANCEL", invite.uri, Headers(entries)), client.peer, None)
 
-    def _cancel_expired(self, forward: _Forward) -> None:
+    def _cancel_expired(self, forward: Forward) -> None:
         self._timers.discard(forward.timer)  # type: ignore[arg-type]
         forward.timer = None
         if forward.final:
@@ -598,17 +655,19 @@ class Proxy:
         self._unanswered(forward, 487)
         self._final(forward, 487)
 
-    def _ring_timeout(self, forward: _Forward) -> None:
+    def _ring_timeout(self, forward: Forward) -> None:
         self._timers.discard(forward.timer)  # type: ignore[arg-type]
         forward.timer = None
         call = forward.call
-        if forward.final or call is None or call.answered_at is not None:
+        if forward.state is not Forwarding.RELAYING or call is None \
+                or call.answered_at is not None:
             return
-        forward.cancelled = True
-        forward.outcome = "no-answer"
+        forward.outcome = Outcome.NO_ANSWER
+        forward.state = Forwarding.GIVING_UP
         self._send_cancel(forward)
         self._unanswered(forward, 480, f"no answer within {self.ring_timeout:g} s")
-        self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+        self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))],
+                    then=forward.state)
 
     def _hang_up_late_answer(self, client: ClientTxn, response: SipResponse) -> None:
         """ACK and BYE a 2xx that arrived after we answered the caller ourselves."""
@@ -635,17 +694,17 @@ class Proxy:
 
     # ---- call records --------------------------------------------------------------------------
 
-    def _unanswered(self, forward: _Forward, status: int, reason: str | None = None) -> None:
+    def _unanswered(self, forward: Forward, status: int, reason: str | None = None) -> None:
         """The call ends before anyone answered: free the agent, record why."""
         call = forward.call
         if call is None or call.ended or call.answered_at is not None:
             return
-        call.ended = True
+        call.state = CallState.ENDED
         self.agents.call_ended(call.agent_id)
-        if forward.outcome == "cancelled":
+        if forward.outcome is Outcome.CANCELLED:
             self._count("cancelled")
             self._event(call, "ended", detail="caller hung up before answer")
-        elif forward.outcome == "no-answer":
+        elif forward.outcome is Outcome.NO_ANSWER:
             self._count("no-answer")
             self._event(call, "failed", agent_id=call.agent_id, detail=reason)
         else:
@@ -657,7 +716,7 @@ class Proxy:
         """A BYE (either side) or the sweep ends an answered call."""
         if call.ended:
             return
-        call.ended = True
+        call.state = CallState.ENDED
         self.dialogs.pop(call.call_id, None)
         self.metrics.dialogs.dec()
         self.agents.call_ended(call.agent_id)
@@ -689,19 +748,21 @@ class Proxy:
 
     # ---- small helpers ------------------------------------------------------------------------
 
-    def _final(self, forward: _Forward, status: int,
-               headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _final(self, forward: Forward, status: int,
+               headers: Iterable[tuple[str, str]] = (), *,
+               then: Forwarding = Forwarding.ANSWERED) -> None:
+        """Answer the caller ourselves (`then`: the state after, a final one)."""
         self._stop_timer(forward)
-        forward.final = True
+        forward.state = then
         self.io.reply(forward.server, status, headers=headers)
 
-    def _later(self, delay: float, callback: Callable[[_Forward], None],
-               forward: _Forward) -> asyncio.TimerHandle:
+    def _later(self, delay: float, callback: Callable[[Forward], None],
+               forward: Forward) -> asyncio.TimerHandle:
         handle = self.io.later(delay, callback, forward)
         self._timers.add(handle)
         return handle
 
-    def _stop_timer(self, forward: _Forward) -> None:
+    def _stop_timer(self, forward: Forward) -> None:
         if forward.timer is not None:
             forward.timer.cancel()
             self._timers.discard(forward.timer)

@@ -340,8 +340,8 @@ def _status_class(status: int) -> str:
 class _Transaction:
     _is_server: ClassVar[bool]
     __slots__ = (
-        "request", "reliable", "timers", "state", "key", "_table", "_compiled", "_running", "_intervals",
-        "_request_data", "_last", "_ack", "_send_trying",
+        "request", "reliable", "timers", "state", "key", "_table", "_compiled", "_running",
+        "_intervals", "_request_data", "_last", "_ack", "_send_trying",
     )
 
     def __init__(
