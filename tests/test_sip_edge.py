@@ -291,7 +291,10 @@ async def test_call_reaches_a_registered_agent_with_context_and_its_story_is_rec
         # What the agent's phone gets: its contact as Request-URI, us in Record-Route and Via,
         # the context link and conversation id, nothing personal.
         assert got.uri == f"sip:alice@127.0.0.1:{phone.port}"
-        assert got.headers.get("Record-Route") == f"<sip:127.0.0.1:{sip.port};lr>"
+        record_route = got.headers.get("Record-Route") or ""
+        # our address, loose routing, and the dialog id with its HMAC (no open relay)
+        assert re.fullmatch(rf"<sip:127\.0\.0\.1:{sip.port};lr;dlg=[0-9a-f]{{16}}\.[0-9a-f]{{16}}>",
+                            record_route), record_route
         assert got.top_via.sent_by == f"127.0.0.1:{sip.port}"
         assert got.headers.get("X-Conversation-Id") == chat.conversation_id
         assert got.headers.get("Max-Forwards") == "69"
@@ -308,10 +311,10 @@ async def test_call_reaches_a_registered_agent_with_context_and_its_story_is_rec
         assert len(ringing.vias) == 1  # our Via is gone on the way back
         phone.send(phone.answer(got, 200, to_tag="agent1", body=SDP), sip.port)
         ok = await caller.expect(200)
-        assert ok.headers.get("Record-Route") == f"<sip:127.0.0.1:{sip.port};lr>"
+        assert ok.headers.get("Record-Route") == record_route
 
         # The caller's ACK and the agent's BYE follow the Record-Route through us.
-        route = [("Route", f"<sip:127.0.0.1:{sip.port};lr>")]
+        route = [("Route", record_route)]
         dialog = dict(from_=invite.headers.get("From"), to=ok.headers.get("To"),
                       call_id=invite.call_id)
         caller.send(caller.request("ACK", got.uri, cseq=1, headers=route, **dialog), sip.port)
@@ -486,11 +489,11 @@ async def test_caller_bye_ends_the_call_and_records_duration(sip: Sip) -> None:
     assert ended[0]["author"] == "agent:12"
 
 
-async def test_in_dialog_request_without_a_dialog_or_route_is_481(sip: Sip) -> None:
+async def test_in_dialog_request_without_a_dialog_or_route_is_403(sip: Sip) -> None:
     async with await sip.client() as caller:
         bye = caller.request("BYE", sip.uri("support"), to=f"<{sip.uri('support')}>;tag=x")
         caller.send(bye, sip.port)
-        assert (await caller.expect(481)).status == 481
+        assert (await caller.expect(403)).status == 403  # CONTRACT.md: 403, reaches nobody
 
 
 async def test_call_over_tcp_reaches_a_udp_phone(sip: Sip) -> None:
@@ -585,9 +588,13 @@ async def test_trunk_caller_id_is_never_authenticated(sip: Sip) -> None:
     assert leg["binding"] == "caller-id"
 
 
-async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(sip: Sip) -> None:
+async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(
+    start_gateway: Any,
+) -> None:
     # Twilio Voice routed the call (PIN checked there) and dials alice through this edge
     # with X-Context: the agent's Call-Info must be that leg's link, not a new caller-ID leg.
+    # X-Context is believed from trusted peers only (here the upstream edge on loopback).
+    sip = await start_sip(start_gateway, sip_trusted_peers=["127.0.0.1"])
     chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
     status, body = await sip.gw.api(
         "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
