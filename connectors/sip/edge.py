@@ -29,7 +29,7 @@ from connectors.sip.errors import LocalProtocolError, RemoteProtocolError, SipPr
 from connectors.sip.message import SipMessage, SipRequest, SipResponse
 from connectors.sip.proxy import ALLOW, CallSink, Forward, Proxy
 from connectors.sip.ratelimit import AuthThrottle, LogGate, ScannerLimiter, TokenBuckets
-from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy
+from connectors.sip.registrar import TOO_MANY_ATTEMPTS, DigestAuth, Registrar, RegistrarPolicy
 from connectors.sip.routing import ServiceUsers, TrustedPeers
 from connectors.sip.timers import TimerWheel
 from connectors.sip.transaction import (
@@ -70,7 +70,8 @@ log = logging.getLogger("gateway.sip")
 
 _KINDS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "response",
                  "other", "scanner-dropped", "malformed-answered", "malformed-dropped",
-                 "keepalive", "internal-error", "probe-limited", "tcp-refused", "tcp-timeout")
+                 "keepalive", "internal-error", "probe-limited", "auth-limited", "tcp-refused",
+                 "tcp-timeout", "relay-refused")
 # Answers that tell a prober something (a user exists or not, a password is wrong, a route
 # is refused): each takes a token from the source's probe bucket.
 _REFUSALS: Final = frozenset({401, 403, 404, 407, 416, 481})
@@ -347,7 +348,7 @@ class SipEdge:
                 cancel_target_key(request, source=entry.source.host)))
         elif method == "REGISTER":
             self.respond(entry, self.registrar.handle(request, entry.source))
-        elif method == "OPTIONS" and (request.to_addr.tag is None or not request.routes):
+        elif method == "OPTIONS" and request.to_addr.tag is None and "Route" not in request.headers:
             self.reply(entry, 200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en"),
             ])
@@ -454,6 +455,11 @@ class SipEdge:
             return False
         if response.status in _REFUSALS and (host := server.source.host) not in self.trusted:
             self.probes.take(host)
+            if response.reason == TOO_MANY_ATTEMPTS:
+                self._count("auth-limited")
+                if self._log_probe("auth " + host):
+                    log.warning("SIP: failed authentications from %s (or for the user it "
+                                "names) are limited; answering 403 %s", host, TOO_MANY_ATTEMPTS)
         self._run_server(server, actions)
         return True
 

@@ -353,10 +353,12 @@ class Proxy:
             self._in_dialog(server, request)
         elif request.method == "INVITE":
             self._invite(server, request)
-        elif not self._is_me(request.uri):
+        elif not self._is_me(request.uri) or not all(self._is_me(r.uri) for r in request.routes):
             self._refused(server, 403, "Forbidden (not relaying)")  # we serve only ourselves
         elif request.method == "BYE":
             self.io.reply(server, 481)
+        elif request.method == "OPTIONS":  # to us, through our own Route
+            self.io.reply(server, 200, headers=[("Allow", ALLOW)])
         elif request.method in _OUT_OF_DIALOG_ELSEWHERE:
             self.io.reply(server, 405, headers=[("Allow", ALLOW)])
         else:
