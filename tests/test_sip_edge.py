@@ -18,7 +18,13 @@ import pytest
 from connectors.sip.framing import parse_datagram
 from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.ratelimit import ScannerLimiter
-from connectors.sip.routing import ServiceUsers, caller_address, dialled
+from connectors.sip.routing import (
+    ServiceUsers,
+    TrustedPeers,
+    attestation,
+    caller_address,
+    dialled,
+)
 from gateway.clock import FrozenClock
 from tests.conftest import RunningGateway
 from tests.helpers import call, code_from, whatsapp
@@ -94,6 +100,27 @@ def test_scanner_bucket_lets_a_burst_through_then_the_rate() -> None:
     assert limiter.allow("192.0.2.9") and not limiter.allow("192.0.2.9")
     assert limiter.dropped == 3
     assert limiter.should_log("192.0.2.9") and not limiter.should_log("192.0.2.9")
+
+
+def test_trusted_peers_are_addresses_and_networks() -> None:
+    peers = TrustedPeers(["192.0.2.0/24", "2001:db8::1", "127.0.0.2"])
+    assert "192.0.2.77" in peers and "127.0.0.2" in peers and "[2001:db8::1]" in peers
+    assert "127.0.0.1" not in peers and "trunk.example" not in peers and None not in peers
+    assert "127.0.0.1" not in TrustedPeers([]) and not TrustedPeers([])
+
+
+@pytest.mark.parametrize(("extra", "from_", "expected"), [
+    (("P-Asserted-Identity: <sip:+14155550100;verstat=TN-Validation-Passed-A@t.example;"
+      "user=phone>",), "<sip:+14155550100@t.example>", "A"),
+    (("P-Asserted-Identity: <tel:+14155550100;verstat=TN-Validation-Passed-c>",),
+     "<sip:+14155550100@t.example>", "C"),
+    ((), "<sip:+14155550100@t.example;verstat=TN-Validation-Failed>", "TN-Validation-Failed"),
+    ((), "<sip:+14155550100@t.example>", None),
+])
+def test_verstat_attestation_is_read_from_pai_then_from(
+    extra: tuple[str, ...], from_: str, expected: str | None
+) -> None:
+    assert attestation(_invite_from(from_, *extra)) == expected
 
 
 # ---- a gateway with its SIP edge --------------------------------------------------------------
