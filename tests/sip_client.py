@@ -93,16 +93,7 @@ class SipTestClient:
         return self._reader_task is not None and self._reader_task.done()
 
     async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader_task
+        await _close(self._udp, self._writer, self._reader_task)
 
     def send(self, data: bytes | str | SipMessage, port: int) -> None:
         if isinstance(data, (SipRequest, SipResponse)):
@@ -223,6 +214,20 @@ class SipTestClient:
         final = await self.expect(lambda m: isinstance(m, SipResponse) and m.status >= 200)
         assert isinstance(final, SipResponse)
         return final
+
+
+async def _close(udp: asyncio.DatagramTransport | None, writer: asyncio.StreamWriter | None,
+                 reader_task: asyncio.Task[None] | None) -> None:
+    if udp is not None:
+        udp.close()
+    if writer is not None:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    if reader_task is not None:
+        reader_task.cancel()
+        with contextlib.suppress(BaseException):
+            await reader_task
 
 
 def _matcher(match: Callable[[SipMessage], bool] | int | str | None
@@ -347,16 +352,7 @@ class RawSip:
         await self.close()
 
     async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader_task
+        await _close(self._udp, self._writer, self._reader_task)
 
     @property
     def closed(self) -> bool:

@@ -22,10 +22,9 @@ import pytest
 from connectors.sip.digest import Challenge, authorize
 from connectors.sip.message import SipRequest, SipResponse
 from gateway.events import IncomingCall
-from tests.helpers import call, code_from, whatsapp
 from tests.peers import SippUas, run_sipp_uac
 from tests.sip_client import SDP, RawSip, SipTestClient
-from tests.test_sip_edge import ALICE, BOB, CALLER, Sip, call_in, start_sip
+from tests.test_sip_edge import ALICE, BOB, Sip, call_in, start_sip, upstream_leg
 
 SIPP = Path(__file__).parent / "sipp"
 ATTACKER = "127.0.0.2"
@@ -275,21 +274,8 @@ async def test_forged_context_headers_are_stripped_from_in_dialog_requests_both_
 # ---- finding 4: X-Context and attestation only from trusted peers ---------------------------
 
 
-async def _verified_leg_token(sip: Sip) -> Any:
-    """A leg an upstream edge (Twilio Voice) opened after a PIN: its token, as `X-Context`
-    would carry it."""
-    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
-    status, body = await sip.gw.api(
-        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
-        json={"channel": "voice", "mode": "dial-in"})
-    assert status == 201, body
-    sent = await sip.gw.memory.wait_for(1)
-    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
-    return await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAupstream"))
-
-
 async def test_a_strangers_x_context_is_not_honoured(sip: Sip) -> None:
-    upstream = await _verified_leg_token(sip)
+    upstream = await upstream_leg(sip)
     async with await sip.phone(ALICE) as phone, await sip.client() as stranger:
         # A stranger who learnt the token (it travels in cleartext SIP) is just a caller.
         _, got = await call_in(sip, stranger, phone, "alice",
@@ -303,7 +289,7 @@ async def test_a_strangers_x_context_is_not_honoured(sip: Sip) -> None:
 
 async def test_x_context_is_honoured_from_a_trusted_peer(start_gateway: Any) -> None:
     sip = await start_sip(start_gateway, sip_trusted_peers=[f"{ATTACKER}/32"])
-    upstream = await _verified_leg_token(sip)
+    upstream = await upstream_leg(sip)
     headers = (("X-Context", upstream.context_token),)
     async with await sip.phone(ALICE) as phone, await sip.client() as stranger, \
             await SipTestClient(host=ATTACKER, user="edge").open() as trusted:
@@ -505,6 +491,11 @@ async def test_a_prober_without_a_scanner_user_agent_is_limited_by_behaviour(sip
 # ---- finding 7: TCP slots ------------------------------------------------------------------
 
 
+async def options_answered(sip: Sip, client: SipTestClient) -> None:
+    client.send(client.request("OPTIONS", f"sip:127.0.0.1:{sip.port}"), sip.port)
+    assert (await client.expect(200)).status == 200
+
+
 async def _open_hogs(port: int, n: int) -> tuple[list[Any], list[bool], list[Any]]:
     loop = asyncio.get_running_loop()
     hogs = [await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
@@ -524,8 +515,7 @@ async def test_one_source_cannot_take_every_tcp_slot(sip: Sip) -> None:
         await until(lambda: sum(closed) >= 8, timeout=5)
         assert sum(closed) == 8
         async with await SipTestClient("TCP").open(sip.port) as honest:  # another source
-            honest.send(honest.request("OPTIONS", f"sip:127.0.0.1:{sip.port}"), sip.port)
-            assert (await honest.expect(200)).status == 200
+            await options_answered(sip, honest)
     finally:
         for task in watchers:
             task.cancel()
@@ -544,8 +534,7 @@ async def test_tcp_connections_that_send_no_complete_message_are_closed(
     try:
         await until(lambda: sum(closed) >= 6, timeout=3)  # beyond 4 at once: refused
         async with await SipTestClient("TCP").open(sip.port) as honest:
-            honest.send(honest.request("OPTIONS", f"sip:127.0.0.1:{sip.port}"), sip.port)
-            assert (await honest.expect(200)).status == 200
+            await options_answered(sip, honest)
             await until(lambda: all(closed), timeout=5)  # idle: no message within 0.5 s
             # A trickle (a head that never ends) is closed too, however steadily it drips.
             reader, writer = await asyncio.open_connection("127.0.0.1", sip.port,
@@ -558,9 +547,7 @@ async def test_tcp_connections_that_send_no_complete_message_are_closed(
                 await asyncio.sleep(0.1)
             assert drip.done() and drip.result() == b""
             writer.close()
-            # The honest connection sent its message: it stays.
-            honest.send(honest.request("OPTIONS", f"sip:127.0.0.1:{sip.port}"), sip.port)
-            assert (await honest.expect(200)).status == 200
+            await options_answered(sip, honest)  # it sent its message: it stays
     finally:
         for task in watchers:
             task.cancel()

@@ -189,6 +189,19 @@ async def start_sip(start_gateway: Any, **overrides: Any) -> Sip:
     return Sip(gw)
 
 
+async def upstream_leg(sip: Sip) -> Any:
+    """A leg an upstream edge (Twilio Voice) opened after the caller's PIN, as `X-Context`
+    would name it: the core's answer, with its `context_token`."""
+    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
+    status, body = await sip.gw.api(
+        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
+        json={"channel": "voice", "mode": "dial-in"})
+    assert status == 201, body
+    sent = await sip.gw.memory.wait_for(1)
+    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
+    return await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAupstream"))
+
+
 @pytest.fixture
 async def sip(start_gateway: Any) -> Sip:
     return await start_sip(start_gateway)
@@ -622,14 +635,7 @@ async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(
     # with X-Context: the agent's Call-Info must be that leg's link, not a new caller-ID leg.
     # X-Context is believed from trusted peers only (here the upstream edge on loopback).
     sip = await start_sip(start_gateway, sip_trusted_peers=["127.0.0.1"])
-    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
-    status, body = await sip.gw.api(
-        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
-        json={"channel": "voice", "mode": "dial-in"})
-    assert status == 201, body
-    sent = await sip.gw.memory.wait_for(1)
-    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
-    upstream = await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAtwilio"))
+    upstream = await upstream_leg(sip)
     async with await sip.phone(ALICE) as phone, await sip.client() as caller:
         _, got = await call_in(sip, caller, phone, "alice",
                                headers=(("X-Context", upstream.context_token),))

@@ -90,6 +90,17 @@ class ServiceUsers:
         return digits is not None and digits in self._numbers
 
 
+def _identities(request: SipRequest) -> list[str]:
+    """The caller's identities, most trusted first: P-Asserted-Identity values, then From."""
+    candidates: list[str] = []
+    for value in request.headers.get_all("P-Asserted-Identity"):
+        candidates.extend(split_list(value))
+    from_ = request.headers.get("From")
+    if from_ is not None:
+        candidates.append(from_)
+    return candidates
+
+
 def caller_address(request: SipRequest, default_region: str | None = None) -> Address | None:
     """Who is calling, as an address to identify (never verify) a customer by.
 
@@ -97,13 +108,7 @@ def caller_address(request: SipRequest, default_region: str | None = None) -> Ad
     URI or a number in the user part is `voice:+E164`; another sip: user is `sip:user@host`;
     anonymous callers and unreadable values are None.
     """
-    candidates: list[str] = []
-    for value in request.headers.get_all("P-Asserted-Identity"):
-        candidates.extend(split_list(value))
-    from_ = request.headers.get("From")
-    if from_ is not None:
-        candidates.append(from_)
-    for text in candidates:
+    for text in _identities(request):
         try:
             found, address = _address_of(NameAddr.parse(text).uri, default_region)
         except RemoteProtocolError:
@@ -185,13 +190,7 @@ def attestation(request: SipRequest) -> str | None:
     `TN-Validation-Passed-A/B/C`, else the verstat value as written (`TN-Validation-Passed`,
     `TN-Validation-Failed`, `No-TN-Validation`); None without one. Believe it only from a
     trusted peer: anyone can write it."""
-    candidates: list[str] = []
-    for value in request.headers.get_all("P-Asserted-Identity"):
-        candidates.extend(split_list(value))
-    from_ = request.headers.get("From")
-    if from_ is not None:
-        candidates.append(from_)
-    for text in candidates:
+    for text in _identities(request):
         try:
             uri = NameAddr.parse(text).uri
         except RemoteProtocolError:
