@@ -109,6 +109,15 @@ def test_trusted_peers_are_addresses_and_networks() -> None:
     assert "127.0.0.1" not in TrustedPeers([]) and not TrustedPeers([])
 
 
+def test_a_bad_trusted_peer_fails_start_naming_the_key() -> None:
+    from config.settings import ConfigError, load_settings
+
+    assert load_settings(sip_trusted_peers=[" 10.0.0.0/8", "::1"]).sip_trusted_peers == [
+        "10.0.0.0/8", "::1"]
+    with pytest.raises(ConfigError, match="GATEWAY_SIP_TRUSTED_PEERS"):
+        load_settings(sip_trusted_peers=["trunk.example"])
+
+
 @pytest.mark.parametrize(("extra", "from_", "expected"), [
     (("P-Asserted-Identity: <sip:+14155550100;verstat=TN-Validation-Passed-A@t.example;"
       "user=phone>",), "<sip:+14155550100@t.example>", "A"),

@@ -336,7 +336,7 @@ class Proxy:
         """The `dlg` of a Route URI that names us, else None."""
         prefix = self._rr_prefix[1:]  # without the "<"
         if uri_text.startswith(prefix):  # our own text, copied back as peers should
-            return uri_text[len(prefix):]
+            return uri_text[len(prefix):].split(";", 1)[0]
         if not self._is_me(uri_text):
             return None
         try:
