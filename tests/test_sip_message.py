@@ -619,3 +619,20 @@ def test_a_copy_changes_apart_and_the_added_top_via_is_kept_parsed() -> None:
     assert onward.cseq == request.cseq
     assert request.top_via is via
     assert len(onward.vias) == 2 and len(request.vias) == 1
+
+
+def test_remove_all_drops_a_set_of_headers_in_one_pass_and_their_parsed_values() -> None:
+    message = parse_datagram(INVITE)
+    assert isinstance(message, SipRequest)
+    headers = message.headers.copy()
+    headers.add("X-Context", "t0ken")
+    headers.add("x-CONTEXT", "again")
+    headers.add("Route", "<sip:proxy.example.com;lr>")
+    request = SipRequest("INVITE", message.uri, headers)
+    assert len(request.routes) == 1
+    before = len(headers)
+    headers.remove_all(frozenset({"x-context", "route", "call-info"}))
+    assert len(headers) == before - 3 and "X-Context" not in headers
+    assert request.routes == ()  # the parsed Route went with its header
+    headers.remove_all(frozenset({"x-context"}))  # nothing left to drop: unchanged
+    assert len(headers) == before - 3

@@ -173,6 +173,16 @@ class Headers:
         self._changed(key)
         return before - len(self._entries)
 
+    def remove_all(self, keys: frozenset[str]) -> None:
+        """Drop every line whose lower-case name is in `keys`, in one pass (a proxy's list of
+        headers it never forwards)."""
+        entries = self._entries
+        kept = [e for e in entries if e[0] not in keys]
+        if len(kept) != len(entries):
+            for key in {e[0] for e in entries if e[0] in keys}:
+                self._changed(key)
+            self._entries = kept
+
     def add_top_via(self, via: Via) -> None:
         """Put `via` above the other Via lines (a proxy's own, RFC 3261 16.6 step 8) and
         keep it as the parsed top Via, which it is: no need to parse our own text again."""

@@ -80,9 +80,11 @@ _OUT_OF_DIALOG_ELSEWHERE: Final = frozenset(
 CONTEXT_HEADER: Final = "X-Context"
 # Never forwarded, in any request, either way: context headers only we may set (a caller
 # could point an agent at a page of its own, or claim a leg with X-Context) and the PIN.
-_STRIP_ALWAYS: Final = ("Call-Info", "X-Conversation-Id", PIN_HEADER, CONTEXT_HEADER)
+_STRIP_ALWAYS: Final = frozenset(
+    n.lower() for n in ("Call-Info", "X-Conversation-Id", PIN_HEADER, CONTEXT_HEADER))
+_STRIP_WITH_ROUTE: Final = _STRIP_ALWAYS | {"route"}  # in-dialog, when our Route led
 # From an initial INVITE also its credentials (meant for us) and its Route (we choose).
-_STRIP_ON_INVITE: Final = (*_STRIP_ALWAYS, "Proxy-Authorization", "Route")
+_STRIP_ON_INVITE: Final = _STRIP_ALWAYS | {"proxy-authorization", "route"}
 _DIALOG_PARAM: Final = "dlg"  # in our Record-Route: <sip:host:port;lr;dlg=ID.MAC>
 MAX_DIALOG_SECONDS: Final = 12 * 3600.0  # a dialog with no BYE after this is forgotten
 _SWEEP_EVERY: Final = 60.0
@@ -283,7 +285,7 @@ class Proxy:
 
     def _dialog_mac(self, dialog_id: str, call_id: str, caller_tag: str | None) -> str:
         text = f"{dialog_id}\0{call_id}\0{caller_tag or ''}".encode("utf-8", "surrogateescape")
-        return hmac.new(self._dialog_key, text, hashlib.sha256).hexdigest()[:16]
+        return hmac.digest(self._dialog_key, text, "sha256")[:8].hex()
 
     def record_route(self, call: Call) -> str:
         """Our Record-Route for `call`: `dlg` names the call and proves we wrote it."""
@@ -564,7 +566,7 @@ class Proxy:
         ours = 0
         while ours < len(routes) and self._is_me(routes[ours].uri):
             ours += 1
-        drop: tuple[str, ...] = (*_STRIP_ALWAYS, "Route") if ours else _STRIP_ALWAYS
+        drop = _STRIP_WITH_ROUTE if ours else _STRIP_ALWAYS
         if stateless:  # RFC 3261 16.11: the same branch for every retransmission
             branch = MAGIC_COOKIE + hashlib.sha1(
                 (request.top_via.branch or request.call_id).encode(), usedforsecurity=False
@@ -604,13 +606,12 @@ class Proxy:
         return me
 
     def _headers_onward(self, request: SipRequest, source: Peer, peer: Peer,
-                        drop: Iterable[str], branch: str | None = None) -> Headers:
-        """The request's headers for the next hop (RFC 3261 16.6): `drop` removed, the
-        sender's Via marked with received/rport (RFC 3581), Max-Forwards less one, our Via."""
+                        drop: frozenset[str], branch: str | None = None) -> Headers:
+        """The request's headers for the next hop (RFC 3261 16.6): `drop` (lower-case names)
+        removed, the sender's Via marked with received/rport (RFC 3581), Max-Forwards less
+        one, our Via."""
         headers = request.headers.copy()
-        for name in drop:
-            if name in headers:
-                headers.remove(name)
+        headers.remove_all(drop)
         via = request.top_via
         if via.wants_rport or via.host != source.host:
             marked = via.with_param("received", source.host)
