@@ -246,7 +246,9 @@ class Proxy:
         self.cancel_grace = cancel_grace
         self.default_region = default_region
         self.trusted = trusted if trusted is not None else TrustedPeers(())
-        self._dialog_key = dialog_secret or secrets.token_bytes(32)
+        # HMAC-SHA256 keyed once; each MAC copies it (a third of the cost of hmac.digest)
+        self._dialog_hmac = hmac.new(dialog_secret or secrets.token_bytes(32),
+                                     digestmod=hashlib.sha256)
         # Every call from the moment its INVITE goes on until it ends, by dialog id; and the
         # same calls by Call-ID, for peers that send in-dialog requests without our Route.
         self.dialogs: dict[str, Call] = {}
@@ -284,8 +286,9 @@ class Proxy:
     # ---- our Record-Route: which dialog a request belongs to ----------------------------------
 
     def _dialog_mac(self, dialog_id: str, call_id: str, caller_tag: str | None) -> str:
-        text = f"{dialog_id}\0{call_id}\0{caller_tag or ''}".encode("utf-8", "surrogateescape")
-        return hmac.digest(self._dialog_key, text, "sha256")[:8].hex()
+        mac = self._dialog_hmac.copy()
+        mac.update(f"{dialog_id}\0{call_id}\0{caller_tag or ''}".encode("utf-8", "surrogateescape"))
+        return mac.digest()[:8].hex()
 
     def record_route(self, call: Call) -> str:
         """Our Record-Route for `call`: `dlg` names the call and proves we wrote it."""
