@@ -95,6 +95,36 @@ class Settings(BaseSettings):
     sip_timer_t1_ms: int = Field(500, ge=1)
     sip_timer_t2_ms: int = Field(4000, ge=1)
     sip_timer_t4_ms: int = Field(5000, ge=1)
+    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security-sip.md) ----
+    # Peers whose X-Context and caller-ID attestation (verstat) are believed: IPs or CIDRs of
+    # the trunks and upstream edges (JSON list). Default: nobody.
+    sip_trusted_peers: list[str] = Field(default_factory=list)
+    # Failed digest authentications (REGISTER, and INVITEs from agents' users) allowed per
+    # source IP and per user: a burst, then this many a minute. Beyond: 403 "Too Many Failed
+    # Attempts" (a user's limit spares the addresses it authenticated from before).
+    sip_auth_failure_burst: int = Field(10, ge=1)
+    sip_auth_failures_per_minute: float = Field(6.0, ge=0)
+    # Refusals (401, 403, 404, 407, 416, 481) one source IP may collect, whatever its
+    # User-Agent: a burst, then this many a minute. Beyond: 403 "Too Many Failed Requests".
+    sip_probe_burst: int = Field(30, ge=1)
+    sip_probes_per_minute: float = Field(60.0, ge=0)
+    # TCP: connections one source IP may hold (trusted peers are exempt), and how long a
+    # connection may take to send a complete message (its first, or one it has begun).
+    sip_tcp_max_connections_per_source: int = Field(32, ge=1)
+    sip_tcp_message_timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("sip_trusted_peers")
+    @classmethod
+    def _trusted_peers(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for peer in value:
+            try:
+                ipaddress.ip_network(peer.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{peer!r} is not an IP address or CIDR") from None
+        return [peer.strip() for peer in value]
+    # ---- end of SIP under attack ----
 
     agents: list[AgentConfig] = Field(default_factory=list)
 

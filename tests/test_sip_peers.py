@@ -264,7 +264,7 @@ async def test_agent_side_bye_ends_the_call(start_gateway: Any) -> None:
         assert result.ok, result.describe()
         agent_side = await uas.wait(timeout=10)
     assert agent_side.successful == 1, agent_side.describe()
-    assert f"Route: <sip:127.0.0.1:{s.port};lr>" in agent_side.messages  # BYE came via us
+    assert f"Route: <sip:127.0.0.1:{s.port};lr;dlg=" in agent_side.messages  # BYE came via us
     story = await s.transcript(conversation_id, until="call ended")
     assert ["call ringing", "answered by agent 12"] == [
         t for t in story if t in ("call ringing", "answered by agent 12")]
