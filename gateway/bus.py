@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from gateway.domain import Entry
+
 REPLAY: Final = 4096  # records kept for resume
 QUEUE: Final = 1024  # records a subscriber may have unread before it is dropped
 
@@ -28,9 +30,14 @@ class EntryAdded:
     conversation_id: str
     customer_id: str
     leg_id: str
-    entry: Mapping[str, Any]  # as the API shows a transcript entry: id, at, channel, ...
+    item: Entry  # the typed entry; `entry` is the same as the API shows it
 
     kind = "message"
+
+    @property
+    def entry(self) -> Mapping[str, Any]:
+        """As the API shows a transcript entry: id, at, channel, direction, author, text…"""
+        return self.item.as_json()
 
 
 @dataclass(frozen=True, slots=True)

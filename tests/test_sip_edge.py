@@ -103,7 +103,7 @@ class Sip:
 
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-        self.edge = gw.gw.services["sip"]
+        self.edge = gw.gw.channels["sip"].edge
         self.port: int = self.edge.port
 
     @property

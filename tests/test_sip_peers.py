@@ -173,7 +173,7 @@ class Stage:
 
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-        self.port: int = gw.gw.services["sip"].port
+        self.port: int = gw.gw.channels["sip"].edge.port
         self.address = f"127.0.0.1:{self.port}"
 
     async def chat(self) -> str:
