@@ -26,14 +26,15 @@ class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the key."""
 
 
-PLACEHOLDERS = ("change-me", "changeme", "replace-me", "your-token", "secret")
+PLACEHOLDERS = ("change-me", "changeme", "change_me")  # refused anywhere in a token
 MIN_TOKEN = 16
 
 
 def _not_a_placeholder(value: str) -> str:
+    """CONTRACT.md: placeholder secrets (`change-me`, anything shorter than 16 characters)
+    are refused for GATEWAY_AGENT_TOKEN."""
     lowered = value.strip().lower()
-    if len(value) < MIN_TOKEN or any(p in lowered for p in PLACEHOLDERS[:4]) or (
-            lowered in PLACEHOLDERS):
+    if len(value.strip()) < MIN_TOKEN or any(p in lowered for p in PLACEHOLDERS):
         raise ValueError(f"a placeholder or shorter than {MIN_TOKEN} characters: use a long "
                          "random token (e.g. python3 -c 'import secrets; "
                          "print(secrets.token_urlsafe(32))')")
