@@ -61,7 +61,8 @@ class MemoryChannel:
         return ()
 
     def describe(self) -> ChannelInfo:
-        return ChannelInfo(self.name, (), (f"keeps what it sends ({', '.join(sorted(self.channels))})",))
+        sends = ", ".join(sorted(self.channels))
+        return ChannelInfo(self.name, (), (f"keeps what it sends ({sends})",))
 
     async def start(self, sink: InboundSink) -> None:
         self._sink = sink

@@ -58,7 +58,7 @@ class TwilioChannel:
         region = settings.default_region
         messaging_hooks = TwilioMessagingWebhooks(None, deps.metrics, signature, region)
         voice_hooks = TwilioVoiceWebhooks(
-            None, deps.metrics, deps.agents, signature,
+            None, deps.metrics, deps.router, signature,
             VoiceRouting(public_url=settings.public_url,
                          sip_host=settings.sip_domain or settings.sip_host,
                          sip_port=settings.sip_port),

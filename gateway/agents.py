@@ -204,9 +204,9 @@ class AgentDirectory:
         contacts = agent.contacts(now or self._clock.now())
         if not contacts:
             return None
-        registered = [c for c in contacts if c.expires_at is not None]
+        registered = [(c.expires_at, c) for c in contacts if c.expires_at is not None]
         if registered:
-            return AgentTarget(agent.id, max(registered, key=lambda c: c.expires_at))  # type: ignore[arg-type, return-value]
+            return AgentTarget(agent.id, max(registered, key=lambda pair: pair[0])[1])
         return AgentTarget(agent.id, contacts[0])
 
     def offer(self, call_ref: str, exclude: Sequence[str] = ()) -> AgentTarget | None:

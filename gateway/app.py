@@ -132,7 +132,7 @@ def build_app(
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())
 
-    deps = ChannelDeps(clock=clock, metrics=metrics, agents=agents)
+    deps = ChannelDeps(clock=clock, metrics=metrics, router=agents)
     # The caller's own channels first: a configured provider channel after them sends for
     # the address channels both serve (the outbox takes the last one named).
     channels: list[Channel] = list(extra_channels)

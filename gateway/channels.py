@@ -138,7 +138,7 @@ class Presence(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     """What `gateway serve` prints about a mounted channel: its name and the URLs to paste
-    into the provider's console (e.g. "Twilio messaging webhook: https://…/webhooks/twilio/…")."""
+    into the provider's console (e.g. "A message comes in: https://…/webhooks/twilio/…")."""
 
     name: str
     urls: tuple[tuple[str, str], ...] = ()  # (what, url)
@@ -171,7 +171,7 @@ class ChannelDeps:
 
     clock: Clock
     metrics: Metrics
-    agents: AgentDirectory  # the core's agent router (SIP registers phones in it)
+    router: AgentDirectory  # the core's agent router (SIP registers phones in it)
 
 
 @runtime_checkable

@@ -380,7 +380,8 @@ class OutboxWorker:
                 update(OUTBOX)
                 .where(OUTBOX.c.id == message_id, OUTBOX.c.status == S.PENDING)
                 .values(
-                    status=worker_step(S.PENDING, WorkerStep.CLAIM, S.SENDING), attempts=OUTBOX.c.attempts + 1, lease_until=now + LEASE,
+                    status=worker_step(S.PENDING, WorkerStep.CLAIM, S.SENDING),
+                    attempts=OUTBOX.c.attempts + 1, lease_until=now + LEASE,
                     updated_at=now,
                 )
             )

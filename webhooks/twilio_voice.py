@@ -155,6 +155,7 @@ class TwilioVoiceWebhooks:
 
     @property
     def core(self) -> InboundSink:
+        """The sink; before the channel started (or after it stopped) Twilio gets a 503."""
         if self.sink is None:
             raise web.HTTPServiceUnavailable(text="starting\n")
         return self.sink

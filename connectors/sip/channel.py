@@ -45,7 +45,7 @@ class SipChannel:
 
     def __init__(self, config: SipConfig, deps: ChannelDeps) -> None:
         self._sink = _LateSink()
-        self.edge = SipEdge(config, sink=self._sink, agents=deps.agents,
+        self.edge = SipEdge(config, sink=self._sink, agents=deps.router,
                             metrics=deps.metrics, clock=deps.clock)
 
     @classmethod
