@@ -85,7 +85,8 @@ class TwilioChannel:
 
     def describe(self) -> ChannelInfo:
         base = self._public_url
-        notes = [f"sends {', '.join(sorted(self._messaging.channels))} and places callbacks"]
+        notes = [f"sends {', '.join(sorted(self._messaging.channels))}"
+                 + (" and places callbacks" if self._dial_in_number else "")]
         if not self._dial_in_number:
             notes.append("GATEWAY_TWILIO_VOICE_NUMBER is not set: no callbacks, and dial-in "
                          "PIN messages name no number")
