@@ -22,7 +22,6 @@ from gateway.domain import (
     ConversationId,
     ConversationRow,
     CustomerId,
-    Entry,
     EntryId,
     LegId,
     LegRow,
@@ -271,17 +270,19 @@ def append(
     provider_id: str | None = None,
     provider_at: datetime | None = None,
     data: dict[str, Any] | None = None,
-) -> Entry:
-    """Append one entry to the transcript, mark the conversation active, and say so."""
+) -> EntryId:
+    """Append one entry to the transcript, mark the conversation active, and say so (an
+    `EntryAdded` that builds its `Entry` when someone reads it)."""
     now = tx.now
-    entry_id = _APPEND.execute(tx.conn, {
+    entry_id = EntryId(int(_APPEND.execute(tx.conn, {
         "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
         "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,
         "author": author, "text": text, "data": data, "provider": provider,
         "provider_id": provider_id,
-    })[0][0]
+    })[0][0]))
     _TOUCH.execute(tx.conn, {"cid": conversation_id, "now": now})
-    entry = Entry(EntryId(int(entry_id)), ConversationId(conversation_id), LegId(leg_id), now,
-                  channel, direction, kind, author, text, provider_at, data)
-    tx.publish(EntryAdded(conversation_id, customer_id, leg_id, entry))
-    return entry
+    # Entry's field order: id, conversation_id, leg_id, at, channel, direction, kind, author,
+    # text, provider_at, data.
+    tx.publish(EntryAdded(customer_id, (entry_id, conversation_id, leg_id, now, channel,
+                                        direction, kind, author, text, provider_at, data)))
+    return entry_id

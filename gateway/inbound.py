@@ -10,6 +10,7 @@ answers the provider after that commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -56,9 +57,9 @@ class Inbound:
         self._reader = reader
         self._policy = policy
 
-    async def ingest(self, event: InboundMessage) -> IngestResult:
+    def ingest(self, event: InboundMessage) -> Awaitable[IngestResult]:
         """Store an inbound message once; answer only after it is committed."""
-        return await self._writes.run(lambda tx: self._ingest(tx, event))
+        return self._writes.run(lambda tx: self._ingest(tx, event))
 
     def _ingest(self, tx: Tx, event: InboundMessage) -> IngestResult:
         conn, now = tx.conn, tx.now
@@ -103,7 +104,7 @@ class Inbound:
             ]
         if event.extra:
             data["extra"] = dict(event.extra)
-        entry = conversations.append(
+        entry_id = conversations.append(
             tx, customer_id=customer_id, conversation_id=conversation_id, leg_id=leg_id,
             channel=event.channel, direction="in", kind=event.kind,
             author=str(event.sender), text=text, provider=event.provider,
@@ -113,7 +114,7 @@ class Inbound:
             self._after_otp(tx, otp, customer_id, conversation_id, leg_id, event)
         return IngestResult(
             duplicate=False, customer_id=customer_id, conversation_id=conversation_id,
-            leg_id=leg_id, entry_id=entry.id, new_leg=new_leg,
+            leg_id=leg_id, entry_id=entry_id, new_leg=new_leg,
             otp=otp.value if otp is not None else None,
         )
 

@@ -110,7 +110,7 @@ class Conversation(Base):
     closed_at: Mapped[datetime | None]
     agent_id: Mapped[str | None] = mapped_column(String(100))  # who took it; None: queued
     __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),
-                      Index("ix_conversations_queue", "status", "agent_id", "last_activity_at"))
+                      Index("ix_conversations_agent", "agent_id", "status"))
 
 
 class Leg(Base):

@@ -20,7 +20,7 @@ def text_on_leg(
     """Send `text` to the customer on `leg`; the transcript shows `transcript_text` (a code
     never enters it) or the text itself."""
     message_id = outbox.new_outbox_id()  # known before either row: each names the other
-    entry = conversations.append(
+    entry_id = conversations.append(
         tx, customer_id=customer_id, conversation_id=leg.conversation_id, leg_id=leg.id,
         channel=leg.channel, direction="out", kind="message", author=author,
         text=transcript_text if transcript_text is not None else text,
@@ -30,7 +30,7 @@ def text_on_leg(
                   conversation_id=leg.conversation_id, leg_id=leg.id, thread_key=leg.thread_key)
     message = (CodeMessage(text=text, challenge_id=challenge_id, **common) if code
                else TextMessage(text=text, **common))
-    outbox.enqueue(tx.conn, message, tx.now, transcript_entry_id=entry.id)
+    outbox.enqueue(tx.conn, message, tx.now, transcript_entry_id=entry_id)
     tx.queued_outbound = True
     return message_id
 

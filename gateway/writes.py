@@ -10,8 +10,8 @@ its events afresh). A write that queued outbound messages wakes the outbox worke
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
@@ -23,14 +23,17 @@ from gateway.clock import Clock
 T = TypeVar("T")
 
 
-@dataclass(slots=True)
 class Tx:
     """What a write sees: its connection, its moment, and what it has to tell."""
 
-    conn: Connection
-    now: datetime
-    events: list[DomainEvent] = field(default_factory=list)
-    queued_outbound: bool = False
+    __slots__ = ("conn", "now", "events", "queued_outbound", "result")
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.events: list[DomainEvent] = []
+        self.queued_outbound = False  # an outbound message was written: wake the outbox
+        self.result: object = None  # what the write returned
 
     def publish(self, event: DomainEvent) -> None:
         """Say `event` once the transaction commits."""
@@ -49,16 +52,15 @@ class Writes:
 
     async def run(self, write: Callable[[Tx], T]) -> T:
         """Run `write` in a shared transaction; return its result after the commit."""
+        tx: Tx = await self.batcher.run(partial(self._in_transaction, write), self._committed)
+        return tx.result  # type: ignore[no-any-return]
 
-        def in_transaction(conn: Connection) -> tuple[Tx, T]:
-            tx = Tx(conn, self._clock.now())
-            return tx, write(tx)
+    def _in_transaction(self, write: Callable[[Tx], object], conn: Connection) -> Tx:
+        tx = Tx(conn, self._clock.now())
+        tx.result = write(tx)
+        return tx
 
-        _tx, result = await self.batcher.run(in_transaction, self._committed)
-        return result
-
-    def _committed(self, outcome: tuple[Tx, object]) -> None:
-        tx = outcome[0]
+    def _committed(self, tx: Tx) -> None:
         if tx.events:
             self.bus.publish(tx.events)
         if tx.queued_outbound:

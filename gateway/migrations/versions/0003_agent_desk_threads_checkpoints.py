@@ -18,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('agent_id', sa.String(length=100), nullable=True))
-        batch_op.create_index('ix_conversations_queue', ['status', 'agent_id', 'last_activity_at'],
+        batch_op.create_index('ix_conversations_agent', ['agent_id', 'status'],
                               unique=False)
     op.create_table('thread_tokens',
     sa.Column('token_hash', sa.String(length=64), nullable=False),
@@ -44,5 +44,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_thread_tokens_leg_id'))
     op.drop_table('thread_tokens')
     with op.batch_alter_table('conversations', schema=None) as batch_op:
-        batch_op.drop_index('ix_conversations_queue')
+        batch_op.drop_index('ix_conversations_agent')
         batch_op.drop_column('agent_id')
