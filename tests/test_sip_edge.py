@@ -9,7 +9,6 @@ buckets) are tested first. Real peers (SIPp, baresip, pyVoIP) are in test_sip_pe
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -140,7 +139,7 @@ class Sip:
 
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-        self.edge = gw.gw.services["sip"]
+        self.edge = gw.gw.channels["sip"].edge
         self.port: int = self.edge.port
 
     @property
@@ -174,15 +173,7 @@ class Sip:
                          timeout: float = 5.0) -> list[str]:
         """The conversation's transcript texts, once one contains `until` (events are
         recorded in the background, after the SIP message that caused them)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            status, conv = await self.gw.api("GET", f"/api/v1/conversations/{conversation_id}")
-            assert status == 200, conv
-            texts = [e["text"] for e in conv["transcript"]]
-            if until is None or any(until in t for t in texts) or loop.time() > deadline:
-                return texts
-            await asyncio.sleep(0.02)
+        return await self.gw.conversation_texts(conversation_id, until, timeout)
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
         status, conv = await self.gw.api("GET", f"/api/v1/conversations/{conversation_id}")

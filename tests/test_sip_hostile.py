@@ -43,7 +43,7 @@ def counter(gw_or_metrics: Any, kind: str) -> float:
 async def edge_port(start_gateway: Any) -> tuple[Any, int]:
     gw = await start_gateway(public_url=PUBLIC_URL, sip_port=0,
                              agents=[{"id": "12", "contact": "sip:agent@127.0.0.1:9"}])
-    return gw, gw.gw.services["sip"].port
+    return gw, gw.gw.channels["sip"].edge.port
 
 
 async def options_answered(port: int, transport: str = "UDP") -> bool:
