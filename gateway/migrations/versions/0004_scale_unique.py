@@ -16,8 +16,8 @@ what one gateway would have done had it seen both rows, and loses nothing:
   conversations.
 - customers get the key of their first address; where two customers share one (a number that
   raced into two customers), the older keeps it. They are NOT merged: a merge is an agent's
-  decision, with an undo (DESIGN.md "Identity"). Their count is logged, and
-  `SELECT identity_key ...` in docs/scale-out.md lists them for an agent to merge.
+  decision, with an undo (DESIGN.md "Identity"). Their count is logged; the query in
+  docs/scale-out.md lists them for an agent to merge.
 """
 from __future__ import annotations
 
