@@ -353,3 +353,36 @@ async def test_migration_0004_downgrades_and_upgrades_again(at_0003: str) -> Non
     finally:
         await engine.dispose()
     await upgrade(at_0003)
+
+
+async def test_a_write_that_loses_a_race_on_a_unique_key_runs_again_and_a_real_error_does_not(
+    make_core: CoreFactory,
+) -> None:
+    from gateway.writes import RETRIES, Tx
+
+    core = await make_core()
+    attempts: list[int] = []
+
+    def racing(tx: Tx) -> str:
+        # As if another gateway had committed cus_taken between our read and our insert.
+        attempts.append(1)
+        if len(attempts) == 1:
+            tx.conn.execute(insert(CUSTOMERS).values(id="cus_taken", created_at=tx.now))
+        return str(tx.conn.execute(select(CUSTOMERS.c.id)).scalar_one())
+
+    await core.writes.run(lambda tx: tx.conn.execute(
+        insert(CUSTOMERS).values(id="cus_taken", created_at=tx.now)))
+    assert await core.writes.run(racing) == "cus_taken"
+    assert len(attempts) == 2
+
+    attempts.clear()
+    with pytest.raises(IntegrityError):
+        await core.writes.run(lambda tx: (attempts.append(1), tx.conn.execute(
+            insert(CUSTOMERS).values(id="cus_taken", created_at=tx.now))))
+    assert len(attempts) == RETRIES
+
+    attempts.clear()
+    with pytest.raises(Exception, match="no_such_table"):
+        await core.writes.run(lambda tx: (attempts.append(1), tx.conn.execute(
+            text("SELECT * FROM no_such_table"))))
+    assert len(attempts) == 1
