@@ -108,7 +108,12 @@ class Conversation(Base):
     opened_at: Mapped[datetime]
     last_activity_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
-    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),)
+    __table_args__ = (
+        Index("ix_conversations_customer_status", "customer_id", "status"),
+        # the agent inbox's keyset order (workspace, #11; migration 0004)
+        Index("ix_conversations_status_activity", "status", "last_activity_at", "id"),
+        Index("ix_conversations_activity", "last_activity_at", "id"),
+    )
 
 
 class Leg(Base):
