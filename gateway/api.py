@@ -12,12 +12,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway.addresses import AddressError, parse_address
+from gateway.auth import PUBLIC_API, acting_agent  # workspace (#11): the token's agent authors
+from gateway.console import console_routes  # workspace (#11): console page with CSP
 from gateway.core import Conflict, Core, NotFound
 from gateway.identity import IdentityError
 from gateway.metrics import Metrics
@@ -25,8 +26,6 @@ from gateway.openapi import OPENAPI
 
 log = logging.getLogger("gateway.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STATIC = Path(__file__).parent / "static"
-PUBLIC_API = ("/api/v1/contexts/", "/api/v1/openapi.json")
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -110,7 +109,7 @@ class AgentApi:
         return [
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.metrics_text),
-            web.get("/console", self.console),
+            *console_routes(),  # workspace (#11)
             web.get("/api/v1/openapi.json", self.openapi),
             web.get("/api/v1/contexts/{token}", self.context_bundle),
             web.get("/api/v1/customers", self.customer),
@@ -131,9 +130,6 @@ class AgentApi:
     async def metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def console(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "console.html")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
@@ -170,7 +166,8 @@ class AgentApi:
         assert text is not None
         if len(text) > 4096:
             return error(400, "text is longer than 4096 characters")
-        result = await self.core.reply(request.match_info["id"], text, _field(body, "agent", False))
+        agent = acting_agent(request, _field(body, "agent", False))  # workspace (#11)
+        result = await self.core.reply(request.match_info["id"], text, agent)
         return ok(result, status=202)
 
     async def verify(self, request: web.Request) -> web.Response:
@@ -195,7 +192,7 @@ class AgentApi:
         body = await _json_body(request)
         merge_id = await self.core.merge_customers(
             _field(body, "survivor_id") or "", _field(body, "merged_id") or "",
-            _field(body, "agent", False),
+            acting_agent(request, _field(body, "agent", False)),  # workspace (#11)
         )
         return ok({"id": merge_id}, status=201)
 

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
     db_sub.add_parser("upgrade", help="apply the Alembic migrations up to the newest")
+    sub.add_parser("agent-token", help="print a new agent API token and its SHA-256 "
+                   "(for token_sha256 in GATEWAY_AGENTS)")  # workspace (#11)
+    from webhooks import simulate  # workspace (#11): gateway send sms|whatsapp
+
+    simulate.add_parser(sub)
     return parser
 
 
@@ -73,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None or (args.command == "db" and args.db_command is None):
         parser.print_help()
         return 2
+    if args.command == "agent-token":  # workspace (#11): needs no settings
+        from gateway.auth import print_new_token
+
+        print(print_new_token())
+        return 0
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -85,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "db":
             asyncio.run(upgrade(settings.database_url))
             print(f"database at {settings.database_url.split('@')[-1]} is up to date")
+        elif args.command == "send":  # workspace (#11)
+            from webhooks import simulate
+
+            return asyncio.run(simulate.run(settings, args))
         elif args.command == "demo":
             from gateway.demo import run_demo
 
