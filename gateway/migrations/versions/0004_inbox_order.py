@@ -1,17 +1,14 @@
 """inbox order: conversations by last activity (keyset pages of the agent inbox)
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-27 10:00:00
-
-At merge: the assignment migration (0003) lands first; this one then revises it
-(down_revision = '0003'), so the history stays one line.
 """
 from alembic import op
 
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
