@@ -1,13 +1,12 @@
 """The agent API, the context capability URL, health, metrics and the console page.
 
 JSON in and out; every error is `{"error": "…"}` with its status. Everything under /api/v1
-needs `Authorization: Bearer $GATEWAY_AGENT_TOKEN`, except the context URL, whose token is
-itself the capability, and the OpenAPI description.
+needs a bearer token (the service's GATEWAY_AGENT_TOKEN or an agent's own; `gateway/auth.py`),
+except the context URL, whose token is itself the capability, and the OpenAPI description.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.addresses import AddressError, parse_address
-from gateway.auth import PUBLIC_API, acting_agent  # workspace (#11): the token's agent authors
+from gateway.auth import acting_agent  # workspace (#11): the token's agent authors
 from gateway.console import console_routes  # workspace (#11): console page with CSP
 from gateway.core import Core
 from gateway.domain import (
@@ -69,22 +68,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal error; the gateway logged the details")
-
-
-def bearer_auth(token: str) -> Callable[..., Any]:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path.startswith("/api/") and not path.startswith(PUBLIC_API):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return error(401, "missing or wrong bearer token",
-                             **{"WWW-Authenticate": 'Bearer realm="gateway"'})
-        return await handler(request)
-
-    return check
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

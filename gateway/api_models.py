@@ -437,6 +437,13 @@ class ClosedEvent(Model):
     customer_id: str
 
 
+class DeliveryEvent(Model):
+    conversation_id: str | None
+    outbox_id: str
+    status: str = Field(examples=["sent", "delivered", "read", "failed", "pending"])
+    error: str | None
+
+
 class PresenceEvent(Model):
     agent_id: str
     presence: Literal["available", "away", "dnd", "offline"]
@@ -449,13 +456,111 @@ class ResyncEvent(Model):
 
 SSE_EVENTS: dict[str, type[Model]] = {
     "message": MessageEvent, "call": CallEvent, "call-ended": CallEndedEvent,
-    "assigned": AssignedEvent, "closed": ClosedEvent, "presence": PresenceEvent,
+    "assigned": AssignedEvent, "closed": ClosedEvent, "delivery": DeliveryEvent,
+    "presence": PresenceEvent,
     "resync": ResyncEvent,
 }
 
 
+class OutboxHealth(Model):
+    passes: int = Field(description="completed scans for due messages")
+    in_flight: int = Field(description="sends on the wire now")
+
+
 class Health(Model):
-    status: str
+    status: str = Field(description="ok, or starting (503)")
     database: str | None = None
     channels: list[str] | None = None
     services: list[str] | None = None
+    writes: int | None = None
+    commits: int | None = None
+    outbox: OutboxHealth | None = None
+
+
+# ---- the provider webhooks (what the providers send; the gateway reads these fields) --------
+# Field names are the providers' own. Each model lists what the gateway uses; providers send
+# more, and every field they send is covered by their signature.
+
+
+class TwilioMessagingForm(Model):
+    """Twilio's incoming-message webhook (SMS, MMS, WhatsApp through Twilio)."""
+
+    MessageSid: str = Field(description="deduplicates: the same MessageSid is stored once")
+    AccountSid: str
+    From: str = Field(examples=["+14155550100", "whatsapp:+14155550100"])
+    To: str
+    Body: str = ""
+    NumMedia: str | None = Field(None, description="how many MediaUrlN / MediaContentTypeN")
+    ProfileName: str | None = Field(None, description="WhatsApp: the sender's profile name")
+    WaId: str | None = None
+
+
+class TwilioStatusForm(Model):
+    """Twilio's message status callback."""
+
+    MessageSid: str
+    MessageStatus: str = Field(examples=["sent", "delivered", "read", "undelivered", "failed"])
+    ErrorCode: str | None = None
+    ErrorMessage: str | None = None
+
+
+class TwilioVoiceForm(Model):
+    """Twilio Voice: an incoming call, the PIN it typed (`Digits`), or how `<Dial>` ended."""
+
+    CallSid: str
+    AccountSid: str | None = None
+    From: str | None = None
+    To: str | None = None
+    CallStatus: str | None = None
+    Direction: str | None = Field(None, examples=["inbound", "outbound-api"])
+    Digits: str | None = Field(None, description="the escalation PIN (step=pin)")
+    DialCallStatus: str | None = Field(None, description="step=dial: how the agent leg ended")
+    DialCallDuration: str | None = None
+
+
+class TwilioVoiceParams(Model):
+    step: Literal["pin", "route", "dial"] | None = Field(
+        None, description="set by the gateway's own TwiML: none for a new call")
+    escalation: str | None = Field(None, description="a callback's escalation token (the "
+                                   "gateway placed the call)")
+    agent: str | None = Field(None, description="step=dial: the agent that was dialled")
+    tried: str | None = Field(None, description="step=dial: agents tried, comma-separated")
+
+
+class TwilioVoiceStatusForm(Model):
+    """Twilio Voice status callback (the caller's call, or an agent leg with ParentCallSid)."""
+
+    CallSid: str
+    CallStatus: str
+    CallDuration: str | None = None
+    ParentCallSid: str | None = None
+    Direction: str | None = None
+
+
+class TwilioVoiceStatusParams(Model):
+    agent: str | None = Field(None, description="the agent a <Dial> leg rang")
+
+
+class MetaHandshakeParams(Model):
+    hub_mode: Literal["subscribe"] = Field(alias="hub.mode")
+    hub_verify_token: str = Field(alias="hub.verify_token",
+                                  description="must equal GATEWAY_WHATSAPP_VERIFY_TOKEN")
+    hub_challenge: str = Field(alias="hub.challenge", description="echoed back on success")
+
+
+class MetaChange(Model):
+    field: str = Field(examples=["messages"])
+    value: dict[str, Any] = Field(description="messaging_product, metadata, contacts, "
+                                  "messages (deduplicated by id) and statuses")
+
+
+class MetaEntry(Model):
+    id: str
+    changes: list[MetaChange]
+
+
+class MetaWebhook(Model):
+    """Meta WhatsApp Cloud API webhook delivery (several events per delivery)."""
+
+    object: Literal["whatsapp_business_account"]
+    entry: list[MetaEntry]

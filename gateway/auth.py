@@ -2,20 +2,19 @@
 
 The bearer token is either GATEWAY_AGENT_TOKEN (the service token: integrations, acting for
 any agent) or an agent's own token, matched by its hex SHA-256 against the agents'
-`token_sha256`. The middleware puts the `Principal` on the request; handlers ask it who the
-author of a command is (`acting_agent`), so with an agent's token the body cannot say
-otherwise. Only hashes of agent tokens are configured; `gateway agent-token` makes one.
+`token_sha256`, which the agent router (`gateway/agents.py`) holds. The middleware puts the
+`Principal` on the request; handlers ask it who the author of a command is
+(`acting_agent`), so with an agent's token the body cannot say otherwise. Only hashes of agent tokens are configured; `gateway agent-token` makes one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -23,7 +22,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Paths under /api/ that need no bearer token: the context URL (its token is the capability)
 # and the API description.
 PUBLIC_API = ("/api/v1/contexts/", "/api/v1/openapi.json")
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +45,6 @@ SERVICE = Principal(None, "service")
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentCredential:
-    agent_id: str
-    name: str
-    token_sha256: str
-
-
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -64,35 +55,27 @@ def new_agent_token() -> tuple[str, str]:
     return token, token_sha256(token)
 
 
-class Authenticator:
-    """Resolves a bearer token to a Principal, in constant time per configured credential."""
+class AgentNamed(Protocol):
+    id: str
+    name: str
 
-    def __init__(self, service_token: str, agents: Iterable[AgentCredential] = ()) -> None:
+
+class AgentsByToken(Protocol):
+    """Who has which token: the agent router (`AgentDirectory.by_token`) is the one source,
+    configured from `token_sha256` in GATEWAY_AGENTS."""
+
+    def by_token(self, token: str) -> AgentNamed | None: ...
+
+
+class Authenticator:
+    """Resolves a bearer token to a Principal: the service token compared in constant time,
+    an agent's by its SHA-256 through the agent router."""
+
+    def __init__(self, service_token: str, agents: AgentsByToken) -> None:
         if not service_token:
             raise ValueError("a service token is required")
         self._service = service_token.encode("utf-8", "surrogateescape")
-        self._agents = tuple(agents)
-        for agent in self._agents:
-            if not SHA256_HEX.fullmatch(agent.token_sha256):
-                raise ValueError(f"agent {agent.agent_id!r}: token_sha256 must be 64 lower-case "
-                                 "hex digits (gateway agent-token prints one)")
-        self._names = {a.agent_id: a.name for a in self._agents}
-
-    @classmethod
-    def from_settings(cls, settings: Any, service_token: str) -> Authenticator:
-        """Credentials from Settings.agents; an agent without `token_sha256` cannot sign in."""
-        credentials = []
-        for agent in settings.agents:
-            digest = getattr(agent, "token_sha256", None)
-            if digest is not None and hasattr(digest, "get_secret_value"):
-                digest = digest.get_secret_value()
-            if digest:
-                credentials.append(AgentCredential(
-                    agent.id, getattr(agent, "name", "") or agent.id, str(digest).lower()))
-        return cls(service_token, credentials)
-
-    def name_of(self, agent_id: str) -> str | None:
-        return self._names.get(agent_id)
+        self._agents = agents
 
     def resolve(self, authorization: str | None) -> Principal | None:
         """The principal of an `Authorization` header value, or None (a 401)."""
@@ -101,18 +84,19 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             return None
         given = token.encode("utf-8", "surrogateescape")
-        found: Principal | None = SERVICE if hmac.compare_digest(given, self._service) else None
-        digest = hashlib.sha256(given).hexdigest().encode()
-        # Every credential is compared, matched or not: the time says nothing about which.
-        for agent in self._agents:
-            if hmac.compare_digest(digest, agent.token_sha256.encode()) and found is None:
-                found = Principal(agent.agent_id, agent.name)
-        return found
+        if hmac.compare_digest(given, self._service):
+            return SERVICE
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # undecodable bytes in the header: nobody's token
+        agent = self._agents.by_token(token)
+        return Principal(agent.id, agent.name or agent.id) if agent is not None else None
 
 
 def principal_of(request: web.Request) -> Principal:
-    """The request's principal; the service when no per-agent middleware ran (the old
-    bearer check authenticates the service token only)."""
+    """The request's principal (set by `auth_middleware` on every /api/ route that needs
+    one); the service for the public ones."""
     return request.get(PRINCIPAL, SERVICE)
 
 

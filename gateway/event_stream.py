@@ -1,17 +1,17 @@
 """`GET /api/v1/events`: the committed-event bus as Server-Sent Events, per principal.
 
 Each record of `gateway.bus.EventBus` becomes one SSE event: `id:` its sequence number,
-`event:` its kind (`message`, `call`, `call-ended`, `assigned`, `closed`, `presence`),
-`data:` its fields as JSON. A client resumes with `Last-Event-ID` from what the bus still
+`event:` its kind (`message`, `call`, `call-ended`, `assigned`, `closed`, `delivery`,
+`presence`), `data:` its fields as JSON. A client resumes with `Last-Event-ID` from what the bus still
 holds; when it cannot (the gateway restarted, or the gap is older than the replay window) it
 first gets a `resync` event and should reload what it shows. Comment lines keep idle
 connections alive. A subscriber that falls too far behind is dropped by the bus: the stream
 ends and the client reconnects with its Last-Event-ID.
 
 What each principal sees (`visible`): the service token sees everything. An agent sees every
-`message`, `assigned`, `closed` and `presence` event (the inbox is shared: every agent may
-open every conversation, as `GET /api/v1/conversations` lists them), only the `call` offers
-made to them, and `call-ended` for the calls offered to or taken by them.
+`message`, `assigned`, `closed`, `delivery` and `presence` event (the inbox is shared: every
+agent may open every conversation, as `GET /api/v1/conversations` lists them), only the
+`call` offers made to them, and `call-ended` for the calls offered to or taken by them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.auth import Principal, principal_of
-from gateway.bus import CallEnded, CallOffered, DomainEvent, EventBus, Published, SubscriptionLost
+from gateway.bus import (
+    CallEnded,
+    CallOffered,
+    DomainEvent,
+    EntryAdded,
+    EventBus,
+    Published,
+    SubscriptionLost,
+)
 
 log = logging.getLogger("gateway.events")
 
@@ -35,10 +43,25 @@ RETRY_MS = 2000  # the reconnect delay SSE clients are told to use
 PATH = "/api/v1/events"
 
 
+# Events that hold their committed values compactly show derived fields instead.
+_SHOWN: dict[type[Any], tuple[str, ...]] = {
+    EntryAdded: ("conversation_id", "customer_id", "leg_id", "entry")}
+
+
+def stream_fields(event_type: type[Any]) -> tuple[str, ...]:
+    """The fields an event of this type shows on the stream (`gateway/api_models.py` has
+    their schemas); a transcript entry as the API shows it."""
+    shown = _SHOWN.get(event_type)
+    return shown if shown is not None else tuple(f.name for f in dataclasses.fields(event_type))
+
+
+def event_data(event: DomainEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in stream_fields(type(event))}
+
+
 def encode(record: Published) -> bytes:
     """One SSE event. JSON never holds a raw newline, so `data:` is one line."""
-    data = {field.name: getattr(record.event, field.name)
-            for field in dataclasses.fields(record.event)}
+    data = event_data(record.event)
     data["published_at"] = record.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=dict)
     return f"id: {record.seq}\nevent: {record.event.kind}\ndata: {body}\n\n".encode()

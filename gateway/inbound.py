@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from gateway import conversations, identity, verification
 from gateway.addresses import parse_address
+from gateway.bus import DeliveryUpdated
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.conversations import insert_ignore
 from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound
@@ -208,7 +209,7 @@ class Inbound:
                 conversations.claim_event(tx.conn, event.provider, event.event_id, tx.now)
             return apply_status(
                 tx.conn, provider_id=event.provider_message_id, status=event.status,
-                now=tx.now, error=event.error,
+                now=tx.now, error=event.error, moved=lambda moved: _delivery_moved(tx, moved),
             )
 
         return await self._writes.run(write)
@@ -238,6 +239,10 @@ class Inbound:
     async def checkpoint(self, key: str) -> str | None:
         rows = await self._reader.run(lambda conn: _CHECKPOINT.execute(conn, {"k": key}))
         return rows[0][0] if rows else None
+
+
+def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
+    tx.publish(moved)
 
 
 def _store_checkpoint(tx: Tx, key: str, value: str) -> None:

@@ -1,8 +1,10 @@
-"""The agent API's OpenAPI 3.1 description, served at /api/v1/openapi.json, generated from the
-pydantic models in `gateway/api_models.py` and the route table below (one row per route).
+"""The gateway's OpenAPI 3.1 description, served at /api/v1/openapi.json, generated from the
+pydantic models in `gateway/api_models.py` and the route table below (one row per route):
+the agent API, health and metrics, and the provider webhooks (with the fields the gateway
+reads from what Twilio and Meta send).
 
-Adding a route means adding a row; tests check that every route the app serves under /api/
-has one and that real responses validate against the schemas.
+Adding a route means adding a row; tests check that every route the app serves (but the
+console's own page and assets) has one and that real responses validate against the schemas.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Route:
     media: str = "application/json"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    body_media: str = "application/json"
+    signed_by: str | None = None  # a provider's signature header, instead of the bearer token
+    tag: str = "agent API"
 
 
 EVENTS_DESCRIPTION = (
@@ -41,6 +46,42 @@ EVENTS_DESCRIPTION = (
     "heartbeats. With an agent's token the stream carries every message, assignment, close "
     "and presence change, and only the calls offered to that agent (and their end); the "
     "service token's stream carries everything. `resync` says events were missed: reload.")
+
+SIGNED_TWILIO = ("Twilio signs GATEWAY_PUBLIC_URL + the path and query, and every form "
+                 "field; a missing or wrong signature gets 403 and nothing is stored. Answered "
+                 "after the commit.")
+
+
+def _twilio(path: str, summary: str, body: type[BaseModel], query: type[BaseModel] | None = None
+            ) -> Route:
+    return Route("post", path, summary, (200, None), body=body, query=query,
+                 errors=(400, 403, 500, 503), public=True, media="text/xml",
+                 body_media="application/x-www-form-urlencoded",
+                 signed_by="X-Twilio-Signature", description=SIGNED_TWILIO, tag="webhooks")
+
+
+WEBHOOKS: tuple[Route, ...] = (
+    _twilio("/webhooks/twilio/messaging", "Twilio: an incoming SMS, MMS or WhatsApp message "
+            "(the same MessageSid is stored once); answers empty TwiML",
+            m.TwilioMessagingForm),
+    _twilio("/webhooks/twilio/status", "Twilio: a message status callback (statuses only "
+            "move forward)", m.TwilioStatusForm),
+    _twilio("/webhooks/twilio/voice", "Twilio Voice: an incoming call; answers TwiML "
+            "(<Gather> for an escalation PIN, <Dial><Sip> to an agent with the context "
+            "token as an x- header)", m.TwilioVoiceForm, m.TwilioVoiceParams),
+    _twilio("/webhooks/twilio/voice/status", "Twilio Voice: call status callbacks",
+            m.TwilioVoiceStatusForm, m.TwilioVoiceStatusParams),
+    Route("get", "/webhooks/whatsapp", "Meta: the webhook verification handshake (echoes "
+          "hub.challenge)", (200, None), query=m.MetaHandshakeParams, errors=(403,),
+          public=True, media="text/plain", tag="webhooks"),
+    Route("post", "/webhooks/whatsapp", "Meta WhatsApp Cloud API: messages and statuses "
+          "(the same message id is stored once)", (200, None), body=m.MetaWebhook,
+          errors=(400, 403, 500, 503), public=True, media="text/plain",
+          signed_by="X-Hub-Signature-256", tag="webhooks",
+          description="Meta signs the raw body with the app secret (HMAC-SHA256); a missing "
+          "or wrong signature gets 403 and nothing is stored. 500 when something did not "
+          "store: Meta retries the delivery, and what did land is deduplicated."),
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("get", "/api/v1/customers", "Find a customer by one of their addresses",
@@ -94,13 +135,15 @@ ROUTES: tuple[Route, ...] = (
           public=True),
     Route("get", "/metrics", "Prometheus metrics", (200, None), errors=(), public=True,
           media="text/plain"),
+    *WEBHOOKS,
 )
 
 # Bodies outside the route table that the document still names: the SSE events.
 EXTRA_MODELS: tuple[type[BaseModel], ...] = tuple(m.SSE_EVENTS.values())
 
-ERROR_TEXT = {400: "bad request", 401: "missing or wrong bearer token", 404: "not found",
-              409: "not possible in the current state"}
+ERROR_TEXT = {400: "bad request", 401: "missing or wrong bearer token", 403: "forbidden",
+              404: "not found", 409: "not possible in the current state",
+              500: "not stored; the provider retries", 503: "the gateway is starting"}
 
 
 def _schemas() -> tuple[dict[tuple[type[BaseModel], str], Any], dict[str, Any]]:
@@ -130,6 +173,7 @@ def build_document() -> dict[str, Any]:
         return refs[(model, "serialization")]
 
     error = {"application/json": {"schema": ref(m.Error)}}
+    plain = {"text/plain": {"schema": {"type": "string"}}}  # what the webhooks answer
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -137,17 +181,23 @@ def build_document() -> dict[str, Any]:
         if route.query is not None:
             params += _query_parameters(route.query)
         params += route.extra.get("parameters", [])
+        if route.signed_by:
+            params.append({"name": route.signed_by, "in": "header", "required": True,
+                           "schema": {"type": "string"},
+                           "description": "the provider's signature (see the description)"})
         status, body = route.ok
         if route.media == "application/json":
             content = {"application/json": {"schema": ref(body) if body else {"type": "object"}}}
         else:
             content = {route.media: {"schema": {"type": "string"}}}
         operation: dict[str, Any] = {
+            "tags": [route.tag],
             "summary": route.summary,
             "operationId": f"{route.method}_{re.sub(r'[^a-z0-9]+', '_', route.path.lower())}"
                            .rstrip("_"),
             "responses": {str(status): {"description": route.summary, "content": content},
-                          **{str(code): {"description": ERROR_TEXT[code], "content": error}
+                          **{str(code): {"description": ERROR_TEXT[code],
+                                         "content": plain if route.tag == "webhooks" else error}
                              for code in route.errors}},
         }
         if route.description:
@@ -156,7 +206,7 @@ def build_document() -> dict[str, Any]:
             operation["parameters"] = params
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {
-                "application/json": {"schema": ref(route.body)}}}
+                route.body_media: {"schema": ref(route.body)}}}
         if route.public:
             operation["security"] = []
         if route.media == "text/event-stream":
@@ -165,7 +215,7 @@ def build_document() -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Continuity gateway agent API", "version": "1"},
+        "info": {"title": "Continuity gateway: agent API and webhooks", "version": "1"},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": schemas},
         "security": [{"bearer": []}],

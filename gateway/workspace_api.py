@@ -34,27 +34,25 @@ def _time(name: str, raw: str) -> datetime:
 
 
 class Workspace:
-    def __init__(self, reader: Reader, clock: Clock, bus: EventBus | None = None,
+    def __init__(self, reader: Reader, clock: Clock, bus: EventBus,
                  heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.reader = reader
         self.clock = clock
-        self.stream = EventStream(bus, heartbeat) if bus is not None else None
+        self.stream = EventStream(bus, heartbeat)
 
     def routes(self) -> list[web.RouteDef]:
-        routes = [
+        return [
             web.get("/api/v1/me", self.me),
             web.get("/api/v1/conversations", self.conversations),
             web.get("/api/v1/conversations/{id}/timeline", self.timeline),
             web.get("/api/v1/reports/journeys", self.journeys),
+            *self.stream.routes(),
         ]
-        if self.stream is not None:
-            routes += self.stream.routes()
-        return routes
 
     def mount(self, app: web.Application) -> None:
+        app[WORKSPACE] = self
         app.add_routes(self.routes())
-        if self.stream is not None:
-            app.on_shutdown.append(self.stream.on_shutdown)
+        app.on_shutdown.append(self.stream.on_shutdown)
 
     async def me(self, request: web.Request) -> web.Response:
         principal = principal_of(request)
@@ -96,3 +94,6 @@ class Workspace:
         except reports.BadReport as exc:
             return error(400, str(exc))
         return ok(report)
+
+
+WORKSPACE = web.AppKey("workspace", Workspace)  # the mounted workspace (tests reach its stream)

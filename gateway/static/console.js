@@ -700,7 +700,7 @@
       touchInbox(data.conversation_id, () => ({ status: 'closed' }));
       if (data.conversation_id === state.selected) refreshConversationSoon();
     },
-    // Not on the bus yet (wiring phase): an outbound message's delivery status moved.
+    // An outbound message's delivery status moved (sent, delivered, read, failed…).
     delivery(data) {
       if (data.conversation_id === state.selected) refreshConversationSoon();
     },

@@ -1,123 +1,108 @@
-"""A running gateway with the agent workspace mounted, for the workspace's API and browser tests.
+"""A running gateway for the workspace's API and browser tests: the one gateway of
+tests/conftest.py (`Gateways`), with two agents who have their own API tokens, and what the
+workspace tests ask of it.
 
-Phase-1 assembly (until the wiring phase mounts these in gateway/app.py): `build_app` as it
-is, plus the workspace routes, the event stream on an `EventBus`, and the per-agent auth
-middleware in place of the service-token check. The core does not publish committed events
-yet, so `BusFeed` does it for the tests: after each core command it publishes the transcript
-entries that command committed (`message`), and `close` (`closed`). `offer_call` publishes
-what the SIP path will: a `call` offered to an agent, with a real context token.
+`offer_call` opens a call and has the core's router offer it to one agent (the real
+`CallOffered` on the bus, as the Twilio Voice webhook does). `CheckStandIn` is TEST-ONLY: it
+stands in for POST /api/v1/conversations/{id}/verifications/{challenge_id}/check, which
+branch `trust` builds; delete it (and `check_requests`) when that endpoint lands.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import ClientSession, web
-from sqlalchemy import select
 
-from config.settings import load_settings
-from connectors.memory import MemoryChannel
-from gateway import context
-from gateway.app import GATEWAY, Gateway, build_app
-from gateway.auth import AgentCredential, Authenticator, auth_middleware, token_sha256
-from gateway.bus import CallOffered, ConversationClosed, EntryAdded, EventBus
-from gateway.core import CallRoute, Core
-from gateway.models import Conversation, TranscriptEntry
-from gateway.workspace_api import Workspace
-from tests.conftest import AGENT_TOKEN
+from connectors.memory import ALL, MemoryChannel
+from gateway.app import Gateway
+from gateway.auth import token_sha256
+from gateway.bus import EventBus
+from gateway.channels import CallRoute
+from gateway.core import Core
+from gateway.workspace_api import WORKSPACE, Workspace
+from tests.conftest import AGENT_TOKEN, BUSINESS_SMS, PUBLIC_URL, Gateways, RunningGateway
 from tests.helpers import call
 from tests.standins import TwilioStandin, twilio_sign, twilio_sms_form
 
-PUBLIC_URL = "https://gw.example.com"  # what providers sign for; tests reach us on loopback
-BUSINESS_SMS = "+15005550006"
 ALICE_TOKEN = "alice-token-0123456789abcdefghij"
 BOB_TOKEN = "bob-token-0123456789abcdefghijkl"
 AGENTS = [
-    {"id": "alice", "name": "Alice Agent", "contact": "sip:alice@127.0.0.1:5070"},
-    {"id": "bob", "name": "Bob Agent", "contact": "sip:bob@127.0.0.1:5071"},
+    {"id": "alice", "name": "Alice Agent", "contact": "sip:alice@127.0.0.1:5070",
+     "token_sha256": token_sha256(ALICE_TOKEN)},
+    {"id": "bob", "name": "Bob Agent", "contact": "sip:bob@127.0.0.1:5071",
+     "token_sha256": token_sha256(BOB_TOKEN)},
 ]
-CREDENTIALS = [AgentCredential("alice", "Alice Agent", token_sha256(ALICE_TOKEN)),
-               AgentCredential("bob", "Bob Agent", token_sha256(BOB_TOKEN))]
-TRANSCRIPT = TranscriptEntry.__table__
-CONVERSATIONS = Conversation.__table__
+CHECK_PATH = "/api/v1/conversations/{id}/verifications/{challenge_id}/check"
 
 
-class BusFeed:
-    """Publishes what core commands committed, as the refactored core will itself."""
+class CheckStandIn(MemoryChannel):
+    """TEST-ONLY stand-in for the check-code endpoint (branch `trust` builds the real one):
+    mounted as a channel's route, it records what the console sent and answers as the
+    contract describes ("123456" passes). In the tests without Twilio it is also the memory
+    channel that keeps what the outbox sends."""
 
-    def __init__(self, core: Core, bus: EventBus) -> None:
-        self.core = core
-        self.bus = bus
-        self._last = 0
-        self._lock = asyncio.Lock()
-        for name in ("ingest", "reply", "start_verification", "escalate", "open_call",
-                     "call_event", "close_conversation"):
-            setattr(core, name, self._wrap(name, getattr(core, name)))
+    def __init__(self, channels: frozenset[str]) -> None:
+        super().__init__(channels, name="check-standin")
+        self.requests: list[dict[str, Any]] = []
 
-    def _wrap(self, name: str, command: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        @functools.wraps(command)
-        async def run(*args: Any, **kwargs: Any) -> Any:
-            result = await command(*args, **kwargs)
-            await self.publish_new()
-            if name == "close_conversation":
-                customer = await self.core.reader.run(lambda conn: conn.execute(
-                    select(CONVERSATIONS.c.customer_id)
-                    .where(CONVERSATIONS.c.id == args[0])).scalar())
-                self.bus.publish([ConversationClosed(args[0], customer)])
-            return result
+    def routes(self) -> Sequence[web.AbstractRouteDef]:
+        return [web.post(CHECK_PATH, self._check)]
 
-        return run
-
-    async def publish_new(self) -> None:
-        async with self._lock:
-            last = self._last
-
-            def read(conn: Any) -> list[Any]:
-                return conn.execute(
-                    select(TRANSCRIPT, CONVERSATIONS.c.customer_id)
-                    .join(CONVERSATIONS, CONVERSATIONS.c.id == TRANSCRIPT.c.conversation_id)
-                    .where(TRANSCRIPT.c.id > last).order_by(TRANSCRIPT.c.id)).mappings().all()
-
-            rows = await self.core.reader.run(read)
-            events = []
-            for r in rows:
-                entry = {"id": r["id"], "at": context.iso(r["at"]), "channel": r["channel"],
-                         "direction": r["direction"], "author": r["author"], "text": r["text"],
-                         "kind": r["kind"], "leg_id": r["leg_id"],
-                         "provider_at": context.iso(r["provider_at"]), "data": r["data"]}
-                events.append(EntryAdded(r["conversation_id"], r["customer_id"], r["leg_id"],
-                                         entry))
-                self._last = max(self._last, r["id"])
-            self.bus.publish(events)
+    async def _check(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append({"conversation_id": request.match_info["id"],
+                              "challenge_id": request.match_info["challenge_id"], **body})
+        return web.json_response(
+            {"outcome": "passed" if body.get("code") == "123456" else "wrong"})
 
 
 @dataclass
 class WorkspaceGateway:
-    url: str
-    app: web.Application
-    runner: web.AppRunner
-    http: ClientSession
-    bus: EventBus
-    workspace: Workspace
+    running: RunningGateway
     twilio: TwilioStandin | None
-    memory: MemoryChannel | None
-    check_requests: list[dict[str, Any]] = field(default_factory=list)
-    stopped: bool = False
+    check: CheckStandIn
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def app(self) -> web.Application:
+        return self.running.app
+
+    @property
+    def http(self) -> ClientSession:
+        return self.running.http
 
     @property
     def gw(self) -> Gateway:
-        return self.app[GATEWAY]
+        return self.running.gw
 
     @property
     def core(self) -> Core:
         return self.gw.core
+
+    @property
+    def bus(self) -> EventBus:
+        return self.gw.bus
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.app[WORKSPACE]
+
+    @property
+    def memory(self) -> MemoryChannel | None:
+        return self.check if self.twilio is None else None
+
+    @property
+    def check_requests(self) -> list[dict[str, Any]]:
+        return self.check.requests
 
     async def api(self, method: str, path: str, token: str | None = AGENT_TOKEN,
                   **kwargs: Any) -> tuple[int, Any]:
@@ -143,80 +128,37 @@ class WorkspaceGateway:
             return resp.status
 
     async def offer_call(self, number: str | None, agent_id: str, **kwargs: Any) -> CallRoute:
-        """A call routed to `agent_id`, announced on the bus as the SIP edge will."""
-        incoming = call(number, **kwargs)
-        route = await self.core.open_call(incoming)
-        self.bus.publish([CallOffered(route.conversation_id, route.customer_id, route.leg_id,
-                                      agent_id, route.context_url, incoming.call_ref)])
+        """A call opened and offered by the core's router to `agent_id` (every other agent
+        counts as tried): the core publishes `CallOffered`, as for a Twilio Voice call."""
+        route = await self.core.open_call(call(number, **kwargs))
+        others = [agent.id for agent in self.gw.agents if agent.id != agent_id]
+        offer = await self.core.offer_call(route, tried=others)
+        assert offer is not None and offer.agent_id == agent_id, offer
         return route
 
     async def stop_server(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            await self.runner.cleanup()
+        """Stop the gateway but keep the client (streams open against it end)."""
+        await self.running.stop_server()
 
     async def stop(self) -> None:
-        await self.stop_server()
-        await self.http.close()
-
-
-async def _check_standin(server: WorkspaceGateway, request: web.Request) -> web.Response:
-    """Stands in for POST …/verifications/{challenge_id}/check (another phase builds it):
-    records what the console sent, answers as the contract describes."""
-    body = await request.json()
-    server.check_requests.append({"conversation_id": request.match_info["id"],
-                                  "challenge_id": request.match_info["challenge_id"], **body})
-    return web.json_response({"outcome": "passed" if body.get("code") == "123456" else "wrong"})
+        await self.running.stop()
 
 
 async def start_workspace(
-    database_url: str,
+    gateways: Gateways,
     *,
     twilio: TwilioStandin | None = None,
-    clock: Any = None,
     heartbeat: float = 15.0,
-    bus: EventBus | None = None,
-    credentials: Sequence[AgentCredential] = CREDENTIALS,
     **overrides: Any,
 ) -> WorkspaceGateway:
-    overrides.setdefault("database_url", database_url)
-    overrides.setdefault("agent_token", AGENT_TOKEN)
-    overrides.setdefault("log_format", "text")
+    """A gateway from `gateways` (the conftest fixture's pool) with the workspace agents; sends
+    go to the Twilio stand-in when given, else they are kept by the memory channel."""
     overrides.setdefault("public_url", PUBLIC_URL)
     overrides.setdefault("agents", json.loads(json.dumps(AGENTS)))
-    memory = None
-    extra: list[Any] = []
-    if twilio is not None:
-        overrides.setdefault("twilio_account_sid", twilio.account_sid)
-        overrides.setdefault("twilio_auth_token", twilio.auth_token)
-        overrides.setdefault("twilio_api_url", twilio.base_url)
-        overrides.setdefault("twilio_from_number", BUSINESS_SMS)
-    else:
-        memory = MemoryChannel()
-        extra.append(memory)
-    settings = load_settings(**overrides)
-    app = build_app(settings, clock=clock, extra_connectors=extra, enable_sip=False)
-    core = app[GATEWAY].core
-    bus = bus or EventBus(clock.now if clock is not None else lambda: datetime.now(UTC))
-    BusFeed(core, bus)
-    workspace = Workspace(core.reader, core.clock, bus, heartbeat=heartbeat)
-    workspace.mount(app)
-    # The wiring phase swaps this in gateway/app.py; here the built app's check is replaced.
-    app.middlewares[1] = auth_middleware(Authenticator(AGENT_TOKEN, credentials))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    server: WorkspaceGateway
-
-    async def check(request: web.Request) -> web.Response:
-        return await _check_standin(server, request)
-
-    app.router.add_post("/api/v1/conversations/{id}/verifications/{challenge_id}/check", check)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server = WorkspaceGateway(f"http://127.0.0.1:{port}", app, runner, ClientSession(), bus,
-                              workspace, twilio, memory)
-    return server
+    overrides.setdefault("events_heartbeat_seconds", heartbeat)
+    check = CheckStandIn(frozenset() if twilio is not None else ALL)
+    running = await gateways(memory=check, twilio=twilio, sip=False, **overrides)
+    return WorkspaceGateway(running, twilio, check)
 
 
 # ---- reading an event stream as a client does ----------------------------------------------

@@ -4,19 +4,22 @@ body cannot override, and `gateway agent-token`."""
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from gateway.auth import AgentCredential, Authenticator, new_agent_token, token_sha256
+from config.settings import load_settings
+from gateway.agents import AgentDirectory
+from gateway.auth import Authenticator, new_agent_token, token_sha256
 from gateway.cli import main
+from gateway.clock import FrozenClock
 from tests.conftest import AGENT_TOKEN
-from tests.console.server import ALICE_TOKEN, BOB_TOKEN, CREDENTIALS, WorkspaceGateway
+from tests.console.server import AGENTS, ALICE_TOKEN, BOB_TOKEN, WorkspaceGateway
 from tests.helpers import whatsapp
 
-AUTH = Authenticator(AGENT_TOKEN, CREDENTIALS)
+# The agents as the gateway reads them (GATEWAY_AGENTS) into the router, which holds the hashes.
+AUTH = Authenticator(AGENT_TOKEN, AgentDirectory(load_settings(agents=AGENTS).agents,
+                                                 FrozenClock()))
 
 
 def test_tokens_resolve_to_the_service_or_their_agent() -> None:
@@ -38,18 +41,15 @@ def test_an_agent_always_acts_as_themself_the_service_as_anyone() -> None:
     assert service.acting_agent("bob") == "bob" and service.acting_agent(None) is None
 
 
-def test_credentials_come_from_settings_when_they_have_a_hash() -> None:
-    digest = token_sha256(ALICE_TOKEN)
-    settings = SimpleNamespace(agents=[
-        SimpleNamespace(id="alice", name="Alice", token_sha256=digest.upper()),
-        SimpleNamespace(id="carol", name="", token_sha256=SecretStr(token_sha256(BOB_TOKEN))),
-        SimpleNamespace(id="dave", name="Dave"),  # no token_sha256 field yet: cannot sign in
-    ])
-    auth = Authenticator.from_settings(settings, AGENT_TOKEN)
+def test_only_agents_with_a_token_hash_can_sign_in() -> None:
+    agents = [{**AGENTS[0], "token_sha256": token_sha256(ALICE_TOKEN).upper()},
+              {"id": "dave", "name": "Dave", "contact": "sip:dave@127.0.0.1:5072"}]
+    auth = Authenticator(AGENT_TOKEN, AgentDirectory(load_settings(agents=agents).agents,
+                                                     FrozenClock()))
     assert auth.resolve(f"Bearer {ALICE_TOKEN}").agent_id == "alice"  # type: ignore[union-attr]
-    assert auth.resolve(f"Bearer {BOB_TOKEN}").name == "carol"  # type: ignore[union-attr]
-    with pytest.raises(ValueError, match="token_sha256"):
-        Authenticator(AGENT_TOKEN, [AgentCredential("eve", "Eve", "not-a-hash")])
+    assert auth.resolve(f"Bearer {BOB_TOKEN}") is None
+    with pytest.raises(ValueError, match="service token"):
+        Authenticator("", auth._agents)
 
 
 def test_agent_token_command_prints_a_token_and_its_hash(capsys: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tests.browser import screenshot_path
+from tests.conftest import Gateways
 from tests.console.server import ALICE_TOKEN, WorkspaceGateway, start_workspace
 from tests.helpers import code_from
 from tests.standins import TwilioStandin, new_twilio_sid
@@ -36,7 +37,8 @@ async def twilio() -> AsyncIterator[TwilioStandin]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def ws(sqlite_url: str, twilio: TwilioStandin) -> AsyncIterator[WorkspaceGateway]:
-    server = await start_workspace(sqlite_url, twilio=twilio, heartbeat=1.0)
+    # The conftest's gateway pool, in the session loop the browser lives in.
+    server = await start_workspace(Gateways(sqlite_url), twilio=twilio, heartbeat=1.0)
     try:
         yield server
     finally:

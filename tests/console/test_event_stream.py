@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from gateway.bus import QUEUE, CallEnded, ConversationAssigned, EventBus
-from tests.conftest import AGENT_TOKEN
+from gateway.bus import QUEUE, REPLAY, CallEnded, ConversationAssigned
+from tests.conftest import AGENT_TOKEN, BUSINESS_SMS
 from tests.console.server import ALICE_TOKEN, BOB_TOKEN, SseReader, WorkspaceGateway
+from tests.console.test_openapi import checker
 from tests.helpers import whatsapp
+from tests.standins import TwilioStandin, twilio_status_form
 
 
 @pytest.fixture
@@ -70,18 +71,19 @@ async def test_resume_with_last_event_id_misses_nothing(ws: WorkspaceGateway) ->
     assert all(e.event == "message" for e in got)
 
 
-async def test_a_gap_the_bus_cannot_fill_says_resync(start_ws: Any, sqlite_url: str) -> None:
-    bus = EventBus(lambda: datetime.now(UTC), replay=2)
-    ws = await start_ws(sqlite_url, bus=bus)
-    for n in range(4):
-        await ws.core.ingest(whatsapp("+14155550143", f"m{n}"))
-    async with stream(ws, last_event_id="1") as events:  # 2 is no longer held
+async def test_a_gap_the_bus_cannot_fill_says_resync(ws: WorkspaceGateway) -> None:
+    first = await ws.core.ingest(whatsapp("+14155550143", "m0"))
+    # More than the bus holds for resume goes by: event 1 and those after it are gone.
+    ws.bus.publish([ConversationAssigned(first.conversation_id, first.customer_id, f"a{n}", None)
+                    for n in range(REPLAY)])
+    await ws.core.ingest(whatsapp("+14155550143", "m1"))
+    async with stream(ws, last_event_id="1") as events:
         resync = await events.next()
         after = await events.next()
     assert resync.event == "resync" and resync.data["last_event_id"] == 1
-    assert after.event == "message" and after.id == "3"
+    assert after.event == "assigned" and after.id == str(ws.bus.last_seq - REPLAY + 1)
     # An id from before a restart (larger than anything this bus sent) also resyncs.
-    async with stream(ws, last_event_id="999") as events:
+    async with stream(ws, last_event_id=str(ws.bus.last_seq + 100)) as events:
         event = await events.next()
     assert event.event == "resync" and "restarted" in event.data["reason"]
 
@@ -180,3 +182,38 @@ async def test_open_streams_do_not_hold_up_a_stopping_server(ws: WorkspaceGatewa
         await asyncio.wait_for(ws.stop_server(), 10)
         assert await events.next() is None
     assert ws.bus.subscribers == 0
+
+
+async def test_delivery_status_moves_reach_the_stream(start_ws: Any, sqlite_url: str,
+                                                      twilio: TwilioStandin) -> None:
+    ws = await start_ws(sqlite_url, twilio=twilio)
+    number = "+14155550149"
+    assert await ws.sms(number, "where is my parcel?") == 200
+    status, customer = await ws.api("GET", "/api/v1/customers", params={"address": f"sms:{number}"})
+    cid = customer["conversations"][0]["id"]
+    async with stream(ws, ALICE_TOKEN) as events:
+        status, reply = await ws.api("POST", f"/api/v1/conversations/{cid}/messages",
+                                     token=ALICE_TOKEN, json={"text": "On its way."})
+        assert status == 202, reply
+        handed = await events.until(lambda e: e.event == "delivery")
+        assert handed.data == {"conversation_id": cid, "outbox_id": reply["id"],
+                               "status": handed.data["status"], "error": None,
+                               "published_at": handed.data["published_at"]}
+        assert handed.data["status"] in ("queued", "sent", "accepted")
+        sid = (await ws.running.outbox(reply["id"]))["provider_id"]
+        form = twilio_status_form(account_sid=twilio.account_sid, message_sid=sid,
+                                  from_=BUSINESS_SMS, to=number, status="delivered")
+        assert (await ws.running.twilio("/webhooks/twilio/status", form,
+                                        twilio.auth_token))[0] == 200
+        delivered = await events.until(lambda e: e.event == "delivery")
+        # The same callback again moves nothing, so says nothing; a later one does.
+        assert (await ws.running.twilio("/webhooks/twilio/status", form,
+                                        twilio.auth_token))[0] == 200
+        form["MessageStatus"] = form["SmsStatus"] = "read"
+        assert (await ws.running.twilio("/webhooks/twilio/status", form,
+                                        twilio.auth_token))[0] == 200
+        read = await events.next()  # nothing came of the repeated callback
+    assert read is not None and read.event == "delivery"
+    assert (delivered.data["outbox_id"], delivered.data["status"]) == (reply["id"], "delivered")
+    assert read.data["status"] == "read" and int(read.id or 0) > int(delivered.id or 0)
+    assert not list(checker("DeliveryEvent").iter_errors(delivered.data))

@@ -125,7 +125,7 @@ async def test_codes_never_show_as_last_text(ws: WorkspaceGateway) -> None:
     assert all(code not in (e.get("text") or "") for e in view["timeline"])
     codes = [e for e in view["timeline"] if e["type"] == "code"]
     assert codes and codes[0]["text"].startswith("[verification code sent")
-    assert view["challenges"][0]["id"] == started["challenge_id"]
+    assert view["challenges"][0]["id"] == started.challenge_id
     assert view["challenges"][0]["status"] == "passed"
     # The leg that proved the code carries the verification now: badge and full disclosure.
     leg = view["legs"][0]
@@ -156,13 +156,13 @@ async def test_timeline_across_channels_with_delivery_calls_and_escalations(
     kinds = [(i["type"], i.get("channel")) for i in view["timeline"]]
     assert kinds[0] == ("entry", "whatsapp") and ("escalation", "voice") in kinds
     out = next(i for i in view["timeline"] if i.get("data") and
-               i["data"].get("outbox_id") == reply["id"])
+               i["data"].get("outbox_id") == reply.id)
     assert out["delivery"]["status"] in ("sent", "pending", "sending")
     ended = [i for i in view["timeline"] if (i.get("data") or {}).get("event") == "ended"]
     assert ended[0]["data"]["duration_seconds"] == 125.0
     assert ended[0]["data"]["agent_id"] == "alice"
     esc = next(i for i in view["timeline"] if i["type"] == "escalation")
-    assert esc["id"] == escalation["id"] and esc["mode"] == "dial-in" and esc["used_at"]
+    assert esc["id"] == escalation.id and esc["mode"] == "dial-in" and esc["used_at"]
     voice = view["legs"][1]
     assert voice["verification"] is None and voice["disclosure"] == "limited"
     assert voice["verification_reason"] == "no-verification"

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import dataclasses
 import typing
 
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from config.settings import load_settings
 from gateway import bus
+from gateway.app import build_app
 from gateway.api_models import SSE_EVENTS
+from gateway.event_stream import stream_fields
 from gateway.openapi import OPENAPI
-from tests.console.server import ALICE_TOKEN, SseReader, WorkspaceGateway
+from tests.conftest import AGENT_TOKEN
+from tests.console.server import CHECK_PATH, ALICE_TOKEN, SseReader, WorkspaceGateway
 from tests.helpers import code_from, whatsapp
 
 
@@ -31,8 +34,7 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 def test_every_bus_event_has_its_stream_schema_with_the_same_fields() -> None:
     for event in typing.get_args(bus.DomainEvent):
         model = SSE_EVENTS[event.kind]
-        fields = {f.name for f in dataclasses.fields(event)}
-        assert fields == set(model.model_fields), event.__name__
+        assert set(stream_fields(event)) == set(model.model_fields), event.__name__
 
 
 @pytest.fixture
@@ -40,16 +42,33 @@ async def ws(start_ws: Any, sqlite_url: str) -> WorkspaceGateway:
     return await start_ws(sqlite_url)
 
 
-def test_every_route_the_app_serves_is_described_and_nothing_else(ws: WorkspaceGateway) -> None:
+# Routes of the contract that another branch builds; the console already calls them.
+NOT_SERVED_YET = {("post", CHECK_PATH)}  # branch `trust`: remove when it lands
+
+
+def test_every_route_the_app_serves_is_described_and_nothing_else(tmp_path: Any) -> None:
+    """The real app with every channel on (built, not started): the agent API, health,
+    metrics and each provider webhook; only the console's page and assets are not API."""
+    settings = load_settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/gw.db", agent_token=AGENT_TOKEN,
+        twilio_account_sid="AC" + "0" * 32, twilio_auth_token="twilio-auth-token-0123456789",
+        twilio_from_number="+15005550006", twilio_voice_number="+15005550006",
+        whatsapp_app_secret="meta-app-secret-0123456789", whatsapp_verify_token="verify-token",
+        whatsapp_access_token="meta-access-token-0123456789",
+        whatsapp_phone_number_id="100200300")
+    app = build_app(settings)
     served = {
         (route.method.lower(), route.resource.canonical)
-        for route in ws.app.router.routes()
+        for route in app.router.routes()
         if route.resource is not None and route.method not in ("HEAD", "*")
-        and route.resource.canonical.startswith(("/api/", "/healthz", "/metrics"))
+        and not route.resource.canonical.startswith("/console")
     }
+    assert {path for _, path in served if path.startswith("/webhooks/")} == {
+        "/webhooks/twilio/messaging", "/webhooks/twilio/status", "/webhooks/twilio/voice",
+        "/webhooks/twilio/voice/status", "/webhooks/whatsapp"}
     described = {(method, path) for path, ops in OPENAPI["paths"].items() for method in ops}
     assert served - described == set(), "routes without a description"
-    assert described - served == set(), "described routes the app does not serve"
+    assert described - served == NOT_SERVED_YET, "described routes the app does not serve"
 
 
 def checker(name: str) -> Draft202012Validator:
