@@ -111,6 +111,9 @@ class Inbound:
             author=str(event.sender), text=text, provider=event.provider,
             provider_id=event.provider_id, provider_at=event.provider_at, data=data or None,
         )
+        tx.log(logging.INFO, "inbound %s %s from %s: conversation %s, leg %s%s",
+               event.channel, event.kind, event.sender, conversation_id, leg_id,
+               " (new leg)" if new_leg else "")
         if otp is not None:
             self._after_otp(tx, otp, customer_id, conversation_id, leg_id, event)
         return IngestResult(
@@ -243,6 +246,13 @@ class Inbound:
 
 def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
     tx.publish(moved)
+    if moved.status in _NOT_DELIVERED:
+        tx.log(logging.WARNING, "outbox: %s %s by the provider%s (conversation %s)",
+               moved.outbox_id, moved.status, f": {moved.error}" if moved.error else "",
+               moved.conversation_id)
+
+
+_NOT_DELIVERED = frozenset({"failed", "undelivered"})
 
 
 def _store_checkpoint(tx: Tx, key: str, value: str) -> None:

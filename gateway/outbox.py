@@ -91,6 +91,7 @@ RANK: Mapping[str, int] = {
 FINAL = frozenset({S.FAILED, S.UNDELIVERED, S.READ})  # delivered may still become read
 LEASE = timedelta(seconds=60)
 _RECEIPT = WORKER[(S.SENDING, WorkerStep.RECEIPT)]
+_FAILING = frozenset({S.PENDING, S.FAILED})  # what a send that did not succeed leads to
 
 
 def worker_step(current: OutboxStatus, step: WorkerStep, to: OutboxStatus) -> OutboxStatus:
@@ -448,8 +449,10 @@ class OutboxWorker:
                                     moves.append)
         self._publish(moves)
         self._sent(message.channel, "retry" if values["status"] == "pending" else values["status"])
-        log.info("outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
-                 values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
+        # A send that failed (to be retried, or for good) is something an operator acts on.
+        level = logging.WARNING if values["status"] in _FAILING else logging.INFO
+        log.log(level, "outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
+                values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
         if values["status"] == "pending":
             self.wake()
 
