@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(keys as in GATEWAY_*, lower case, without the prefix)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the gateway (HTTP, webhooks, SIP, outbox)")
-    sub.add_parser("demo", help="tell the escalation story on loopback and print what the "
-                   "agent sees")
+    demo = sub.add_parser("demo", help="tell the escalation story on loopback (WhatsApp, a "
+                          "real SIP call) and print what the agent sees")
+    demo.add_argument("--keep", action="store_true", help="afterwards keep the gateway "
+                      "running on the story's database and print the console URL and an "
+                      "agent token (Ctrl-C stops it)")
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
     db_sub.add_parser("upgrade", help="apply the Alembic migrations up to the newest")
@@ -124,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "demo":
             from gateway.demo import run_demo
 
-            return asyncio.run(run_demo())
+            return asyncio.run(run_demo(keep=args.keep))
     except KeyboardInterrupt:
         return 130
     except (OSError, ChannelError) as exc:
