@@ -545,6 +545,7 @@
     };
     const entries = (bundle.transcript || []).slice(-30);
     pop.dataset.conversation = bundle.conversation_id;
+    pop.dataset.callRef = (call && call.call_ref) || '';
     clear(pop).append(
       el('h2', { id: 'pop-title' }, call && !call.ended ? 'Incoming call' : 'Call context',
         call && call.ended ? ' (ended)' : ''),

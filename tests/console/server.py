@@ -2,8 +2,13 @@
 tests/conftest.py (`Gateways`), with two agents who have their own API tokens, and what the
 workspace tests ask of it.
 
-`offer_call` opens a call and has the core's router offer it to one agent (the real
-`CallOffered` on the bus, as the Twilio Voice webhook does). `CheckStandIn` is TEST-ONLY: it
+`twilio_call` places a call as Twilio does, through the signed Twilio Voice webhooks (the PIN
+typed at the `<Gather>`, `<Dial><Sip>` to an agent, the `<Dial action>` when a phone did not
+answer): the path on which the core publishes `CallOffered` today. The SIP edge does not yet
+(branch `trust` moves the SIP agent choice into the core); switch the screen pop to a SIPp
+call then. `offer_call` is the shortcut for tests that need a call leg, not the call: it
+opens a call and has the core's router offer it to one agent (the same `offer_call` the
+Twilio Voice webhook uses). `CheckStandIn` is TEST-ONLY: it
 stands in for POST /api/v1/conversations/{id}/verifications/{challenge_id}/check, which
 branch `trust` builds; delete it (and `check_requests`) when that endpoint lands.
 """
@@ -15,9 +20,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
+from xml.etree import ElementTree
 
 from aiohttp import ClientSession, web
+from yarl import URL
 
 from connectors.memory import ALL, MemoryChannel
 from gateway.app import Gateway
@@ -28,7 +35,13 @@ from gateway.core import Core
 from gateway.workspace_api import WORKSPACE, Workspace
 from tests.conftest import AGENT_TOKEN, BUSINESS_SMS, PUBLIC_URL, Gateways, RunningGateway
 from tests.helpers import call
-from tests.standins import TwilioStandin, twilio_sign, twilio_sms_form
+from tests.standins import (
+    TwilioStandin,
+    twilio_sign,
+    twilio_sms_form,
+    twilio_voice_form,
+    twilio_webhook_request,
+)
 
 ALICE_TOKEN = "alice-token-0123456789abcdefghij"
 BOB_TOKEN = "bob-token-0123456789abcdefghijkl"
@@ -60,6 +73,26 @@ class CheckStandIn(MemoryChannel):
                               "challenge_id": request.match_info["challenge_id"], **body})
         return web.json_response(
             {"outcome": "passed" if body.get("code") == "123456" else "wrong"})
+
+
+@dataclass
+class TwilioCall:
+    """A call Twilio is bridging to an agent's phone (`<Dial><Sip>`)."""
+
+    ws: WorkspaceGateway
+    form: dict[str, str]
+    sip_uri: str  # what Twilio dials: the agent's SIP URI with x-context and x-conversation-id
+    action: str  # the <Dial action> Twilio calls when the agent's leg is over
+
+    @property
+    def context_token(self) -> str:
+        return parse_qs(urlsplit(self.sip_uri).query)["x-context"][0]
+
+    async def hang_up(self, seconds: int = 42) -> None:
+        """The agent answered, they talked, the caller hung up: Twilio's <Dial action>."""
+        await self.ws.twiml(self.action, {**self.form, "CallStatus": "completed",
+                                          "DialCallStatus": "completed",
+                                          "DialCallDuration": str(seconds)})
 
 
 @dataclass
@@ -126,6 +159,38 @@ class WorkspaceGateway:
         async with self.http.post(self.url + path, data=urlencode(form).encode(),
                                   headers=headers) as resp:
             return resp.status
+
+    async def twiml(self, url: str, form: dict[str, str]) -> ElementTree.Element:
+        """POST `form` to the public `url` as Twilio does (signed for that URL, sent to the
+        loopback port byte for byte); the TwiML answer."""
+        assert self.twilio is not None and url.startswith(PUBLIC_URL), url
+        body, headers = twilio_webhook_request(self.twilio.auth_token, url, form)
+        target = URL(self.url + url.removeprefix(PUBLIC_URL), encoded=True)
+        async with self.http.post(target, data=body, headers=headers) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+        return ElementTree.fromstring(text)
+
+    async def twilio_call(self, number: str, pin: str | None, agent_id: str) -> TwilioCall:
+        """A call through Twilio Voice, webhook by webhook: the caller types `pin` (or `#`) at
+        the prompt; while the gateway dials another agent than `agent_id`, that phone does
+        not answer and Twilio says so. Returns once `agent_id`'s phone is being dialled."""
+        assert self.twilio is not None
+        form = twilio_voice_form(account_sid=self.twilio.account_sid, from_=number,
+                                 to=BUSINESS_SMS)
+        gather = (await self.twiml(PUBLIC_URL + "/webhooks/twilio/voice", form)).find("Gather")
+        assert gather is not None
+        form = {**form, "CallStatus": "in-progress", "Digits": pin or "",
+                "FinishedOnKey": "" if pin else "#"}
+        root = await self.twiml(gather.attrib["action"], form)
+        for _ in self.gw.agents:
+            dial, sip = root.find("Dial"), root.find("Dial/Sip")
+            assert dial is not None and sip is not None and sip.text, ElementTree.tostring(root)
+            action = dial.attrib["action"]
+            if parse_qs(urlsplit(action).query)["agent"] == [agent_id]:
+                return TwilioCall(self, form, sip.text.strip(), action)
+            root = await self.twiml(action, {**form, "DialCallStatus": "no-answer"})
+        raise AssertionError(f"the call never went to {agent_id}")
 
     async def offer_call(self, number: str | None, agent_id: str, **kwargs: Any) -> CallRoute:
         """A call opened and offered by the core's router to `agent_id` (every other agent

@@ -206,19 +206,26 @@ async def test_screen_pop_opens_the_callers_context_by_itself(
     await ws.sms("+14155550232", "marker after bob's call")
     await expect(inbox_row(page)).to_contain_text("marker after bob's call")
     assert await page.locator("#pop").is_hidden()
-    # Alice's phone rings: the context opens by itself.
+    # Ann calls the support number through Twilio Voice and types the PIN; Twilio dials
+    # Alice's phone (<Dial><Sip>): the context opens by itself while it rings.
     started = time.monotonic()
-    await ws.offer_call("+14155550299", "alice", pin=pin)
+    call = await ws.twilio_call("+14155550299", pin, "alice")
     await expect(page.locator("#pop-title")).to_have_text("Incoming call")
     print(f"screen pop after {1000 * (time.monotonic() - started):.0f} ms")
     await expect(page.locator("#pop-customer")).to_have_text("Ann Lee")
     await expect(page.locator("#pop-badge")).to_contain_text("verified by whatsapp-otp")
     await expect(page.locator("#pop-timeline")).to_contain_text("My card was charged twice")
     await expect(page.locator("#pop-timeline")).not_to_contain_text(code)
+    # The pop shows the context of the very call Twilio is bridging to Alice's phone.
+    await expect(page.locator("#pop")).to_have_attribute("data-call-ref", call.form["CallSid"])
     await expect(inbox_row(page)).to_contain_text("Ann Lee")
     await page.screenshot(path=screenshot_path("screen-pop.png", tmp_path))
     await page.click("#pop-open")
     await expect(page.locator("#conversation .legs")).to_contain_text("escalation")
+    # The caller hangs up: the pop says so and the timeline gets the call's end.
+    await call.hang_up()
+    await expect(page.locator("#pop-title")).to_have_text("Call context (ended)")
+    await expect(page.locator("#conversation")).to_contain_text("call ended after 42 s")
     await page.click("#pop-dismiss")
     await expect(page.locator("#pop")).to_be_hidden()
     await page.screenshot(path=screenshot_path("inbox.png", tmp_path))

@@ -3,9 +3,8 @@ every served API route described, and real responses valid against their schemas
 
 from __future__ import annotations
 
-from typing import Any
-
 import typing
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -13,12 +12,12 @@ from openapi_spec_validator import validate
 
 from config.settings import load_settings
 from gateway import bus
-from gateway.app import build_app
 from gateway.api_models import SSE_EVENTS
+from gateway.app import build_app
 from gateway.event_stream import stream_fields
 from gateway.openapi import OPENAPI
 from tests.conftest import AGENT_TOKEN
-from tests.console.server import CHECK_PATH, ALICE_TOKEN, SseReader, WorkspaceGateway
+from tests.console.server import ALICE_TOKEN, CHECK_PATH, SseReader, WorkspaceGateway
 from tests.helpers import code_from, whatsapp
 
 
