@@ -109,15 +109,18 @@ async def test_outbox_failures_are_warnings(
     gw = await start_gateway(sip=False)
     assert gw.memory is not None
     first = await gw.memory.receive("whatsapp:+14155550162", "hi", channel="whatsapp")
-    gw.memory.fail_next = [SendError("provider answered 503", permanent=False),
-                           SendError("21211: invalid 'To' number", permanent=True)]
+    # One failure at a time: the retry of "one" must not meet the failure meant for "two".
+    gw.memory.fail_next = [SendError("provider answered 503", permanent=False)]
     retried = await gw.gw.core.reply(first.conversation_id, "one", None)
-    await gw.settle()
+    row = await gw.wait_outbox(retried.id, lambda row: row["status"] == "sent")
+    assert row["status"] == "sent", row
+    gw.memory.fail_next = [SendError("21211: invalid 'To' number", permanent=True)]
     failed = await gw.gw.core.reply(first.conversation_id, "two", None)
-    await gw.settle()
+    row = await gw.wait_outbox(failed.id, lambda row: row["status"] == "failed")
+    assert row["status"] == "failed", row
     sent = await gw.gw.core.reply(first.conversation_id, "three", None)
     await gw.settle()
-    assert (await gw.outbox(failed.id))["status"] == "failed"
+    assert (await gw.outbox(sent.id))["status"] == "sent"
     assert lines(caplog, f"{retried.id} to", logging.WARNING)[0].endswith(
         ": pending (provider answered 503)")
     assert lines(caplog, f"{failed.id} to", logging.WARNING)[0].endswith(
