@@ -114,12 +114,17 @@ class Conversation(Base):
     last_activity_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     agent_id: Mapped[str | None] = mapped_column(String(100))  # who took it; None: queued
-    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),
-                      Index("ix_conversations_agent", "agent_id", "status"),
-                      # One open conversation per customer, whichever gateway opens it.
-                      Index("uq_conversations_one_open", "customer_id", unique=True,
-                            postgresql_where=text("status = 'open'"),
-                            sqlite_where=text("status = 'open'")))
+    __table_args__ = (
+        Index("ix_conversations_customer_status", "customer_id", "status"),
+        Index("ix_conversations_agent", "agent_id", "status"),
+        # the agent inbox's keyset order (workspace, #11; migration 0004)
+        Index("ix_conversations_status_activity", "status", "last_activity_at", "id"),
+        Index("ix_conversations_activity", "last_activity_at", "id"),
+        # One open conversation per customer, whichever gateway opens it (the
+        # scale_unique migration).
+        Index("uq_conversations_one_open", "customer_id", unique=True,
+              postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
+    )
 
 
 class Leg(Base):

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -23,7 +23,7 @@ from gateway.bus import DomainEvent, EventBus
 from gateway.clock import Clock
 
 T = TypeVar("T")
-log = logging.getLogger("gateway.store")
+log = logging.getLogger("gateway.core")
 RETRIES = 3
 # PostgreSQL's deadlock_detected and serialization_failure: nothing was written, run again.
 _RACE_STATES = frozenset({"40P01", "40001"})
@@ -37,7 +37,7 @@ def _lost_a_race(exc: DBAPIError) -> bool:
 class Tx:
     """What a write sees: its connection, its moment, and what it has to tell."""
 
-    __slots__ = ("conn", "now", "events", "queued_outbound", "result")
+    __slots__ = ("conn", "now", "events", "queued_outbound", "result", "notes")
 
     def __init__(self, conn: Connection, now: datetime) -> None:
         self.conn = conn
@@ -45,10 +45,15 @@ class Tx:
         self.events: list[DomainEvent] = []
         self.queued_outbound = False  # an outbound message was written: wake the outbox
         self.result: object = None  # what the write returned
+        self.notes: list[tuple[int, str, tuple[Any, ...]]] = []
 
     def publish(self, event: DomainEvent) -> None:
         """Say `event` once the transaction commits."""
         self.events.append(event)
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        """Log a line once the transaction commits (what was stored, not what was tried)."""
+        self.notes.append((level, message, args))
 
 
 class Writes:
@@ -85,6 +90,8 @@ class Writes:
         return tx
 
     def _committed(self, tx: Tx) -> None:
+        for level, message, args in tx.notes:
+            log.log(level, message, *args)
         if tx.events:
             self.bus.publish(tx.events)
         if tx.queued_outbound:

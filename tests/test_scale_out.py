@@ -262,7 +262,7 @@ async def test_the_database_itself_refuses_a_second_open_conversation_and_a_seco
             async with engine.begin() as conn:
                 await conn.execute(insert(CUSTOMERS).values(
                     id="cus_2", created_at=now, identity_key="tel:+14155550100"))
-        async with engine.begin() as conn:  # customers made before 0004 have no key
+        async with engine.begin() as conn:  # customers made before scale_unique: no key
             await conn.execute(insert(CUSTOMERS).values(id="cus_3", created_at=now))
             await conn.execute(insert(CUSTOMERS).values(id="cus_4", created_at=now))
     finally:
@@ -287,23 +287,34 @@ async def test_merging_two_customers_with_open_conversations_keeps_one_open_and_
         (b.conversation_id, "open")]
 
 
-# ---- migration 0004 over data written before it ------------------------------------------
+# ---- migration scale_unique over data written before it ---------------------------------
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
-def at_0003(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def before_scale_unique(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database at the revision before scale_unique (whatever number they have by now)."""
     url = _url(request.param, tmp_path, request)
-    upgrade_sync(url, "0003")
+    upgrade_sync(url, _scale_unique().down_revision)  # type: ignore[arg-type]
     return url
 
 
-async def test_migration_0004_closes_extra_open_conversations_and_keys_the_older_customer(
-    at_0003: str, caplog: pytest.LogCaptureFixture,
+def _scale_unique() -> Any:
+    from alembic.script import ScriptDirectory
+
+    from gateway.store import _alembic_config
+
+    scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+    (found,) = [r for r in scripts.walk_revisions() if r.path.endswith("_scale_unique.py")]
+    return found
+
+
+async def test_migration_scale_unique_closes_extra_open_conversations_and_keys_the_older_customer(
+    before_scale_unique: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-    engine = make_engine(at_0003)
+    engine = make_engine(before_scale_unique)
     customers = [dict(id=f"cus_{n}", created_at=t0 + timedelta(minutes=n)) for n in (1, 2)]
     addresses = [dict(address=f"{ch}:+14155550100", channel=ch, value="+14155550100",
                       customer_id=cid, evidence="claimed", linked_at=t0 + timedelta(minutes=n))
@@ -320,7 +331,7 @@ async def test_migration_0004_closes_extra_open_conversations_and_keys_the_older
             await conn.execute(insert(CONVERSATIONS), conversations)
         await engine.dispose()
         with caplog.at_level(logging.WARNING, "alembic.runtime.migration"):
-            await upgrade(at_0003)
+            await upgrade(before_scale_unique)
         assert "closed 1 open conversation" in caplog.text
         assert "1 phone number(s) belong to more than one customer" in caplog.text
         async with engine.connect() as conn:
@@ -337,14 +348,17 @@ async def test_migration_0004_closes_extra_open_conversations_and_keys_the_older
         await engine.dispose()
 
 
-async def test_migration_0004_downgrades_and_upgrades_again(at_0003: str) -> None:
+async def test_migration_scale_unique_downgrades_and_upgrades_again(
+    before_scale_unique: str,
+) -> None:
     from alembic import command
 
     from gateway.store import _alembic_config
 
-    await upgrade(at_0003)
-    await asyncio.to_thread(command.downgrade, _alembic_config(at_0003), "0003")
-    engine = make_engine(at_0003)
+    await upgrade(before_scale_unique)
+    await asyncio.to_thread(command.downgrade, _alembic_config(before_scale_unique),
+                            _scale_unique().down_revision)
+    engine = make_engine(before_scale_unique)
     try:
         async with engine.connect() as conn:
             columns = [c["name"] for c in await conn.run_sync(
@@ -352,7 +366,7 @@ async def test_migration_0004_downgrades_and_upgrades_again(at_0003: str) -> Non
         assert "identity_key" not in columns
     finally:
         await engine.dispose()
-    await upgrade(at_0003)
+    await upgrade(before_scale_unique)
 
 
 async def test_a_write_that_loses_a_race_on_a_unique_key_runs_again_and_a_real_error_does_not(

@@ -1,7 +1,7 @@
 """one customer per new number, one open conversation per customer, in the database
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-01 23:40:00.000000
 
 Several gateways on one database must not make two customers of one new number, nor two
@@ -29,8 +29,8 @@ from alembic import op
 
 from gateway.models import UtcDateTime
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
@@ -87,8 +87,8 @@ def upgrade() -> None:
     conn = op.get_bind()
     closed = _close_extra_open_conversations(conn)
     if closed:
-        log.warning("0004: closed %d open conversation(s) beside a newer open one of the same "
-                    "customer (one open conversation per customer from now on)", closed)
+        log.warning("scale_unique: closed %d open conversation(s) beside a newer open one of "
+                    "the same customer (one open conversation per customer from now on)", closed)
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.create_index('uq_conversations_one_open', ['customer_id'], unique=True,
                               postgresql_where=OPEN, sqlite_where=OPEN)
@@ -99,7 +99,7 @@ def upgrade() -> None:
         batch_op.create_index('uq_customers_identity_key', ['identity_key'], unique=True)
     shared = conn.execute(_SHARED_NUMBERS).scalar_one()
     if shared:
-        log.warning("0004: %d phone number(s) belong to more than one customer; they are "
+        log.warning("scale_unique: %d phone number(s) belong to more than one customer; they are "
                     "not merged automatically (see docs/scale-out.md to list them)", shared)
 
 
