@@ -26,6 +26,7 @@ class Attachment:
     url: str
     content_type: str | None = None
     name: str | None = None
+    size: int | None = None  # bytes, when the channel knows (email parts stored by reference)
 
 
 @dataclass(frozen=True, slots=True)

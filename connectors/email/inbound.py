@@ -1,0 +1,400 @@
+"""Following the support mailbox: catch up from the checkpoint, then wait for new mail.
+
+Flow: IMAP (UID SEARCH above the checkpoint, sizes, FETCH in batches bounded by count and
+bytes) -> parse and store parts (a worker process, so parsing uses the second core and never
+blocks the loop) -> typed `InboundMessage`s -> the core's `InboundSink`. Three stages with
+bounded queues between them, so memory stays flat however many mails wait.
+
+Nothing lost, nothing doubled: the position (mailbox, UIDVALIDITY, UID) advances only through
+the sink, in the transaction of the batch's last message, and only after every earlier message
+of the batch was committed; a cut, a crash or a restart resumes from there, and what is fetched
+again is dropped by the core's Message-ID dedupe. A UIDVALIDITY change voids every UID: the
+whole mailbox is scanned again, deduplicated the same way, and the log says so. Reconnects
+back off exponentially with jitter; this is the one place that does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from connectors.email import ids
+from connectors.email.blobs import BlobStore
+from connectors.email.imap import (
+    Fetched,
+    ImapConfig,
+    ImapError,
+    ImapLoginError,
+    ImapSession,
+    MailboxMissing,
+    MailboxState,
+)
+from connectors.email.parse import ParseConfig, Parsed, ParsedMail, Rejected, parse_mail
+from gateway.addresses import AddressError, make_address
+from gateway.channels import InboundSink
+from gateway.events import Attachment, DeliveryStatus, InboundMessage
+
+log = logging.getLogger("connectors.email")
+PROVIDER: Final = "imap"  # the provider name of inbound mail: dedupe is (imap, Message-ID)
+MAX_INGEST_ATTEMPTS: Final = 5  # a mail the core refuses this often is logged and passed over
+
+
+@dataclass(frozen=True, slots=True)
+class FollowConfig:
+    imap: ImapConfig
+    parse: ParseConfig
+    store_dir: str
+    batch: int = 100  # messages per FETCH
+    batch_bytes: int = 16 * 1024 * 1024  # and at most this much per FETCH
+    max_message_bytes: int = 50 * 1024 * 1024  # larger mails: header only, a note says so
+    idle: bool = True  # IMAP IDLE when the server offers it; else poll
+    idle_seconds: float = 25 * 60  # re-issue IDLE before servers drop it (RFC 2177: 29 min)
+    poll_seconds: float = 60.0
+    reconnect_base: float = 1.0
+    reconnect_cap: float = 300.0
+
+    @property
+    def checkpoint_key(self) -> str:
+        return f"imap:{self.imap.location}"
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    uidvalidity: int
+    uid: int
+
+    def __str__(self) -> str:
+        return f"{self.uidvalidity}:{self.uid}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Position | None:
+        validity, sep, uid = (text or "").partition(":")
+        if not sep or not validity.isdigit() or not uid.isdigit():
+            return None
+        return cls(int(validity), int(uid))
+
+
+class Backoff:
+    """Exponential back-off with full jitter (a fleet of gateways never reconnects in step)."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap = base, cap
+        self._rng = rng or random.Random()
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        ceiling = min(self.cap, self.base * 2 ** min(self.failures - 1, 30))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+
+# ---- parse worker (runs in a worker process or a thread) -------------------------------------
+
+
+def parse_and_store(raws: Sequence[bytes | None], config: ParseConfig,
+                    store_dir: str) -> list[ParsedMail | Rejected]:
+    """Parse a batch and write every part it references to the blob store (durably) before
+    returning: a reference handed to the core always names a stored file."""
+    store = BlobStore(store_dir)
+    out: list[ParsedMail | Rejected] = []
+    for raw in raws:
+        if raw is None:
+            out.append(Rejected("the server returned no message body"))
+            continue
+        result = parse_mail(raw, config)
+        if isinstance(result, Parsed):
+            for sha, data in result.blobs.items():
+                store.put(data, sha)
+            out.append(result.mail)
+        else:
+            out.append(result)
+    return out
+
+
+# ---- handing over ----------------------------------------------------------------------------
+
+
+def is_from_us(mail: ParsedMail, our_address: str) -> bool:
+    """Our own address (or one of its plus-addresses) as the sender: a copy or a loop."""
+    local, domain = ids.split_address(mail.sender.lower())
+    our_local, our_domain = ids.split_address(our_address.lower())
+    return domain == our_domain and local.partition("+")[0] == our_local
+
+
+def to_inbound(mail: ParsedMail, *, our_address: str, location: str,
+               fetched: Fetched | None = None) -> InboundMessage:
+    """The typed event for one parsed mail. From identifies the sender and never verifies
+    (`attested` stays False); a thread token is passed on for the core to check."""
+    extra: dict[str, str] = {"subject": mail.subject, "imap": location}
+    if mail.synthetic_id:
+        extra["synthetic_message_id"] = "true"
+    for role, key in (("raw", "raw"), ("html", "html"), ("full-text", "full_text")):
+        part = mail.part(role)
+        if part is not None:
+            extra[key] = part.url
+    if mail.auth is not None:
+        extra.update(mail.auth.as_extra())
+    if mail.kind_reason:
+        extra["kind_reason"] = mail.kind_reason
+    if mail.bounce is not None:
+        for key in ("original_message_id", "action", "status", "recipient", "diagnostic"):
+            value = getattr(mail.bounce, key)
+            if value:
+                extra[f"bounce_{key}"] = value
+    if mail.dropped_parts:
+        extra["dropped_parts"] = str(mail.dropped_parts)
+    if mail.recipients:
+        extra["recipients"] = ", ".join(mail.recipients)[:1000]
+    text = mail.text
+    if fetched is not None and fetched.header_only:
+        extra["not_fetched_bytes"] = str(fetched.size)
+        text = (f"[message of {fetched.size / 1e6:.1f} MB not fetched: larger than "
+                f"GATEWAY_EMAIL_MAX_MESSAGE_MB; it is still in the mailbox]")
+    return InboundMessage(
+        sender=make_address("email", mail.sender),
+        recipient=our_address,
+        text=text,
+        provider=PROVIDER,
+        provider_id=mail.message_id,
+        thread_key=mail.thread_root,
+        attested=False,
+        provider_at=mail.date,
+        attachments=tuple(Attachment(url=p.url, content_type=p.content_type, name=p.name,
+                                     size=p.size) for p in mail.attachments),
+        profile_name=mail.sender_name,
+        extra=extra,
+        kind=mail.kind,
+        thread_refs=mail.thread_refs,
+        thread_token=mail.thread_token,
+    )
+
+
+# ---- the follower ----------------------------------------------------------------------------
+
+
+class MailboxFollower:
+    """Owns the mailbox loop: `run()` until cancelled. Started and stopped by EmailChannel."""
+
+    def __init__(self, config: FollowConfig, sink: InboundSink,
+                 parser: Executor | None = None,
+                 rng: random.Random | None = None,
+                 on_mail: Callable[[InboundMessage], None] | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self._parser = parser
+        self._backoff = Backoff(config.reconnect_base, config.reconnect_cap, rng)
+        self._position: Position | None = None  # what is committed, as far as we know
+        self._failures: dict[tuple[int, int], int] = {}
+        self._on_mail = on_mail or (lambda _event: None)
+        self.connected = asyncio.Event()  # set while a session is up (tests wait on it)
+        self.handed_over = 0  # messages given to the sink (duplicates included)
+        self.sessions = 0
+
+    async def run(self, first: ImapSession | None = None) -> None:
+        session = first
+        while True:
+            try:
+                if session is None:
+                    session = await ImapSession.open(self.config.imap)
+                self.sessions += 1
+                self.connected.set()
+                await self._follow(session)
+            except asyncio.CancelledError:
+                raise
+            except (ImapError, OSError, TimeoutError) as exc:
+                delay = self._backoff.next_delay()
+                level = logging.ERROR if isinstance(exc, (ImapLoginError, MailboxMissing)) \
+                    else logging.WARNING
+                log.log(level, "email: %s; reconnecting in %.1f s", exc, delay)
+            except Exception:  # a bug or a refused write: never a dead mailbox loop
+                delay = self._backoff.next_delay()
+                log.exception("email: mailbox loop failed; restarting in %.1f s", delay)
+            finally:
+                self.connected.clear()
+                if session is not None:
+                    await session.close()
+                session = None
+            await asyncio.sleep(delay)
+
+    async def _start_position(self, state: MailboxState) -> Position:
+        known = self._position
+        if known is None:
+            stored = await self.sink.checkpoint(self.config.checkpoint_key)
+            known = Position.parse(stored)
+            if stored is not None and known is None:
+                log.warning("email: checkpoint %r of %s is not readable; scanning the "
+                            "whole mailbox (duplicates are dropped by Message-ID)", stored,
+                            self.config.imap.location)
+        if known is not None and known.uidvalidity != state.uidvalidity:
+            log.warning("email: UIDVALIDITY of %s changed from %d to %d: every UID we knew "
+                        "is void; scanning the whole mailbox again (mail already stored is "
+                        "recognised by its Message-ID)", self.config.imap.location,
+                        known.uidvalidity, state.uidvalidity)
+            known = None
+        return known or Position(state.uidvalidity, 0)
+
+    async def _follow(self, session: ImapSession) -> None:
+        state = session.state or await session.select()
+        self._position = await self._start_position(state)
+        self._backoff.reset()
+        idle = self.config.idle and session.can_idle
+        if self.config.idle and not idle:
+            log.info("email: %s offers no IDLE; polling every %.0f s", self.config.imap.host,
+                     self.config.poll_seconds)
+        while True:
+            await self._catch_up(session)
+            if idle:
+                await session.idle(self.config.idle_seconds)
+            else:
+                await asyncio.sleep(self.config.poll_seconds)
+                await session.noop()
+
+    async def _catch_up(self, session: ImapSession) -> None:
+        assert self._position is not None
+        uids = await session.uids_after(self._position.uid)
+        if not uids:
+            return
+        batches: asyncio.Queue[tuple[list[Fetched], list[Any]] | None] = asyncio.Queue(2)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._fetch(session, uids, batches))
+                tasks.create_task(self._deliver(batches))
+        except BaseExceptionGroup as group:
+            # The first failure (a cut, a refused write) is what the reconnect loop handles;
+            # the other stage was only cancelled because of it.
+            raise group.exceptions[0] from None
+
+    async def _fetch(self, session: ImapSession, uids: list[int],
+                     out: asyncio.Queue[tuple[list[Fetched], Any] | None]) -> None:
+        """Stage 1 and 2: fetch a batch, start parsing it, fetch the next meanwhile."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(uids), cfg.batch):
+            chunk = uids[start:start + cfg.batch]
+            sizes = await session.sizes(chunk)
+            for group, header_only in _plan(chunk, sizes, cfg.batch_bytes,
+                                            cfg.max_message_bytes):
+                fetched = await session.fetch(group, header_only=header_only)
+                got = {f.uid for f in fetched}
+                fetched += [Fetched(uid, sizes.get(uid, 0), None) for uid in group
+                            if uid not in got]  # expunged meanwhile: recorded as skipped
+                fetched.sort(key=lambda f: f.uid)
+                raws = [f.raw for f in fetched]
+                if self._parser is None:
+                    parsing: Any = asyncio.ensure_future(asyncio.to_thread(
+                        parse_and_store, raws, cfg.parse, cfg.store_dir))
+                else:
+                    parsing = loop.run_in_executor(self._parser, parse_and_store, raws,
+                                                   cfg.parse, cfg.store_dir)
+                await out.put((fetched, parsing))
+        await out.put(None)
+
+    async def _deliver(self, batches: asyncio.Queue[tuple[list[Fetched], Any] | None]) -> None:
+        """Stage 3: hand each batch to the core; the position follows the commits."""
+        while (item := await batches.get()) is not None:
+            fetched, parsing = item
+            parsed: list[ParsedMail | Rejected] = await parsing
+            await self._hand_over(fetched, parsed)
+
+    async def _hand_over(self, fetched: list[Fetched],
+                         parsed: list[ParsedMail | Rejected]) -> None:
+        assert self._position is not None
+        cfg = self.config
+        validity = self._position.uidvalidity
+        ours = cfg.parse.our_address
+        events: list[tuple[int, InboundMessage]] = []
+        for got, mail in zip(fetched, parsed, strict=True):
+            where = f"{cfg.imap.location} UID {got.uid}"
+            if isinstance(mail, Rejected):
+                log.warning("email: skipped %s: %s", where, mail.reason)
+                continue
+            if is_from_us(mail, ours):
+                log.info("email: skipped %s: sent from our own address %s", where, mail.sender)
+                continue
+            try:
+                event = to_inbound(mail, our_address=ours, fetched=got, location=(
+                    f"imap://{cfg.imap.user}@{cfg.imap.host}/{cfg.imap.mailbox}"
+                    f";UIDVALIDITY={validity}/;UID={got.uid}"))
+            except (AddressError, ValueError) as exc:
+                log.warning("email: skipped %s: %s", where, exc)
+                continue
+            if mail.kind == "bounce" and mail.bounce is not None and mail.bounce.failed \
+                    and mail.bounce.original_message_id:
+                await self.sink.delivery_status(DeliveryStatus(
+                    provider="email", provider_message_id=mail.bounce.original_message_id,
+                    status="failed", at=mail.date, event_id=f"bounce:{mail.message_id}",
+                    error=_bounce_error(mail)))
+            events.append((got.uid, event))
+        last_uid = fetched[-1].uid
+        if events:
+            *head, (uid, last) = events
+            await self._ingest_all(head, validity)
+            # The batch's position rides on its last message, submitted only now that every
+            # earlier one is committed: a crash can neither skip nor double a mail.
+            checkpoint = (cfg.checkpoint_key, str(Position(validity, last_uid)))
+            await self._ingest_all([(uid, replace(last, checkpoint=checkpoint))], validity)
+        self._position = Position(validity, last_uid)
+
+    async def _ingest_all(self, events: list[tuple[int, InboundMessage]], validity: int) -> None:
+        if not events:
+            return
+        results = await asyncio.gather(*(self.sink.ingest(e) for _uid, e in events),
+                                       return_exceptions=True)
+        failed: list[BaseException] = []
+        for (uid, event), result in zip(events, results, strict=True):
+            if isinstance(result, BaseException):
+                key = (validity, uid)
+                self._failures[key] = self._failures.get(key, 0) + 1
+                if self._failures[key] >= MAX_INGEST_ATTEMPTS:
+                    log.error("email: passing over UID %d (%s) after %d refused hand-overs: "
+                              "%r; the mail stays in the mailbox", uid, event.provider_id,
+                              self._failures[key], result)
+                    continue
+                failed.append(result)
+            else:
+                self.handed_over += 1
+                self._failures.pop((validity, uid), None)
+                self._on_mail(event)
+        if failed:
+            raise failed[0]
+
+
+def _plan(uids: list[int], sizes: dict[int, int], batch_bytes: int,
+          max_bytes: int) -> list[tuple[list[int], bool]]:
+    """Split a chunk into FETCH groups of at most `batch_bytes` (one mail may exceed it);
+    mails over `max_bytes` go alone, header only."""
+    groups: list[tuple[list[int], bool]] = []
+    current: list[int] = []
+    total = 0
+    for uid in uids:
+        size = sizes.get(uid, 0)
+        if size > max_bytes:
+            groups.append(([uid], True))
+            continue
+        if current and total + size > batch_bytes:
+            groups.append((current, False))
+            current, total = [], 0
+        current.append(uid)
+        total += size
+    if current:
+        groups.append((current, False))
+    return groups
+
+
+def _bounce_error(mail: ParsedMail) -> str:
+    bounce = mail.bounce
+    assert bounce is not None
+    parts = [f"bounced ({bounce.status or 'no status'})"]
+    if bounce.recipient:
+        parts.append(f"for {bounce.recipient}")
+    if bounce.diagnostic:
+        parts.append(f": {bounce.diagnostic}")
+    return " ".join(parts)[:500]
