@@ -28,7 +28,7 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 _FETCH_LINE = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-_ATOM_SAFE = re.compile(r"^[A-Za-z0-9._/-]+$")
+_ATOM_SAFE = re.compile(r"^[A-Za-z0-9._/&,+-]+$")
 
 
 class ImapError(Exception):

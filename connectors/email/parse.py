@@ -19,6 +19,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -38,6 +40,7 @@ MAX_TEXT: Final = 100_000  # characters of body text a transcript entry may hold
 MAX_PARTS: Final = 200  # attachments recorded per mail; more are counted, not kept
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
 _SURROGATES = re.compile(r"[\udc80-\udcff]")
+_TRAILING_ANGLE_ADDR = re.compile(r"<\s*([^<>\s@]+@[^<>\s@]+)\s*>\s*$")
 _RECIPIENT_HEADERS: Final = ("To", "Cc", "Delivered-To", "X-Original-To", "Envelope-To",
                              "X-Delivered-To")
 
@@ -211,17 +214,23 @@ def _parse(raw: bytes, config: ParseConfig) -> Parsed | Rejected:
 # ---- headers ---------------------------------------------------------------------------------
 
 
+def _repair(value: str) -> str:
+    """Raw 8-bit bytes in a header (no RFC 2047, common from old clients) arrive as
+    surrogate escapes: read them as UTF-8, else Windows-1252."""
+    if not _SURROGATES.search(value):
+        return value
+    data = value.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
 def clean_text(value: str) -> str:
-    """A header value fit to show and to reuse: raw 8-bit bytes repaired (UTF-8, else
-    Windows-1252), and every control character (CR, LF, NUL, …) made a space, so a decoded
-    RFC 2047 word can never smuggle a line break into a header we write later."""
-    if _SURROGATES.search(value):
-        data = value.encode("utf-8", "surrogateescape")
-        try:
-            value = data.decode("utf-8")
-        except UnicodeDecodeError:
-            value = data.decode("cp1252", "replace")
-    return " ".join(_CONTROL.sub(" ", value).split())
+    """A header value fit to show and to reuse: raw 8-bit bytes repaired, and every control
+    character (CR, LF, NUL, …) made a space, so a decoded RFC 2047 word can never smuggle a
+    line break into a header we write later."""
+    return " ".join(_CONTROL.sub(" ", _repair(value)).split())
 
 
 def _raw_header(msg: Message, name: str) -> str:
@@ -232,9 +241,18 @@ def _raw_header(msg: Message, name: str) -> str:
     return ""
 
 
+def _header(msg: Message, name: str) -> Any:
+    """The parsed header; when it carries raw 8-bit bytes, parsed from the repaired text
+    (policy.default would turn each such byte into U+FFFD)."""
+    raw = _raw_header(msg, name)
+    if raw and _SURROGATES.search(raw):
+        return POLICY.header_factory(name, " ".join(_repair(raw).splitlines()))
+    return msg.get(name)
+
+
 def _text_header(msg: Message, name: str) -> str:
     try:
-        value = msg.get(name)
+        value = _header(msg, name)
     except Exception:
         return _raw_header(msg, name)
     return str(value) if value is not None else ""
@@ -242,20 +260,23 @@ def _text_header(msg: Message, name: str) -> str:
 
 def _sender(msg: EmailMessage) -> tuple[str | None, str | None]:
     for name in ("From", "Sender"):
+        header: Any = None
+        addresses: Any = ()
         try:
-            header = msg.get(name)
+            header = _header(msg, name)
             addresses = getattr(header, "addresses", ()) if header is not None else ()
-        except Exception:
-            addresses = ()
+        except Exception:  # an address header the parser chokes on: read it loosely
+            pass
         for address in addresses:
             spec = _addr_spec(address)
             if spec is not None:
                 display = clean_text(address.display_name or "")[:200] or None
                 return spec, display
-        if header is not None and not addresses:
-            spec = _loose_address(str(header))
-            if spec is not None:
-                return spec, None
+        raw = _raw_header(msg, name)
+        if raw and not addresses:
+            found = _loose_sender(raw)
+            if found[0] is not None:
+                return found
     return None, None
 
 
@@ -273,19 +294,39 @@ def _plain_address(spec: str) -> bool:
             and "." in spec.rpartition("@")[2])
 
 
-def _loose_address(text: str) -> str | None:
-    for _name, spec in getaddresses([clean_text(text)]):
+def _loose_sender(raw: str) -> tuple[str | None, str | None]:
+    """The sender when the strict parser refused the header (CPython refuses a display name
+    that decodes to CR/LF): the trailing `<addr-spec>` is the address, the rest the name."""
+    text = _repair(" ".join(raw.split()))
+    angle = _TRAILING_ANGLE_ADDR.search(text)
+    if angle is not None:
+        local, _, domain = angle.group(1).rpartition("@")
+        spec = f"{clean_text(local)}@{clean_text(domain).lower()}"
+        if not _plain_address(spec):
+            return None, None
+        return spec, clean_text(_decode_words(text[: angle.start()]).strip().strip('"'))[
+            :200] or None
+    for _name, spec in getaddresses([clean_text(_decode_words(text))]):
         if spec and _plain_address(spec):
             local, _, domain = spec.rpartition("@")
-            return f"{local}@{domain.lower()}"
-    return None
+            return f"{local}@{domain.lower()}", None
+    return None, None
+
+
+def _decode_words(text: str) -> str:
+    try:
+        return str(make_header(decode_header(text)))
+    except (LookupError, UnicodeError, ValueError, HeaderParseError):
+        return text
 
 
 def _recipients(msg: EmailMessage) -> tuple[str, ...]:
     out: list[str] = []
-    for name in _RECIPIENT_HEADERS:
-        for value in msg.get_all(name) or ():
-            for _display, spec in getaddresses([clean_text(str(value))]):
+    wanted = {name.lower() for name in _RECIPIENT_HEADERS}
+    for key, value in msg.raw_items():
+        if key.lower() in wanted:
+            # Raw values, decoded here: the header objects refuse names that decode to CR/LF.
+            for _display, spec in getaddresses([clean_text(_decode_words(str(value)))]):
                 spec = spec.strip().lower()
                 if spec and _plain_address(spec) and spec not in out:
                     out.append(spec)

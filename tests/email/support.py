@@ -9,6 +9,7 @@ message that carries it (also when that message is a duplicate), statuses record
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,14 +128,15 @@ class SmtpServer:
                          data: Any) -> AuthResult:
             ok = isinstance(data, LoginPassword) and login is not None and (
                 data.login.decode(), data.password.decode()) == login
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)
 
         def protocol() -> SmtpServerProtocol:
             return SmtpServerProtocol(
                 handler, hostname="smtp.test", tls_context=None if implicit_tls else tls,
                 require_starttls=tls is not None and not implicit_tls,
                 authenticator=authenticate if login else None, auth_required=bool(login),
-                auth_require_tls=False)
+                auth_require_tls=tls is not None and not implicit_tls,
+                auth_exclude_mechanism=["LOGIN"])
 
         self._server = await asyncio.get_running_loop().create_server(
             protocol, "127.0.0.1", 0, ssl=tls if implicit_tls else None)
@@ -215,7 +217,8 @@ def mail(subject: str, *, sender: str = "Ann Example <ann@example.org>", to: str
     msg["Date"] = (date or datetime(2026, 11, 30, 9, 0, tzinfo=UTC)).strftime(
         "%a, %d %b %Y %H:%M:%S +0000")
     if message_id is not False:  # type: ignore[comparison-overlap]
-        msg["Message-ID"] = f"<{message_id or subject.replace(' ', '-').lower()}@example.org>"
+        slug = re.sub(r"[^a-z0-9]+", "-", subject.lower()).strip("-")
+        msg["Message-ID"] = f"<{message_id or slug}@example.org>"
     for name, value in (headers or {}).items():
         msg[name] = value
     msg.set_content(body)
