@@ -217,7 +217,7 @@ class ReplyHeaders:
     thread_token: str
     in_reply_to: str | None  # the newest mail we received in the thread
     references: tuple[str, ...]  # oldest first: the root and the newest ids
-    subject: str | None  # the thread's subject, as the customer wrote it
+    subject: str | None  # the thread's subject, as the customer's first mail gave it
 
     def payload(self) -> dict[str, object]:
         out: dict[str, object] = {"thread_token": self.thread_token,
@@ -241,7 +241,7 @@ def reply_headers(conn: Connection, conversation_id: str, now: datetime,
     rows = conn.execute(query).all()
     seen = [r for r in rows if r[1] in ("in", "out")]
     in_reply_to = next((r[0] for r in reversed(rows) if r[1] == "in"), None)
-    subject = next((r[2] for r in reversed(rows) if r[1] == "in" and r[2]), None)
+    subject = next((r[2] for r in rows if r[1] == "in" and r[2]), None)  # the thread's name
     chain = [r[0] for r in seen]
     if len(chain) > MAX_REFERENCES:
         chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
