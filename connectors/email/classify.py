@@ -66,23 +66,24 @@ class Classification:
 
 
 def _header(msg: Message, name: str) -> str:
-    try:
-        value = msg.get(name)
-    except Exception:  # a malformed header must not decide anything
-        return ""
-    return str(value).strip() if value is not None else ""
+    """The raw value: these headers are ASCII tokens (no decoding, no header-object cost)."""
+    wanted = name.lower()
+    for key, value in msg.raw_items():
+        if key.lower() == wanted:
+            return " ".join(str(value).split())
+    return ""
 
 
-def classify(msg: EmailMessage, sender: str | None) -> Classification:
-    """Bounce first (it also carries robot headers), then auto-reply signs, else a message."""
+def classify(msg: EmailMessage, sender: str | None, subject: str) -> Classification:
+    """Bounce first (it also carries robot headers), then auto-reply signs, else a message.
+    `subject` is the decoded subject."""
     ctype = msg.get_content_type()
     report = (msg.get_param("report-type", header="content-type") or "")
     report = str(report).lower() if not isinstance(report, tuple) else ""
     if ctype == "multipart/report" and report == "delivery-status":
         return Classification("bounce", "delivery status report", _dsn(msg))
     local = (sender or "").rpartition("@")[0].lower()
-    subject = _header(msg, "Subject")
-    null_sender = _header(msg, "Return-Path") in ("<>", "")  and "Return-Path" in msg
+    null_sender = "Return-Path" in msg and _header(msg, "Return-Path").replace(" ", "") == "<>"
     if (local in _DAEMONS or null_sender) and _BOUNCE_SUBJECT.search(subject):
         return Classification("bounce", "non-standard bounce", _loose_bounce(msg))
     if ctype == "multipart/report":

@@ -78,6 +78,30 @@ class Fetched:
     header_only: bool = False
 
 
+class _LinearFetch(aioimaplib.FetchCommand):
+    """aioimaplib's FETCH command, with its end-of-message check made incremental.
+
+    Measured: the stock `wait_data` rescans every line received so far on each new line
+    (quadratic in the batch: ~0.8 ms a mail at 100 mails per FETCH, a third of the fetch's
+    CPU). Same rule (parentheses balanced since the last `n FETCH (` line, literals not
+    counted), kept as a running count."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._seen = 0
+        self._depth = 0
+
+    def wait_data(self) -> bool:
+        lines = self._resp_lines
+        for line in lines[self._seen:]:
+            if isinstance(line, bytes):
+                if self.FETCH_MESSAGE_DATA_RE.match(line):
+                    self._depth = 0
+                self._depth += line.count(b"(") - line.count(b")")
+        self._seen = len(lines)
+        return self._depth != 0
+
+
 def mailbox_name(name: str) -> str:
     """A mailbox name as an IMAP argument: modified UTF-7 (RFC 3501 5.1.3), quoted if needed."""
     out: list[str] = []
@@ -285,17 +309,21 @@ class ImapSession:
             found.update(int(t) for t in bytes(line).split() if t.isdigit())
         return sorted(u for u in found if u > uid)
 
+    def _uid_fetch(self, uids: Sequence[int], items: str) -> Awaitable[aioimaplib.Response]:
+        protocol = self.client.protocol
+        return protocol.execute(_LinearFetch(protocol.new_tag(), uid_set(uids), items,
+                                             prefix="UID", loop=protocol.loop,
+                                             timeout=self.config.timeout))
+
     async def sizes(self, uids: Sequence[int]) -> dict[int, int]:
-        response = await self._guard(
-            self.client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE)"))
+        response = await self._guard(self._uid_fetch(uids, "(UID RFC822.SIZE)"))
         if response.result != "OK":
             raise ImapError(f"IMAP FETCH sizes failed: {_text(response.lines)}")
         return {f.uid: f.size for f in parse_fetch(response.lines)}
 
     async def fetch(self, uids: Sequence[int], *, header_only: bool = False) -> list[Fetched]:
         what = "BODY.PEEK[HEADER]" if header_only else "BODY.PEEK[]"
-        response = await self._guard(
-            self.client.uid("fetch", uid_set(uids), f"(UID RFC822.SIZE {what})"))
+        response = await self._guard(self._uid_fetch(uids, f"(UID RFC822.SIZE {what})"))
         if response.result != "OK":
             raise ImapError(f"IMAP FETCH failed: {_text(response.lines)}")
         found = parse_fetch(response.lines)

@@ -34,7 +34,7 @@ from connectors.email.imap import (
     MailboxMissing,
     MailboxState,
 )
-from connectors.email.parse import ParseConfig, Parsed, ParsedMail, Rejected, parse_mail
+from connectors.email.parse import ParseConfig, ParsedMail, Rejected, parse_mail
 from gateway.addresses import AddressError, make_address
 from gateway.channels import InboundSink
 from gateway.events import Attachment, DeliveryStatus, InboundMessage
@@ -99,23 +99,50 @@ class Backoff:
 # ---- parse worker (runs in a worker process or a thread) -------------------------------------
 
 
-def parse_and_store(raws: Sequence[bytes | None], config: ParseConfig,
-                    store_dir: str) -> list[ParsedMail | Rejected]:
-    """Parse a batch and write every part it references to the blob store (durably) before
-    returning: a reference handed to the core always names a stored file."""
-    store = BlobStore(store_dir)
-    out: list[ParsedMail | Rejected] = []
-    for raw in raws:
-        if raw is None:
-            out.append(Rejected("the server returned no message body"))
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One fetched mail, ready to hand over: the event, or why it is skipped."""
+
+    uid: int
+    event: InboundMessage | None
+    skipped: str | None = None  # the reason, for the log
+    bounce: DeliveryStatus | None = None  # a failed delivery this mail reports
+
+
+def prepare_batch(fetched: Sequence[Fetched], config: ParseConfig, store_dir: str,
+                  location: str) -> list[Prepared]:
+    """Parse a batch, write every part it references to the blob store (durably, before
+    returning: a reference handed to the core always names a stored file) and build the
+    events. Runs in the parse worker (a process, or a thread); pure apart from the store."""
+    out: list[Prepared] = []
+    blobs: dict[str, bytes] = {}
+    for got in fetched:
+        if got.raw is None:
+            out.append(Prepared(got.uid, None, "the server returned no message (expunged?)"))
             continue
-        result = parse_mail(raw, config)
-        if isinstance(result, Parsed):
-            for sha, data in result.blobs.items():
-                store.put(data, sha)
-            out.append(result.mail)
-        else:
-            out.append(result)
+        result = parse_mail(got.raw, config)
+        if isinstance(result, Rejected):
+            out.append(Prepared(got.uid, None, result.reason))
+            continue
+        mail = result.mail
+        if is_from_us(mail, config.our_address):
+            out.append(Prepared(got.uid, None, f"sent from our own address {mail.sender}"))
+            continue
+        try:
+            event = to_inbound(mail, our_address=config.our_address, fetched=got,
+                               location=f"{location};UID={got.uid}")
+        except (AddressError, ValueError) as exc:
+            out.append(Prepared(got.uid, None, str(exc)))
+            continue
+        blobs.update(result.blobs)
+        bounce = None
+        if mail.bounce is not None and mail.bounce.failed and mail.bounce.original_message_id:
+            bounce = DeliveryStatus(
+                provider="email", provider_message_id=mail.bounce.original_message_id,
+                status="failed", at=mail.date, event_id=f"bounce:{mail.message_id}",
+                error=_bounce_error(mail))
+        out.append(Prepared(got.uid, event, bounce=bounce))
+    BlobStore(store_dir).put_many(blobs)  # durable, once for the batch
     return out
 
 
@@ -151,8 +178,9 @@ def to_inbound(mail: ParsedMail, *, our_address: str, location: str,
                 extra[f"bounce_{key}"] = value
     if mail.dropped_parts:
         extra["dropped_parts"] = str(mail.dropped_parts)
-    if mail.recipients:
-        extra["recipients"] = ", ".join(mail.recipients)[:1000]
+    for key in ("to", "cc"):
+        if getattr(mail, key):
+            extra[key] = getattr(mail, key)
     text = mail.text
     if fetched is not None and fetched.header_only:
         extra["not_fetched_bytes"] = str(fetched.size)
@@ -262,7 +290,7 @@ class MailboxFollower:
         uids = await session.uids_after(self._position.uid)
         if not uids:
             return
-        batches: asyncio.Queue[tuple[list[Fetched], list[Any]] | None] = asyncio.Queue(2)
+        batches: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue(2)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._fetch(session, uids, batches))
@@ -273,10 +301,13 @@ class MailboxFollower:
             raise group.exceptions[0] from None
 
     async def _fetch(self, session: ImapSession, uids: list[int],
-                     out: asyncio.Queue[tuple[list[Fetched], Any] | None]) -> None:
+                     out: asyncio.Queue[tuple[int, Any] | None]) -> None:
         """Stage 1 and 2: fetch a batch, start parsing it, fetch the next meanwhile."""
         cfg = self.config
         loop = asyncio.get_running_loop()
+        assert self._position is not None
+        location = (f"imap://{cfg.imap.user}@{cfg.imap.host}/{cfg.imap.mailbox}"
+                    f";UIDVALIDITY={self._position.uidvalidity}/")
         for start in range(0, len(uids), cfg.batch):
             chunk = uids[start:start + cfg.batch]
             sizes = await session.sizes(chunk)
@@ -287,53 +318,33 @@ class MailboxFollower:
                 fetched += [Fetched(uid, sizes.get(uid, 0), None) for uid in group
                             if uid not in got]  # expunged meanwhile: recorded as skipped
                 fetched.sort(key=lambda f: f.uid)
-                raws = [f.raw for f in fetched]
+                args = (fetched, cfg.parse, cfg.store_dir, location)
                 if self._parser is None:
-                    parsing: Any = asyncio.ensure_future(asyncio.to_thread(
-                        parse_and_store, raws, cfg.parse, cfg.store_dir))
+                    parsing: Any = asyncio.ensure_future(asyncio.to_thread(prepare_batch, *args))
                 else:
-                    parsing = loop.run_in_executor(self._parser, parse_and_store, raws,
-                                                   cfg.parse, cfg.store_dir)
-                await out.put((fetched, parsing))
+                    parsing = loop.run_in_executor(self._parser, prepare_batch, *args)
+                await out.put((fetched[-1].uid, parsing))
         await out.put(None)
 
-    async def _deliver(self, batches: asyncio.Queue[tuple[list[Fetched], Any] | None]) -> None:
+    async def _deliver(self, batches: asyncio.Queue[tuple[int, Any] | None]) -> None:
         """Stage 3: hand each batch to the core; the position follows the commits."""
         while (item := await batches.get()) is not None:
-            fetched, parsing = item
-            parsed: list[ParsedMail | Rejected] = await parsing
-            await self._hand_over(fetched, parsed)
+            last_uid, parsing = item
+            await self._hand_over(last_uid, await parsing)
 
-    async def _hand_over(self, fetched: list[Fetched],
-                         parsed: list[ParsedMail | Rejected]) -> None:
+    async def _hand_over(self, last_uid: int, prepared: list[Prepared]) -> None:
         assert self._position is not None
         cfg = self.config
         validity = self._position.uidvalidity
-        ours = cfg.parse.our_address
         events: list[tuple[int, InboundMessage]] = []
-        for got, mail in zip(fetched, parsed, strict=True):
-            where = f"{cfg.imap.location} UID {got.uid}"
-            if isinstance(mail, Rejected):
-                log.warning("email: skipped %s: %s", where, mail.reason)
+        for item in prepared:
+            if item.event is None:
+                log.warning("email: skipped %s UID %d: %s", cfg.imap.location, item.uid,
+                            item.skipped)
                 continue
-            if is_from_us(mail, ours):
-                log.info("email: skipped %s: sent from our own address %s", where, mail.sender)
-                continue
-            try:
-                event = to_inbound(mail, our_address=ours, fetched=got, location=(
-                    f"imap://{cfg.imap.user}@{cfg.imap.host}/{cfg.imap.mailbox}"
-                    f";UIDVALIDITY={validity}/;UID={got.uid}"))
-            except (AddressError, ValueError) as exc:
-                log.warning("email: skipped %s: %s", where, exc)
-                continue
-            if mail.kind == "bounce" and mail.bounce is not None and mail.bounce.failed \
-                    and mail.bounce.original_message_id:
-                await self.sink.delivery_status(DeliveryStatus(
-                    provider="email", provider_message_id=mail.bounce.original_message_id,
-                    status="failed", at=mail.date, event_id=f"bounce:{mail.message_id}",
-                    error=_bounce_error(mail)))
-            events.append((got.uid, event))
-        last_uid = fetched[-1].uid
+            if item.bounce is not None:
+                await self.sink.delivery_status(item.bounce)
+            events.append((item.uid, item.event))
         if events:
             *head, (uid, last) = events
             await self._ingest_all(head, validity)

@@ -9,9 +9,10 @@ own guesses ("Thanks," anywhere starts a signature) would drop what customers wr
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from mailparser_reply.parser import EmailMessage as ReplyText
 
@@ -38,9 +39,30 @@ def trim_reply(text: str, languages: Sequence[str] = ("en",)) -> str:
     return newest.strip()
 
 
+def trim_signature(text: str) -> str:
+    """For a mail that quotes nothing (no reply headers, no quote marks): only the signature
+    goes; the quote finder is not run (it costs more than the rest of parsing)."""
+    return _cut_signature(text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+class _QuoteFinder(ReplyText):
+    """mail-parser-reply's splitter without its signature and disclaimer guesses (we keep a
+    reply's whole first part and cut signatures ourselves, see above): measured, those two
+    searches and building the patterns again for every mail were most of its cost."""
+
+    def _process_signatures_disclaimers(self, text: str) -> tuple[list[str], str]:
+        return [], ""
+
+
+@functools.lru_cache(maxsize=16)
+def _header_pattern(languages: tuple[str, ...]) -> Any:
+    return _QuoteFinder(text="", languages=list(languages)).HEADER_REGEX
+
+
 def _newest_reply(text: str, languages: Sequence[str]) -> str | None:
     try:
-        parsed = ReplyText(text=text, languages=list(languages), keep_hyphen_lists=True).read()
+        parsed = _QuoteFinder(text=text, languages=list(languages),
+                              _header_regex=_header_pattern(tuple(languages))).read()
     except (re.error, RecursionError, ValueError):
         return None  # the caller keeps the whole text: showing too much beats losing it
     if not parsed.replies:

@@ -62,7 +62,7 @@ async def test_a_10_mb_attachment_is_stored_by_reference_and_the_entry_made(
     msg.set_content("Here are the photos.")
     msg.add_attachment(data, maintype="application", subtype="zip", filename="photos.zip")
     await dovecot.append(mailbox, [msg.as_bytes()])
-    channel = await start_channel(sink)
+    channel = await start_channel(sink, email_keep_raw=True)
     await wait_for(lambda: len(sink.stored) == 1, timeout=30, what="the 10 MB mail")
     (event,) = sink.order
     assert event.text == "Here are the photos."
@@ -73,7 +73,8 @@ async def test_a_10_mb_attachment_is_stored_by_reference_and_the_entry_made(
     assert attachment.url == f"blob:sha256:{digest}"
     store = BlobStore(channel.config.follow.store_dir)
     assert store.get(attachment.url) == data
-    assert store.exists(event.extra["raw"])  # the raw message too, by reference
+    assert store.exists(event.extra["raw"])  # the raw message too, when asked to keep it
+    assert event.extra["imap"].startswith(f"imap://{mailbox.user}@")  # and where it lives
     assert len(repr(event)) < 5000  # the transcript entry never holds the bytes
 
 
