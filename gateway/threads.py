@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -159,28 +159,40 @@ class ThreadMatch:
         return self.via == "token" and self.sender_is_customer
 
 
+TokenLookup = Callable[[Connection, str], "tuple[str, str | None] | None"]
+
+
+def _lookup_token(conn: Connection, token: str) -> tuple[str, str | None] | None:
+    conversation_id = conversation_for_token(conn, token)
+    return (conversation_id, None) if conversation_id is not None else None
+
+
 def find_conversation(
     conn: Connection,
     *,
     token: str | None,
     refs: Sequence[str],
     sender: Address | None,
+    lookup_token: TokenLookup = _lookup_token,
 ) -> ThreadMatch | None:
     """The conversation an incoming mail belongs to (see the module docstring), or None.
 
     A valid token is returned even when the sender is someone else (a colleague in Cc, a
-    forward): `sender_is_customer` then says False and the caller must not attest it."""
+    forward): `sender_is_customer` then says False and the caller must not attest it.
+    `lookup_token` resolves a token to (conversation, leg or None); a core that issues its
+    own tokens passes its lookup here."""
     owner = identity.find_customer(conn, sender) if sender is not None else None
     customer = owner[0] if owner else None
-    if token:
-        conversation_id = conversation_for_token(conn, token)
-        if conversation_id is not None:
-            row = conn.execute(
-                select(CONVERSATIONS.c.customer_id, CONVERSATIONS.c.status)
-                .where(CONVERSATIONS.c.id == conversation_id)
-            ).one()
-            return ThreadMatch(conversation_id, row[0], _email_leg(conn, conversation_id),
-                               "token", customer == row[0], row[1] == "open")
+    hit = lookup_token(conn, token) if token else None
+    if hit is not None:
+        conversation_id, token_leg = hit
+        row = conn.execute(
+            select(CONVERSATIONS.c.customer_id, CONVERSATIONS.c.status)
+            .where(CONVERSATIONS.c.id == conversation_id)
+        ).one()
+        return ThreadMatch(conversation_id, row[0],
+                           token_leg or _email_leg(conn, conversation_id), "token",
+                           customer == row[0], row[1] == "open")
     if customer is None or not refs:
         return None
     wanted = [r for r in dict.fromkeys(refs) if r and len(r) <= MAX_ANCHOR][:50]

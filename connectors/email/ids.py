@@ -4,8 +4,10 @@ Pure functions. A Message-ID is kept canonical (the id between the angle bracket
 200 characters so it fits the store's provider-id columns; longer ones are replaced by their
 SHA-256). The gateway's own Message-IDs embed the conversation's thread token,
 `<out_….TOKEN@our.domain>`, and its reply address carries it too, `support+TOKEN@our.domain`:
-a reply that names either came from someone who received our mail. Tokens are 128 random bits
-in lower-case base32, because mail systems may fold the case of a local part.
+a reply that names either came from someone who received our mail. The core issues and checks
+tokens; here a token is anything of 16-64 URL-safe characters (the core decides whether it is
+one of its own). Ours are best lower-case (`new_thread_token`): mail systems may fold the case
+of a local part.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from collections.abc import Iterable
 from typing import Final
 
 MAX_ID: Final = 200
-TOKEN_LENGTH: Final = 26  # 128 bits in base32 without padding
-TOKEN_RE: Final = re.compile(r"^[a-z2-7]{26}$")
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _ID_IN_BRACKETS = re.compile(r"<([^<>\s]{1,998})>")
 _BAD_ID_CHARS = re.compile(r"[\s<>\"\\,;()\[\]\x00-\x1f\x7f]")
 MAX_REFS: Final = 50  # References can grow without bound; the newest matter
@@ -100,12 +101,12 @@ def our_message_id(outbox_id: str, token: str | None, our_address: str) -> str:
 
 def token_in_address(address: str, our_address: str) -> str | None:
     """The token of `local+TOKEN@our.domain`, else None (another domain or local part)."""
-    local, domain = split_address(address.strip().lower())
-    our_local, our_domain = split_address(our_address.lower())
+    local, domain = split_address(address.strip())
+    our_local, our_domain = split_address(our_address)
     base, plus, tag = local.partition("+")
-    if not plus or base != our_local or domain != our_domain:
+    if not plus or base.lower() != our_local.lower() or domain != our_domain:
         return None
-    return tag if is_thread_token(tag) else None
+    return tag if is_thread_token(tag) else None  # case kept: the core's tokens may need it
 
 
 def token_in_message_id(message_id: str, our_address: str) -> str | None:
@@ -113,5 +114,5 @@ def token_in_message_id(message_id: str, our_address: str) -> str | None:
     local, domain = split_address(message_id)
     if domain != split_address(our_address)[1]:
         return None
-    tail = local.rpartition(".")[2].lower()
+    tail = local.rpartition(".")[2]
     return tail if is_thread_token(tail) else None

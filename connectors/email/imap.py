@@ -263,15 +263,17 @@ class ImapSession:
             return
         protocol = client.protocol
         quiet = protocol.pending_sync_command is None and not protocol.pending_async_commands
-        if quiet and not self._lost.is_set() and protocol.state in ("AUTH", "SELECTED"):
-            try:
-                await asyncio.wait_for(client.logout(), 1)
-            except (Exception, asyncio.TimeoutError):  # closing: nothing left to save
-                pass
-        if protocol.transport is not None:
-            protocol.transport.close()
-        for task in list(protocol.tasks | client.tasks):
-            task.cancel()
+        try:
+            if quiet and not self._lost.is_set() and protocol.state in ("AUTH", "SELECTED"):
+                try:
+                    await asyncio.wait_for(client.logout(), 1)
+                except (Exception, asyncio.TimeoutError):  # closing: nothing left to save
+                    pass
+        finally:  # also when cancelled during LOGOUT: the socket and tasks must go
+            if protocol.transport is not None:
+                protocol.transport.close()
+            for task in list(protocol.tasks | client.tasks):
+                task.cancel()
 
     @property
     def client(self) -> aioimaplib.IMAP4:

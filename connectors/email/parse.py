@@ -353,25 +353,28 @@ def _decode_words(text: str) -> str:
 
 
 def _token_in_recipients(msg: EmailMessage, ours: str) -> str | None:
-    """Our token in a `local+TOKEN@our.domain` recipient (To, Cc or a delivery header)."""
+    """Our token in a `local+TOKEN@our.domain` recipient. To and Cc first: they are what the
+    customer's client wrote from our Reply-To, case intact; delivery headers come after
+    (a mail server may have folded their case)."""
     pattern = _plus_pattern(ours)
-    wanted = {name.lower() for name in _RECIPIENT_HEADERS}
+    values: dict[str, list[str]] = {}
     for key, value in msg.raw_items():
-        if key.lower() in wanted:
-            text = str(value)
+        values.setdefault(key.lower(), []).append(str(value))
+    for name in _RECIPIENT_HEADERS:
+        for text in values.get(name.lower(), ()):
             if "=?" in text:
                 text = _decode_words(text)  # an encoded display name may hide the address
             found = pattern.search(text)
             if found is not None:
-                return found.group(1).lower()
+                return found.group(1)
     return None
 
 
 @functools.lru_cache(maxsize=8)
 def _plus_pattern(ours: str) -> re.Pattern[str]:
     local, domain = ids.split_address(ours)
-    return re.compile(rf"(?<![\w.+-]){re.escape(local)}\+([a-z2-7]{{26}})@{re.escape(domain)}"
-                      r"(?![\w-])", re.I)
+    return re.compile(rf"(?<![\w.+-]){re.escape(local)}\+([A-Za-z0-9_-]{{16,64}})"
+                      rf"@{re.escape(domain)}(?![\w.-])", re.I)
 
 
 def _date(msg: EmailMessage) -> datetime | None:

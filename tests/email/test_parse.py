@@ -277,6 +277,14 @@ def test_thread_refs_newest_first_and_our_token_found_in_to_or_references() -> N
     assert plus.thread_token == TOKEN
 
 
+def test_a_mixed_case_token_keeps_its_case_and_to_wins_over_delivery_headers() -> None:
+    token = "Qx3_fZ-9aBcDeFgHiJkLmNoPqRsTuVwX"  # what secrets.token_urlsafe(24) gives
+    raw = mail("Re: order", to=f"Support <support+{token}@gw.test>")
+    folded = raw.replace(b"From:", f"Delivered-To: support+{token.lower()}@gw.test\r\nFrom:"
+                         .encode(), 1)
+    assert parsed(folded).thread_token == token
+
+
 def test_tokens_of_other_domains_or_shapes_are_not_ours() -> None:
     for to in (f"support+{TOKEN}@evil.test", f"sales+{TOKEN}@gw.test", "support+short@gw.test"):
         assert parsed(mail("x", to=to)).thread_token is None
