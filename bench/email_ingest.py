@@ -12,7 +12,7 @@ some with quoted history and signatures, from a pool of customers). In one run i
       commit, synchronous=FULL): parse in a worker process, parts written to the blob store,
       committed;
   (c) the same with parsing in a thread (email_parse_workers=0), to show what the process
-      buys,
+      (the default) buys,
   and (a) again; each timed from the first command after SELECT to the last mail
 committed (for (b)/(c): the core answered the commit). It prints mails/s, the ratio b/a
 (target >= 0.5), peak RSS of the gateway process and of the parse worker, and RSS sampled

@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     email_poll_seconds: float = Field(60.0, gt=0)
     email_batch: int = Field(100, ge=1, le=1000)  # messages per IMAP FETCH
     email_max_message_mb: float = Field(50.0, gt=0)  # larger mails: header only, noted
-    email_parse_workers: int = Field(1, ge=0, le=16)  # processes parsing mail; 0: a thread
+    # Processes parsing mail (0: a thread in the gateway process). A process keeps ~2/3 of
+    # the per-mail CPU off the process that also serves webhooks and SIP.
+    email_parse_workers: int = Field(1, ge=0, le=16)
     # Languages whose "On … wrote:" lines mark quoted history (mail-parser-reply codes: en de
     # fr es it nl pl sv da cs ja ko zh). Each one costs parse time: en alone reads ~2.5x
     # faster than en,de,fr,es (bench/email_ingest.py).

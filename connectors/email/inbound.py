@@ -1,9 +1,9 @@
 """Following the support mailbox: catch up from the checkpoint, then wait for new mail.
 
 Flow: IMAP (UID SEARCH above the checkpoint, sizes, FETCH in batches bounded by count and
-bytes) -> parse and store parts (a worker process, so parsing uses the second core and never
-blocks the loop) -> typed `InboundMessage`s -> the core's `InboundSink`. Three stages with
-bounded queues between them, so memory stays flat however many mails wait.
+bytes) -> parse, store parts and build the events (in a thread, or in worker processes:
+GATEWAY_EMAIL_PARSE_WORKERS) -> typed `InboundMessage`s -> the core's `InboundSink`. Three
+stages with bounded queues between them, so memory stays flat however many mails wait.
 
 Nothing lost, nothing doubled: the position (mailbox, UIDVALIDITY, UID) advances only through
 the sink, in the transaction of the batch's last message, and only after every earlier message
@@ -327,34 +327,57 @@ class MailboxFollower:
         await out.put(None)
 
     async def _deliver(self, batches: asyncio.Queue[tuple[int, Any] | None]) -> None:
-        """Stage 3: hand each batch to the core; the position follows the commits."""
-        while (item := await batches.get()) is not None:
-            last_uid, parsing = item
-            await self._hand_over(last_uid, await parsing)
+        """Stage 3: hand each batch to the core; the position follows the commits.
 
-    async def _hand_over(self, last_uid: int, prepared: list[Prepared]) -> None:
-        assert self._position is not None
-        cfg = self.config
-        validity = self._position.uidvalidity
+        A batch's last message (the one carrying the position) is committed while the next
+        batch's others are: it was submitted first, so it is committed first or with them,
+        and the position moves only once its commit is confirmed."""
+        closing: asyncio.Future[Position] | None = None
+        try:
+            while (item := await batches.get()) is not None:
+                last_uid, parsing = item
+                prepared: list[Prepared] = await parsing
+                for item in prepared:  # a failed delivery is recorded before its bounce
+                    if item.bounce is not None:
+                        await self.sink.delivery_status(item.bounce)
+                head, last = self._events(prepared)
+                await self._ingest_all(head)
+                if closing is not None:
+                    self._position = await closing
+                    closing = None
+                closing = asyncio.ensure_future(self._close_batch(last, last_uid))
+            if closing is not None:
+                self._position = await closing
+                closing = None
+        finally:
+            if closing is not None:
+                closing.cancel()
+
+    def _events(self, prepared: list[Prepared]) -> tuple[list[tuple[int, InboundMessage]],
+                                                         tuple[int, InboundMessage] | None]:
         events: list[tuple[int, InboundMessage]] = []
         for item in prepared:
             if item.event is None:
-                log.warning("email: skipped %s UID %d: %s", cfg.imap.location, item.uid,
-                            item.skipped)
+                log.warning("email: skipped %s UID %d: %s", self.config.imap.location,
+                            item.uid, item.skipped)
                 continue
-            if item.bounce is not None:
-                await self.sink.delivery_status(item.bounce)
             events.append((item.uid, item.event))
-        if events:
-            *head, (uid, last) = events
-            await self._ingest_all(head, validity)
-            # The batch's position rides on its last message, submitted only now that every
-            # earlier one is committed: a crash can neither skip nor double a mail.
-            checkpoint = (cfg.checkpoint_key, str(Position(validity, last_uid)))
-            await self._ingest_all([(uid, replace(last, checkpoint=checkpoint))], validity)
-        self._position = Position(validity, last_uid)
+        return (events[:-1], events[-1]) if events else ([], None)
 
-    async def _ingest_all(self, events: list[tuple[int, InboundMessage]], validity: int) -> None:
+    async def _close_batch(self, last: tuple[int, InboundMessage] | None,
+                           last_uid: int) -> Position:
+        """The batch's last message with the position: (mailbox, UIDVALIDITY, last UID)."""
+        assert self._position is not None
+        position = Position(self._position.uidvalidity, last_uid)
+        if last is not None:
+            uid, event = last
+            checkpoint = (self.config.checkpoint_key, str(position))
+            await self._ingest_all([(uid, replace(event, checkpoint=checkpoint))])
+        return position
+
+    async def _ingest_all(self, events: list[tuple[int, InboundMessage]]) -> None:
+        assert self._position is not None
+        validity = self._position.uidvalidity
         if not events:
             return
         results = await asyncio.gather(*(self.sink.ingest(e) for _uid, e in events),
