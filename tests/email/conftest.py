@@ -17,11 +17,14 @@ import pytest_asyncio
 from config.settings import load_settings
 from connectors.email import EmailChannel, email_config
 from tests.dovecot import Account, Dovecot, self_signed_cert
+from tests.peers import peer_missing
 from tests.email.support import OUR_ADDRESS, FakeSink, SmtpServer
 
 
 @pytest.fixture(scope="session")
 def tls_files() -> Iterator[tuple[Path, Path]]:
+    if shutil.which("openssl") is None:
+        peer_missing("dovecot", "no `openssl` binary to make the test servers' certificate")
     directory = Path(tempfile.mkdtemp(prefix="gateway-tls-", dir="/tmp"))
     directory.chmod(0o755)
     try:
