@@ -1,71 +1,87 @@
-"""Email threads on the core's side: per-conversation thread tokens and Message-ID anchors.
+"""Threads of provider ids: how a reply finds its conversation, and what our reply names.
 
-How an incoming mail finds its conversation (`find_conversation`), strongest first:
+Email threads by ids (Message-ID, In-Reply-To, References). An inbound event that says it is
+`threaded` is placed here, strongest first (`find_conversation`):
 1. the gateway's thread token (in the reply address `support+TOKEN@…` or in one of our own
-   Message-IDs the mail references): issued by us, 128 random bits, so only someone who
-   received our mail can name it. With the conversation's own customer as sender it is what
-   the trust rules call "an email reply to the gateway's own thread" (attested);
-2. any anchor in the mail's thread references (every Message-ID seen or sent in the
-   conversation, and the ancestors those mails named): this survives clients that rewrite
-   In-Reply-To or drop our ids from References (Outlook; Chatwoot #10028, Zammad #5716). An
-   anchor only picks *which* of the sender's own conversations: a Message-ID is chosen by
-   whoever writes the mail, so it never moves anyone onto another customer's conversation;
+   Message-IDs the mail references): issued by us per leg (the core's `thread_tokens`, only
+   its SHA-256 stored), 128 random bits, so only someone who received our mail can name it.
+   With the conversation's own customer as sender it is what the trust rules call "an email
+   reply to the gateway's own thread" (attested);
+2. any anchor in the mail's thread references (every id seen in the conversation, and the
+   ancestors those mails named): this survives clients that rewrite In-Reply-To or drop our
+   ids from References (Outlook; Chatwoot #10028, Zammad #5716). An anchor only picks *which*
+   of the sender's own conversations: a Message-ID is chosen by whoever writes the mail, so
+   it never moves anyone onto another customer's conversation;
 3. nothing: the caller falls back to the customer's open conversation.
 
-Tokens are stored by value (unique index), not hashed: every mail we send for the
-conversation must carry the token again (Reply-To and Message-ID), so the gateway has to be
-able to produce it, and it travels in clear in every such mail anyway. A hash would need a
-second secret to re-derive it and would protect nothing a database reader could not already
-read (the transcript it guards). Functions take an open connection: the caller owns the
-transaction, as in gateway/conversations.py.
+`reply_thread` is the other direction: what an outbound message on such a leg needs to join
+the thread in the customer's client (a fresh token, In-Reply-To, References, the subject).
+Functions take an open connection: the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import base64
+import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, select
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway import identity
 from gateway.addresses import Address
+from gateway.channels import OutboundKind, ReplyThread
 from gateway.conversations import insert_ignore
-from gateway.models import BigId, Base, Conversation, Leg
+from gateway.domain import ConversationId, CustomerId, LegId, NotFound
+from gateway.models import (
+    BigId,
+    Base,
+    Conversation,
+    Customer,
+    Leg,
+    OutboxMessage,
+    ThreadToken,
+    TranscriptEntry,
+)
+from gateway.store import Prepared
+from gateway.verification import hash_token
 
 MAX_ANCHOR: Final = 255  # Message-IDs arrive canonical and at most 200 characters
-MAX_REFERENCES: Final = 20  # what a reply carries in References: the root and the newest
+MAX_REFS_KEPT: Final = 20  # ancestors remembered per mail: the root and the newest
+MAX_REFERENCES: Final = 20  # what our reply carries in References: the root and the newest
+TOKEN_SHAPE: Final = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
-# ---- tables (migration 0004_email_threads) --------------------------------------------------
-
-
-class EmailThread(Base):
-    """The thread token of one conversation's email."""
-
-    __tablename__ = "email_threads"
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"),
-                                                 primary_key=True)
-    token: Mapped[str] = mapped_column(String(40), unique=True)
-    created_at: Mapped[datetime]
+# ---- table (migration 0005_email_threads) ---------------------------------------------------
 
 
 class MailAnchor(Base):
-    """A Message-ID seen or sent in a conversation: what later replies may refer to."""
+    """An id seen in a conversation's thread: what later replies may refer to."""
 
     __tablename__ = "mail_anchors"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[str] = mapped_column(String(MAX_ANCHOR))
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
     leg_id: Mapped[str | None] = mapped_column(String(40))
-    # in: a mail we received; out: a mail we sent; ref: an ancestor a mail named
+    # in: a message we received; ref: an ancestor a message named
     direction: Mapped[str] = mapped_column(String(5))
     subject: Mapped[str | None] = mapped_column(String(300))
+    # For "in": the ids the message named, oldest first (its References): what our reply to
+    # it carries before its id (RFC 5322 3.6.4)
+    refs: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime]
     __table_args__ = (
         UniqueConstraint("message_id", "conversation_id", name="uq_mail_anchor"),
@@ -73,50 +89,51 @@ class MailAnchor(Base):
     )
 
 
-THREADS = EmailThread.__table__
 ANCHORS = MailAnchor.__table__
+TOKENS = ThreadToken.__table__
 CONVERSATIONS = Conversation.__table__
+CUSTOMERS = Customer.__table__
 LEGS = Leg.__table__
+OUTBOX = OutboxMessage.__table__
+TRANSCRIPT = TranscriptEntry.__table__
+
+_TOKEN = Prepared(select(TOKENS.c.conversation_id, TOKENS.c.leg_id)
+                  .where(TOKENS.c.token_hash == bindparam("hash")))
+_INSERT_TOKEN = Prepared(insert(TOKENS).values(
+    {c: bindparam(c) for c in ("token_hash", "leg_id", "conversation_id", "created_at")}))
 
 
-# ---- tokens ---------------------------------------------------------------------------------
+# ---- tokens (the core's thread_tokens) ------------------------------------------------------
 
 
-def _new_token() -> str:
-    """128 random bits, lower-case base32: fits a mail local part that may be case-folded."""
-    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
+def new_token() -> str:
+    """128 random bits in lower-case hex: a mail system may fold a local part's case, and a
+    folded token must still be the token."""
+    return secrets.token_hex(16)
 
 
-def issue_token(conn: Connection, conversation_id: str, now: datetime) -> str:
-    """The conversation's thread token, made on first use. Safe under concurrency: the
-    primary key decides, and the loser reads the winner's token."""
-    existing = token_of(conn, conversation_id)
-    if existing is not None:
-        return existing
-    conn.execute(insert_ignore(conn, THREADS).values(
-        conversation_id=conversation_id, token=_new_token(), created_at=now))
-    token = token_of(conn, conversation_id)
-    assert token is not None
+def issue_token(conn: Connection, leg_id: str, conversation_id: str, now: datetime) -> str:
+    """A new token for the leg's outbound thread; only its hash is stored. Each mail we send
+    carries its own; any of them leads back to the leg."""
+    token = new_token()
+    _INSERT_TOKEN.execute(conn, {"token_hash": hash_token(token), "leg_id": leg_id,
+                                 "conversation_id": conversation_id, "created_at": now})
     return token
 
 
-def token_of(conn: Connection, conversation_id: str) -> str | None:
-    return conn.execute(
-        select(THREADS.c.token).where(THREADS.c.conversation_id == conversation_id)
-    ).scalar()
-
-
-def conversation_for_token(conn: Connection, token: str) -> str | None:
-    """What `InboundSink.check_thread_token` answers: the conversation, or None (unknown or
-    forged; a malformed token is never looked up)."""
-    if len(token) != 26 or not token.isalnum():
+def lookup_token(conn: Connection, token: str) -> tuple[ConversationId, LegId] | None:
+    """The (conversation, leg) a token we issued belongs to; None for an unknown, forged or
+    malformed one (never looked up). A case-folded copy of ours is still ours."""
+    if not token or not TOKEN_SHAPE.match(token):
         return None
-    return conn.execute(
-        select(THREADS.c.conversation_id).where(THREADS.c.token == token.lower())
-    ).scalar()
+    for candidate in dict.fromkeys((token, token.lower())):
+        rows = _TOKEN.execute(conn, {"hash": hash_token(candidate)})
+        if rows:
+            return ConversationId(rows[0][0]), LegId(rows[0][1])
+    return None
 
 
-# ---- anchors --------------------------------------------------------------------------------
+# ---- anchors ----------------------------------------------------------------------------------
 
 
 def record_anchors(
@@ -128,29 +145,41 @@ def record_anchors(
     direction: str,
     now: datetime,
     subject: str | None = None,
-) -> int:
-    """Remember Message-IDs for this conversation (repeats are ignored). For an inbound
-    mail: its own id with direction "in", then its thread refs with "ref"; for a sent mail,
-    our Message-ID with "out". Returns how many were new."""
-    added = 0
-    stmt = insert_ignore(conn, ANCHORS)
-    for message_id in dict.fromkeys(message_ids):
-        if not message_id or len(message_id) > MAX_ANCHOR:
-            continue
-        result = conn.execute(stmt.values(
-            message_id=message_id, conversation_id=conversation_id, leg_id=leg_id,
-            direction=direction, subject=(subject or None) and subject[:300], at=now))
-        added += max(0, result.rowcount or 0)
-    return added
+    refs: str | None = None,
+) -> None:
+    """Remember ids for this conversation (repeats are ignored), in one statement. For an
+    inbound message: its own id with direction "in", then its thread refs with "ref"."""
+    rows = [
+        {"message_id": m, "conversation_id": conversation_id, "leg_id": leg_id,
+         "direction": direction, "subject": (subject or None) and subject[:300],
+         "refs": refs, "at": now}
+        for m in dict.fromkeys(message_ids) if m and len(m) <= MAX_ANCHOR
+    ]
+    if rows:
+        conn.execute(insert_ignore(conn, ANCHORS), rows)
+
+
+def remember(conn: Connection, *, conversation_id: str, leg_id: str, provider_id: str,
+             refs: Sequence[str], subject: str | None, now: datetime) -> None:
+    """What an inbound threaded message leaves behind: its id, and (bounded) its ancestors:
+    the root (oldest) and the newest, which is what later replies carry."""
+    kept = [r for r in refs if r and len(r) <= MAX_ANCHOR]
+    if len(kept) > MAX_REFS_KEPT:  # newest first: keep the newest and the root
+        kept = [*kept[:MAX_REFS_KEPT - 1], kept[-1]]
+    record_anchors(conn, conversation_id=conversation_id, leg_id=leg_id,
+                   message_ids=[provider_id], direction="in", now=now, subject=subject,
+                   refs=" ".join(reversed(kept)) or None)
+    record_anchors(conn, conversation_id=conversation_id, leg_id=leg_id, message_ids=kept,
+                   direction="ref", now=now)
 
 
 @dataclass(frozen=True, slots=True)
 class ThreadMatch:
-    conversation_id: str
-    customer_id: str
-    leg_id: str | None  # the email leg the token's or anchor's mail belongs to, when known
+    conversation_id: ConversationId
+    customer_id: CustomerId
+    leg_id: LegId | None  # the leg the token's or anchor's message belongs to, when known
     via: str  # "token" | "anchor"
-    sender_is_customer: bool  # the From address belongs to the conversation's customer
+    sender_is_customer: bool  # the sender's address belongs to the conversation's customer
     conversation_open: bool
 
     @property
@@ -159,40 +188,30 @@ class ThreadMatch:
         return self.via == "token" and self.sender_is_customer
 
 
-TokenLookup = Callable[[Connection, str], "tuple[str, str | None] | None"]
-
-
-def _lookup_token(conn: Connection, token: str) -> tuple[str, str | None] | None:
-    conversation_id = conversation_for_token(conn, token)
-    return (conversation_id, None) if conversation_id is not None else None
-
-
 def find_conversation(
     conn: Connection,
     *,
     token: str | None,
     refs: Sequence[str],
     sender: Address | None,
-    lookup_token: TokenLookup = _lookup_token,
 ) -> ThreadMatch | None:
-    """The conversation an incoming mail belongs to (see the module docstring), or None.
+    """The conversation an incoming message belongs to (see the module docstring), or None.
 
     A valid token is returned even when the sender is someone else (a colleague in Cc, a
-    forward): `sender_is_customer` then says False and the caller must not attest it.
-    `lookup_token` resolves a token to (conversation, leg or None); a core that issues its
-    own tokens passes its lookup here."""
+    forward): `sender_is_customer` then says False and the caller must not attest it, nor
+    place the message in that conversation. `sender=None` (a bounce: its sender is a mail
+    server) uses the token alone."""
     owner = identity.find_customer(conn, sender) if sender is not None else None
-    customer = owner[0] if owner else None
+    customer = owner.customer_id if owner is not None else None
     hit = lookup_token(conn, token) if token else None
     if hit is not None:
-        conversation_id, token_leg = hit
+        conversation_id, leg_id = hit
         row = conn.execute(
             select(CONVERSATIONS.c.customer_id, CONVERSATIONS.c.status)
             .where(CONVERSATIONS.c.id == conversation_id)
         ).one()
-        return ThreadMatch(conversation_id, row[0],
-                           token_leg or _email_leg(conn, conversation_id), "token",
-                           customer == row[0], row[1] == "open")
+        return ThreadMatch(conversation_id, row[0], leg_id, "token", customer == row[0],
+                           row[1] == "open")
     if customer is None or not refs:
         return None
     wanted = [r for r in dict.fromkeys(refs) if r and len(r) <= MAX_ANCHOR][:50]
@@ -207,54 +226,54 @@ def find_conversation(
     rank = {message_id: i for i, message_id in enumerate(wanted)}
     # The newest reference wins; for one id in several conversations, the latest anchor.
     best = min(rows, key=lambda r: (rank[r[0]], -r[3]))
-    leg_id = best[2] or _email_leg(conn, best[1])
-    return ThreadMatch(best[1], customer, leg_id, "anchor", True, best[4] == "open")
+    return ThreadMatch(best[1], customer, best[2], "anchor", True, best[4] == "open")
 
 
-def _email_leg(conn: Connection, conversation_id: str) -> str | None:
-    return conn.execute(
-        select(LEGS.c.id).where(LEGS.c.conversation_id == conversation_id,
-                                LEGS.c.channel == "email")
-        .order_by(LEGS.c.started_at.desc(), LEGS.c.id.desc()).limit(1)
-    ).scalar()
+# ---- what a reply carries ------------------------------------------------------------------------
 
 
-# ---- what a reply carries --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyHeaders:
-    """The outbox payload an email reply needs (connectors/email/channel.py `send`)."""
-
-    thread_token: str
-    in_reply_to: str | None  # the newest mail we received in the thread
-    references: tuple[str, ...]  # oldest first: the root and the newest ids
-    subject: str | None  # the thread's subject, as the customer's first mail gave it
-
-    def payload(self) -> dict[str, object]:
-        out: dict[str, object] = {"thread_token": self.thread_token,
-                                  "references": list(self.references)}
-        if self.in_reply_to:
-            out["in_reply_to"] = self.in_reply_to
-        if self.subject:
-            out["subject"] = self.subject
-        return out
-
-
-def reply_headers(conn: Connection, conversation_id: str, now: datetime,
-                  leg_id: str | None = None) -> ReplyHeaders:
-    """Token (issued if needed), In-Reply-To, References and subject for a reply in this
-    conversation (on `leg_id`'s thread when given)."""
-    token = issue_token(conn, conversation_id, now)
-    query = select(ANCHORS.c.message_id, ANCHORS.c.direction, ANCHORS.c.subject).where(
-        ANCHORS.c.conversation_id == conversation_id).order_by(ANCHORS.c.id)
-    if leg_id is not None:
-        query = query.where(ANCHORS.c.leg_id == leg_id)
-    rows = conn.execute(query).all()
-    seen = [r for r in rows if r[1] in ("in", "out")]
-    in_reply_to = next((r[0] for r in reversed(rows) if r[1] == "in"), None)
-    subject = next((r[2] for r in rows if r[1] == "in" and r[2]), None)  # the thread's name
-    chain = [r[0] for r in seen]
+def reply_thread(conn: Connection, outbox_id: str, now: datetime) -> ReplyThread:
+    """For the outbound message `outbox_id`: a fresh token for its leg (when it has one),
+    In-Reply-To (the newest message received on the leg), References (that message's own
+    References, then its id: RFC 5322 3.6.4), the thread's subject (as its first message
+    gave it), the customer's name, and whether the gateway wrote it by itself."""
+    row = conn.execute(
+        select(OUTBOX.c.leg_id, OUTBOX.c.conversation_id, OUTBOX.c.kind,
+               OUTBOX.c.transcript_entry_id).where(OUTBOX.c.id == outbox_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no outbound message {outbox_id}")
+    leg_id, conversation_id, kind, entry_id = row
+    author = conn.execute(select(TRANSCRIPT.c.author).where(TRANSCRIPT.c.id == entry_id)
+                          ).scalar() if entry_id is not None else None
+    automated = kind != OutboundKind.MESSAGE or author in (None, "gateway")
+    name = conn.execute(
+        select(CUSTOMERS.c.display_name)
+        .join(CONVERSATIONS, CONVERSATIONS.c.customer_id == CUSTOMERS.c.id)
+        .where(CONVERSATIONS.c.id == conversation_id)
+    ).scalar() if conversation_id else None
+    if leg_id is None:
+        return ReplyThread(token=None, to_name=name, automated=automated)
+    leg_conversation = conn.execute(
+        select(LEGS.c.conversation_id).where(LEGS.c.id == leg_id)).scalar()
+    token = issue_token(conn, leg_id, leg_conversation or conversation_id, now)
+    received = conn.execute(
+        select(ANCHORS.c.message_id, ANCHORS.c.subject, ANCHORS.c.refs)
+        .where(ANCHORS.c.conversation_id == leg_conversation, ANCHORS.c.leg_id == leg_id,
+               ANCHORS.c.direction == "in")
+        .order_by(ANCHORS.c.id)
+    ).all()
+    if not received:
+        return ReplyThread(token=token, to_name=name, automated=automated)
+    parent, _subject, parent_refs = received[-1]
+    chain = [r for r in dict.fromkeys([*(parent_refs or "").split(), parent]) if r]
     if len(chain) > MAX_REFERENCES:
         chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
-    return ReplyHeaders(token, in_reply_to, tuple(chain), subject)
+    return ReplyThread(
+        token=token,
+        in_reply_to=parent,
+        references=tuple(chain),
+        subject=next((r[1] for r in received if r[1]), None),
+        to_name=name,
+        automated=automated,
+    )

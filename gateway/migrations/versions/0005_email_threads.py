@@ -1,29 +1,24 @@
-"""email threads: per-conversation thread tokens and Message-ID anchors (gateway/threads.py)
+"""email threads: Message-ID anchors of conversations (gateway/threads.py)
 
-Revision ID: 0004
-Revises: 0002 (re-chain after 0003 when both land: down_revision = "0003")
-Create Date: 2026-12-01
+Thread tokens live in the core's thread_tokens (0003). Numbered 0005 after the console's 0004;
+until that lands this revises 0003 (the lead re-chains: down_revision = "0004").
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-12-02
 """
 from alembic import op
 import sqlalchemy as sa
 import gateway.models
 
 
-revision = '0004'
-down_revision = '0002'
+revision = '0005'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table('email_threads',
-    sa.Column('conversation_id', sa.String(length=40), nullable=False),
-    sa.Column('token', sa.String(length=40), nullable=False),
-    sa.Column('created_at', gateway.models.UtcDateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
-    sa.PrimaryKeyConstraint('conversation_id'),
-    sa.UniqueConstraint('token')
-    )
     op.create_table('mail_anchors',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('message_id', sa.String(length=255), nullable=False),
@@ -31,6 +26,7 @@ def upgrade() -> None:
     sa.Column('leg_id', sa.String(length=40), nullable=True),
     sa.Column('direction', sa.String(length=5), nullable=False),
     sa.Column('subject', sa.String(length=300), nullable=True),
+    sa.Column('refs', sa.Text(), nullable=True),
     sa.Column('at', gateway.models.UtcDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -44,4 +40,3 @@ def downgrade() -> None:
     with op.batch_alter_table('mail_anchors', schema=None) as batch_op:
         batch_op.drop_index('ix_mail_anchors_conversation')
     op.drop_table('mail_anchors')
-    op.drop_table('email_threads')
