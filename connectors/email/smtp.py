@@ -10,26 +10,18 @@ customer's client shows one mail).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import aiosmtplib
 from aiosmtplib import SMTPResponseException
 
 from connectors.email.compose import OutboundMail
-from gateway.channels import SendError
+from gateway.channels import SendError, SendInDoubt
 
 Security = Literal["starttls", "tls", "none"]
-
-
-class SendInDoubt(SendError):
-    """The server may have taken the message; not retried (marked failed until the outbox
-    learns an `unknown` outcome), never resent automatically."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, permanent=True)
-        self.in_doubt = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,41 +59,51 @@ def _refused(stage: str, exc: SMTPResponseException) -> SendError:
                      permanent=permanent)
 
 
+# Commands before the message is handed over (connect, greeting, EHLO, STARTTLS, EHLO, AUTH,
+# MAIL, RCPT): together they get this many command timeouts, then the send is transient.
+_BEFORE_DATA_COMMANDS: Final = 8
+
+
+def worst_case_seconds(config: SmtpConfig) -> float:
+    """How long `send_mail` can take at most: the commands before DATA (bounded together),
+    DATA (its 354 and its answer, each bounded by aiosmtplib) and QUIT. The outbox waits
+    longer than this, so it never cancels a send halfway through the handover."""
+    return config.timeout * (_BEFORE_DATA_COMMANDS + 2 + 1)
+
+
 async def send_mail(config: SmtpConfig, mail: OutboundMail) -> str:
     """Send `mail` to exactly its envelope recipients; return the server's final answer."""
     smtp = _client(config)
     try:
+        stage = "connection"
         try:
-            await smtp.connect()
-        except SMTPResponseException as exc:
-            raise _refused("connection", exc) from None
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise SendError(f"SMTP {config.host}:{config.port} ({config.security}) not "
-                            f"reachable: {exc}", permanent=False) from None
-        envelope = mail.envelope
-        stage = "sender"
-        try:
-            await smtp.mail(envelope.sender)
-            stage = "recipient"
-            for recipient in envelope.recipients:
-                await smtp.rcpt(recipient)
+            async with asyncio.timeout(config.timeout * _BEFORE_DATA_COMMANDS):
+                await smtp.connect()
+                envelope = mail.envelope
+                stage = "sender"
+                await smtp.mail(envelope.sender)
+                stage = "recipient"
+                for recipient in envelope.recipients:
+                    await smtp.rcpt(recipient)
         except SMTPResponseException as exc:
             raise _refused(stage, exc) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise SendError(f"SMTP connection failed before the message was sent: {exc}",
-                            permanent=False) from None
+            where = (f"SMTP {config.host}:{config.port} ({config.security}) not reachable"
+                     if stage == "connection" else
+                     "SMTP connection failed before the message was sent")
+            raise SendError(f"{where}: {exc or type(exc).__name__}", permanent=False) from None
         try:
             response = await smtp.data(mail.message.as_bytes())
         except SMTPResponseException as exc:
             raise _refused("message", exc) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise SendInDoubt(f"SMTP connection failed while the message was being handed "
-                              f"over ({exc}); the server may have accepted it, so it is not "
-                              f"resent automatically") from None
+                              f"over ({exc or type(exc).__name__}); the server may have "
+                              f"accepted it, so it is not resent automatically") from None
         return f"{response.code} {response.message}"[:200]
     finally:
         if smtp.is_connected:
-            try:
-                await smtp.quit()
+            try:  # the outcome is known by now: QUIT is a courtesy, bounded
+                await asyncio.wait_for(smtp.quit(), config.timeout)
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 smtp.close()
