@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, Final
+from urllib.parse import quote
 
 from connectors.email import ids
 from connectors.email.blobs import BlobStore
@@ -163,10 +164,14 @@ def to_inbound(mail: ParsedMail, *, our_address: str, location: str,
     extra: dict[str, str] = {"subject": mail.subject, "imap": location}
     if mail.synthetic_id:
         extra["synthetic_message_id"] = "true"
-    for role, key in (("raw", "raw"), ("html", "html"), ("full-text", "full_text")):
-        part = mail.part(role)
-        if part is not None:
-            extra[key] = part.url
+    raw = mail.part("raw")
+    if raw is not None:
+        extra["raw"] = raw.url
+    # The body's own parts stay in the mailbox, named by IMAP URL (RFC 5092): never copied.
+    if mail.text_trimmed and mail.text_section:
+        extra["full_text"] = f"{location}/;SECTION={mail.text_section}"
+    if mail.html_section:
+        extra["html"] = f"{location}/;SECTION={mail.html_section}"
     if mail.auth is not None:
         extra.update(mail.auth.as_extra())
     if mail.kind_reason:
@@ -202,6 +207,7 @@ def to_inbound(mail: ParsedMail, *, our_address: str, location: str,
         kind=mail.kind,
         thread_refs=mail.thread_refs,
         thread_token=mail.thread_token,
+        threaded=True,
     )
 
 
@@ -306,8 +312,9 @@ class MailboxFollower:
         cfg = self.config
         loop = asyncio.get_running_loop()
         assert self._position is not None
-        location = (f"imap://{cfg.imap.user}@{cfg.imap.host}/{cfg.imap.mailbox}"
-                    f";UIDVALIDITY={self._position.uidvalidity}/")
+        location = (f"imap://{quote(cfg.imap.user, safe='')}@{cfg.imap.host}/"
+                    f"{quote(cfg.imap.mailbox, safe='/')}"
+                    f";UIDVALIDITY={self._position.uidvalidity}/")  # RFC 5092
         for start in range(0, len(uids), cfg.batch):
             chunk = uids[start:start + cfg.batch]
             sizes = await session.sizes(chunk)

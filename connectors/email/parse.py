@@ -6,17 +6,18 @@
 inscriptis), quoted history and signature trimmed for the transcript, attachments as
 references (name, type, size), thread anchors (Message-ID, In-Reply-To, References, newest
 first) and our own thread token, robot/bounce classification, and the receiving server's
-Authentication-Results. Every byte worth keeping (the raw message, the HTML original, the
-untrimmed body, each attachment) is returned as a blob to store by reference; the parsed
-result itself stays small. It never raises: a mail it cannot use comes back as `Rejected`
-with the reason, for the caller to log and skip.
+Authentication-Results. Attachments (and the raw message, when asked to keep it) are returned
+as blobs to store by reference. The body's own parts (the HTML original, the untrimmed text)
+are named by their IMAP section (`text_section`, `html_section`) and never copied: the mail
+stays in the mailbox, and the only body text the gateway stores is the transcript's, which
+passes through the core. The parsed result itself stays small. It never raises: a mail it
+cannot use comes back as `Rejected` with the reason, for the caller to log and skip.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -82,7 +83,7 @@ class ParseConfig:
 class PartRef:
     """A stored part, by reference: never the bytes themselves."""
 
-    role: str  # "attachment" | "inline" | "html" | "full-text" | "raw"
+    role: str  # "attachment" | "inline" | "raw"
     sha256: str
     size: int
     content_type: str
@@ -111,8 +112,12 @@ class ParsedMail:
     bounce: Bounce | None
     auth: AuthResults | None
     text: str  # for the transcript: the newest part, no quote, no signature
-    text_trimmed: bool  # the full body differs (and is kept as a "full-text" part)
-    parts: tuple[PartRef, ...]  # raw, html, full-text and attachments, by reference
+    text_trimmed: bool  # the full body differs (it is the part at `text_section`)
+    parts: tuple[PartRef, ...]  # raw and attachments, by reference
+    # IMAP sections (RFC 3501 6.4.5) of the body's parts in the mailbox: the text shown
+    # (untrimmed there), and the HTML original when the text was reduced from it.
+    text_section: str | None = None
+    html_section: str | None = None
     dropped_parts: int = 0
     defects: tuple[str, ...] = ()
 
@@ -183,16 +188,14 @@ def _parse(raw: bytes, config: ParseConfig) -> Parsed | Rejected:
 
     plain_part = msg.get_body(preferencelist=("plain",))
     html_part = msg.get_body(preferencelist=("html",))
+    text_section = html_section = None
     if plain_part is not None:
         full_text = _decoded(plain_part)
+        text_section = section_of(msg, plain_part)
     elif html_part is not None:
-        # Reduced to text for the transcript; the original is kept by reference.
-        html = _decoded(html_part)
-        full_text = html_to_text(html)
-        data = html.encode("utf-8")
-        sha = sha256_of(data)
-        blobs[sha] = data
-        parts.append(PartRef("html", sha, len(data), "text/html; charset=utf-8"))
+        # Reduced to text for the transcript; the original is named by its IMAP section.
+        full_text = html_to_text(_decoded(html_part))
+        text_section = html_section = section_of(msg, html_part)
     else:
         full_text = ""
     full_text = full_text.replace("\r\n", "\n").strip()
@@ -204,11 +207,6 @@ def _parse(raw: bytes, config: ParseConfig) -> Parsed | Rejected:
                 else trim_signature(full_text))
     text = text[:MAX_TEXT]
     trimmed = text != full_text
-    if trimmed and full_text:
-        data = full_text.encode("utf-8")
-        sha = sha256_of(data)
-        blobs[sha] = data
-        parts.append(PartRef("full-text", sha, len(data), "text/plain; charset=utf-8"))
     attachments, dropped = _attachments(msg, blobs, {id(plain_part), id(html_part)})
     parts.extend(attachments)
     if not text and attachments:
@@ -223,6 +221,7 @@ def _parse(raw: bytes, config: ParseConfig) -> Parsed | Rejected:
         thread_token=token, kind=found.kind, kind_reason=found.reason, bounce=found.bounce,
         auth=parse_authentication_results(clean_text(_raw_header(msg, "Authentication-Results"))),
         text=text, text_trimmed=trimmed, parts=tuple(parts), dropped_parts=dropped,
+        text_section=text_section, html_section=html_section,
         defects=tuple(sorted({type(d).__name__ for d in msg.defects}))[:10],
     )
     return Parsed(mail, blobs)
@@ -391,6 +390,25 @@ def _date(msg: EmailMessage) -> datetime | None:
 
 
 # ---- bodies and attachments ------------------------------------------------------------------
+
+
+def section_of(msg: Message, wanted: Message) -> str | None:
+    """The IMAP section number of `wanted` in `msg` (RFC 3501 6.4.5: a single-part message's
+    body is "1"; the parts of a multipart are 1, 2, …, nested as "2.1"). Bodies are never
+    inside an attached message/rfc822, so those are not descended into."""
+    if wanted is msg:
+        return "1"
+    stack: list[tuple[Message, str]] = [(msg, "")]
+    while stack:
+        part, prefix = stack.pop()
+        if not part.is_multipart() or part.get_content_maintype() == "message":
+            continue
+        for number, child in enumerate(part.get_payload(), 1):  # type: ignore[arg-type]
+            path = f"{prefix}.{number}" if prefix else str(number)
+            if child is wanted:
+                return path
+            stack.append((child, path))
+    return None
 
 
 def _decoded(part: Message) -> str:

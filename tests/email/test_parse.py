@@ -43,8 +43,8 @@ def test_html_only_mail_is_read_as_text_and_the_original_kept_by_reference() -> 
     assert isinstance(result, Parsed)
     assert "Hello support," in result.mail.text and "order 42" in result.mail.text
     assert "<b>" not in result.mail.text and "alert" not in result.mail.text
-    html = result.mail.part("html")
-    assert html is not None and b"<b>support</b>" in result.blobs[html.sha256]
+    # The original stays in the mailbox, named by its IMAP section, and is not copied.
+    assert result.mail.html_section == result.mail.text_section == "1" and not result.blobs
 
 
 def test_plain_alternative_is_preferred_over_html() -> None:
@@ -130,8 +130,26 @@ def test_quoted_history_and_signature_are_trimmed_and_the_full_body_kept() -> No
     result = parse_mail(mail("Re: router", body=body), CONFIG)
     assert isinstance(result, Parsed)
     assert result.mail.text == "Thanks, that fixed it.\n\nAnn" and result.mail.text_trimmed
-    full = result.mail.part("full-text")
-    assert full is not None and b"restart the router" in result.blobs[full.sha256]
+    # The full body is the mail's own text part, in the mailbox: named, never copied (the
+    # only body text the gateway stores is the transcript's, and that passes the core).
+    assert result.mail.text_section == "1" and not result.blobs
+
+
+def test_body_parts_are_named_by_their_imap_section() -> None:
+    msg = EmailMessage()
+    msg["From"] = "ann@example.org"
+    msg.set_content("plain words")
+    msg.add_alternative("<p>html words</p>", subtype="html")
+    msg.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="a.pdf")
+    found = parsed(msg.as_bytes())  # mixed(alternative(plain, html), pdf)
+    assert (found.text_section, found.html_section) == ("1.1", None)
+    html_only = EmailMessage()
+    html_only["From"] = "ann@example.org"
+    html_only.set_content("<p>html body</p>", subtype="html")
+    html_only.add_attachment(b"%PDF", maintype="application", subtype="pdf", filename="a.pdf")
+    found = parsed(html_only.as_bytes())  # mixed(html, pdf)
+    assert (found.text_section, found.html_section) == ("1", "1")
+    assert found.text == "html body"
 
 
 @pytest.mark.parametrize("body,expected", [
