@@ -288,11 +288,3 @@ def _username() -> str:
 
     return pwd.getpwuid(os.getuid()).pw_name
 
-
-async def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    """Poll `predicate` (sync) until true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.02)

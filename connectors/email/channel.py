@@ -1,12 +1,14 @@
 """The email channel: a support mailbox read over IMAP, replies sent over SMTP.
 
-Implements `gateway.channels.Channel`. Inbound: `MailboxFollower` (connectors/email/inbound.py)
-hands each mail to the core's `InboundSink` as an `InboundMessage` (provider "imap", provider
-id the Message-ID). Outbound: the outbox calls `send`, which composes the mail
-(connectors/email/compose.py) with our Message-ID `<outbox-id.TOKEN@domain>`, the thread's
-In-Reply-To/References and the per-conversation Reply-To `local+TOKEN@domain` from the
-message's payload, and sends it (connectors/email/smtp.py). The receipt's provider id is that
-Message-ID, which is also what a bounce names.
+Implements `gateway.channels.Channel` (registered in gateway/app.py's CHANNELS). Inbound:
+`MailboxFollower` (connectors/email/inbound.py) hands each mail to the core's `InboundSink`
+as a threaded `InboundMessage` (provider "imap", provider id the Message-ID); the core places
+it (gateway/threads.py). Outbound: the outbox calls `send`; the core's `reply_thread` gives a
+fresh thread token for the leg and the thread's ids and subject, and the mail is composed
+(connectors/email/compose.py) with our Message-ID `<outbox-id.TOKEN@domain>`, In-Reply-To,
+References and the per-conversation Reply-To `local+TOKEN@domain`, then sent
+(connectors/email/smtp.py). The receipt's provider id is that Message-ID, which is also
+what a bounce names.
 """
 
 from __future__ import annotations
@@ -18,15 +20,26 @@ import ssl
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from connectors.email import ids
 from connectors.email.compose import ComposeError, compose
 from connectors.email.imap import LOOPBACK_HOSTS, ImapConfig, ImapError, ImapSession
 from connectors.email.inbound import FollowConfig, MailboxFollower
 from connectors.email.parse import ParseConfig
-from connectors.email.smtp import SmtpConfig, send_mail
-from gateway.channels import ChannelInfo, InboundSink, OutboundMessage, SendError, SendReceipt
+from connectors.email.smtp import SmtpConfig, send_mail, worst_case_seconds
+from gateway.channels import (
+    ChannelDeps,
+    ChannelError,
+    ChannelInfo,
+    CodeMessage,
+    InboundSink,
+    OutboundMessage,
+    ReplyThread,
+    SendError,
+    SendReceipt,
+    TextMessage,
+)
 from gateway.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -35,10 +48,6 @@ if TYPE_CHECKING:
     from config.settings import Settings
 
 log = logging.getLogger("connectors.email")
-
-
-class ChannelStartError(RuntimeError):
-    """The mailbox cannot be reached or logged in to; the message says what to fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,7 @@ def email_config(settings: Settings) -> EmailConfig | None:
 
 
 class EmailChannel:
-    """`Channel` for email. `EmailChannel.from_settings(settings)`; `await start(sink)`."""
+    """`Channel` for email: `EmailChannel.from_settings(settings, deps)`; `await start(sink)`."""
 
     name = "email"
     channels = frozenset({"email"})
@@ -116,16 +125,24 @@ class EmailChannel:
         self._clock = clock or SystemClock()
         self._task: asyncio.Task[None] | None = None
         self._parser: Executor | None = None
+        self._sink: InboundSink | None = None
         self.follower: MailboxFollower | None = None
         self._sending = asyncio.Semaphore(4)  # concurrent SMTP connections
+        # The outbox waits this long for one send (gateway/outbox.py): above the SMTP path's
+        # worst case plus the wait for a connection slot and the core's reply_thread write.
+        self.send_timeout = worst_case_seconds(config.smtp) + 3 * config.smtp.timeout + 5
 
     @classmethod
-    def from_settings(cls, settings: Settings, deps: Any = None) -> EmailChannel | None:
+    def from_settings(cls, settings: Settings, deps: ChannelDeps) -> EmailChannel | None:
         config = email_config(settings)
         if config is None:
             return None
-        clock = getattr(deps, "clock", None)
-        return cls(config, clock=clock)
+        return cls(config, clock=deps.clock)
+
+    @classmethod
+    def why_off(cls, settings: Settings) -> str:
+        return ("set GATEWAY_EMAIL_ADDRESS, GATEWAY_IMAP_HOST, GATEWAY_IMAP_PASSWORD and "
+                "GATEWAY_SMTP_HOST (README: a mailbox)")
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return ()
@@ -145,7 +162,8 @@ class EmailChannel:
         try:
             first = await ImapSession.open(self.config.follow.imap)
         except ImapError as exc:
-            raise ChannelStartError(f"email: {exc}") from None
+            raise ChannelError(f"email: {exc}") from None
+        self._sink = sink
         if self.config.parse_workers > 0:
             # spawn, not fork: the gateway has threads (the SQLite writer) by now.
             self._parser = ProcessPoolExecutor(self.config.parse_workers,
@@ -164,41 +182,58 @@ class EmailChannel:
         parser, self._parser = self._parser, None
         if parser is not None:
             await asyncio.to_thread(parser.shutdown, True, cancel_futures=True)
+        self._sink = None
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
-        """Send one outbox row. Payload keys (all optional, written by the core):
-        `thread_token`, `subject`, `in_reply_to`, `references` (oldest first), `to_name`,
-        `from_name`, `auto_submitted` (gateway-written mail: codes, notices); kind "otp" is
-        always auto-submitted."""
-        payload = message.payload
-        token = payload.get("thread_token")
-        if token is not None and not ids.is_thread_token(str(token)):
-            raise SendError("payload thread_token is not a gateway thread token", permanent=True)
+        """Send one outbox message: a text (an agent's reply, a gateway notice) or a code.
+
+        Raises SendError (permanent: 5xx, a recipient that is not one plain address; else
+        transient) or SendInDoubt (the connection was lost during DATA: never resent)."""
+        if not isinstance(message, (TextMessage, CodeMessage)):
+            raise SendError(f"email cannot send a {message.kind}", permanent=True)
+        sink = self._sink
+        if sink is None:
+            raise SendError("the email channel is not started", permanent=False)
+        try:
+            async with asyncio.timeout(self.config.smtp.timeout * 2):
+                thread: ReplyThread = await sink.reply_thread(message.id)
+        except TimeoutError:
+            raise SendError("email not sent: the store did not answer in time",
+                            permanent=False) from None
+        code = isinstance(message, CodeMessage)
+        token = thread.token
+        if token is not None and not ids.is_thread_token(token):
+            raise SendError("the core's thread token cannot be written in an address",
+                            permanent=True)
         message_id = ids.our_message_id(message.id, token, self.config.address)
-        auto = message.kind == "otp" or bool(payload.get("auto_submitted"))
         try:
             mail = compose(
                 our_address=self.config.address,
                 to=message.to,
-                text=message.text or "",
+                text=message.text,
                 message_id=message_id,
                 date=self._clock.now(),
-                subject=payload.get("subject") or (
-                    "Your verification code" if message.kind == "otp" else None),
-                is_reply=message.kind != "otp" and bool(
-                    payload.get("in_reply_to") or payload.get("subject")),
-                from_name=payload.get("from_name") or self.config.from_name,
-                to_name=payload.get("to_name"),
+                subject="Your verification code" if code else thread.subject,
+                is_reply=not code,
+                from_name=self.config.from_name,
+                to_name=thread.to_name,
                 reply_to=ids.reply_address(self.config.address, token) if token else None,
-                in_reply_to=payload.get("in_reply_to"),
-                references=list(payload.get("references") or ()),
-                auto_submitted=auto,
+                in_reply_to=thread.in_reply_to,
+                references=thread.references,
+                auto_submitted=code or thread.automated,
             )
         except ComposeError as exc:
             raise SendError(f"email not sent: {exc}", permanent=True) from None
-        async with self._sending:
+        try:
+            async with asyncio.timeout(self.config.smtp.timeout):  # a free connection slot
+                await self._sending.acquire()
+        except TimeoutError:
+            raise SendError("email not sent: every SMTP connection was busy",
+                            permanent=False) from None
+        try:
             answer = await send_mail(self.config.smtp, mail)
+        finally:
+            self._sending.release()
         log.info("email: %s sent to %s as <%s>: %s", message.id, mail.envelope.recipients[0],
                  mail.message_id, answer)
         return SendReceipt("email", mail.message_id, "sent")
-

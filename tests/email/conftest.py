@@ -1,5 +1,7 @@
 """Fixtures of the email tests: one real Dovecot per session (with TLS), a fresh account per
-test, an aiosmtpd server per test, and channels built from real settings."""
+test, an aiosmtpd server per test, channels built from real settings, and whole gateways
+(tests/conftest.py's `start_gateway`) with email on, reading that account and sending to
+that server."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest_asyncio
 from config.settings import load_settings
 from connectors.email import EmailChannel, email_config
 from tests.dovecot import Account, Dovecot, self_signed_cert
+from tests.conftest import Gateways, RunningGateway
 from tests.peers import peer_missing
 from tests.email.support import OUR_ADDRESS, FakeSink, SmtpServer
 
@@ -110,3 +113,31 @@ async def start_channel(dovecot: Dovecot, mailbox: Account, tmp_path: Path
     finally:
         for channel in reversed(channels):
             await channel.aclose()
+
+
+def gateway_email_settings(dovecot: Dovecot, account: Account, smtp: SmtpServer, store: Path,
+                           address: str = OUR_ADDRESS) -> dict[str, Any]:
+    """GATEWAY_* email settings for a gateway reading `account` and sending through `smtp`."""
+    return dict(
+        email_address=address, imap_host=dovecot.host, imap_port=dovecot.port,
+        imap_user=account.user, imap_password=account.password, imap_security="none",
+        smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none",
+        email_store_dir=str(store), email_parse_workers=0, email_timeout_seconds=10,
+    )
+
+
+@pytest_asyncio.fixture
+async def mail_gateway(start_gateway: Gateways, dovecot: Dovecot, mailbox: Account,
+                       smtp_server: SmtpServer, tmp_path: Path
+                       ) -> Callable[..., Any]:
+    """`await mail_gateway(**settings)`: a running gateway (no SIP) whose email channel reads
+    this test's mailbox and sends through this test's SMTP server; `twilio=`/`meta=` aim it
+    at the provider stand-ins as `start_gateway` does."""
+
+    async def start(**overrides: Any) -> RunningGateway:
+        settings = gateway_email_settings(dovecot, mailbox, smtp_server, tmp_path / "mail")
+        settings.update(overrides)
+        settings.setdefault("sip", False)
+        return await start_gateway(**settings)
+
+    return start

@@ -14,14 +14,18 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
 from typing import Any
 
 from aiosmtpd.smtp import SMTP as SmtpServerProtocol
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from gateway.channels import ReplyThread
 from gateway.events import DeliveryStatus, InboundMessage
+from tests.helpers import wait_until
 
 OUR_ADDRESS = "support@gw.test"
 
@@ -36,6 +40,7 @@ class FakeSink:
         self.checkpoints: dict[str, str] = {}
         self.statuses: list[DeliveryStatus] = []
         self.fail: Callable[[InboundMessage], bool] = lambda _e: False
+        self.threads: dict[str, ReplyThread] = {}  # what reply_thread answers, by outbox id
         self._lock = asyncio.Lock()
 
     async def ingest(self, event: InboundMessage) -> dict[str, Any]:
@@ -63,6 +68,9 @@ class FakeSink:
     async def check_thread_token(self, token: str) -> str | None:
         return None
 
+    async def reply_thread(self, outbox_id: str) -> ReplyThread:
+        return self.threads.get(outbox_id, ReplyThread(token=None))
+
     def by_subject(self, subject: str) -> InboundMessage:
         return next(e for e in self.order if e.extra.get("subject") == subject)
 
@@ -72,6 +80,18 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        """The mail as the recipient's client reads it."""
+        parsed = message_from_bytes(self.content, policy=default_policy)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    @property
+    def text(self) -> str:
+        body = self.message.get_body(preferencelist=("plain",))
+        return str(body.get_content()) if body is not None else ""  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -147,6 +167,12 @@ class SmtpServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def wait(self, count: int, timeout: float = 15.0) -> list[Received]:
+        """Until `count` mails were received in all; all of them, oldest first."""
+        await wait_until(lambda: len(self.received) >= count, timeout=timeout,
+                         what=f"{count} mail(s) at the SMTP server")
+        return list(self.received)
 
 
 class CuttingProxy:

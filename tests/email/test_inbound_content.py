@@ -1,28 +1,27 @@
 """What the core is handed for real mail in a real mailbox: legacy charsets, a 10 MB
-attachment by reference, robots and bounces recorded as such, and what a stranger puts in a
-name or subject never reaching a header we write."""
+attachment by reference, robots and bounces recorded as such, our own copies skipped.
+(Through a whole gateway: tests/email/test_gateway.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from email import message_from_bytes
 from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP, default
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 
 from connectors.email import ids
 from connectors.email.blobs import BlobStore
-from gateway.channels import OutboundMessage
-from tests.dovecot import Account, Dovecot, wait_for
-from tests.email.support import OUR_ADDRESS, FakeSink, Received, SmtpBehaviour, SmtpServer, mail
+from tests.dovecot import Account, Dovecot
+from tests.helpers import wait_until
+from tests.email.support import OUR_ADDRESS, FakeSink, mail
 from tests.email.test_parse import dsn
 
 pytestmark = pytest.mark.peers
-TOKEN = "abcdefghijklmnopqrstuvwx23"
+TOKEN = "0123456789abcdef0123456789abcdef"
 
 
 async def test_a_legacy_charset_mail_is_stored_as_the_customer_wrote_it(
@@ -42,7 +41,7 @@ async def test_a_legacy_charset_mail_is_stored_as_the_customer_wrote_it(
              b"\x93Gracias\x94 \x80 50\r\n")
     await dovecot.append(mailbox, [raw, latin])
     await start_channel(sink)
-    await wait_for(lambda: len(sink.stored) == 2)
+    await wait_until(lambda: len(sink.stored) == 2, timeout=15)
     first, second = sink.order
     assert first.text == text and first.extra["subject"] == "Заказ"
     assert first.profile_name == "Елена Иванова"
@@ -63,7 +62,7 @@ async def test_a_10_mb_attachment_is_stored_by_reference_and_the_entry_made(
     msg.add_attachment(data, maintype="application", subtype="zip", filename="photos.zip")
     await dovecot.append(mailbox, [msg.as_bytes()])
     channel = await start_channel(sink, email_keep_raw=True)
-    await wait_for(lambda: len(sink.stored) == 1, timeout=30, what="the 10 MB mail")
+    await wait_until(lambda: len(sink.stored) == 1, timeout=30, what="the 10 MB mail")
     (event,) = sink.order
     assert event.text == "Here are the photos."
     (attachment,) = event.attachments
@@ -82,7 +81,7 @@ async def test_a_mail_over_the_size_limit_is_noted_not_fetched(
         dovecot: Dovecot, mailbox: Account, sink: FakeSink, start_channel) -> None:
     await dovecot.append(mailbox, [mail("Huge", body="x" * 200_000), mail("Small")])
     await start_channel(sink, email_max_message_mb=0.1)
-    await wait_for(lambda: len(sink.stored) == 2)
+    await wait_until(lambda: len(sink.stored) == 2, timeout=15)
     huge = sink.by_subject("Huge")
     assert "not fetched" in huge.text and "GATEWAY_EMAIL_MAX_MESSAGE_MB" in huge.text
     assert int(huge.extra["not_fetched_bytes"]) > 200_000
@@ -97,7 +96,7 @@ async def test_an_auto_reply_and_a_bounce_are_recorded_as_such_and_the_bounce_fa
                body="I am away until Monday.")
     await dovecot.append(mailbox, [ooo, dsn(original_id=ours), mail("A real question")])
     await start_channel(sink)
-    await wait_for(lambda: len(sink.stored) == 3)
+    await wait_until(lambda: len(sink.stored) == 3, timeout=15)
     auto = sink.by_subject("Out of Office: Re: Your order")
     assert auto.kind == "auto-reply" and auto.thread_token == TOKEN
     bounce = sink.by_subject("Undelivered Mail Returned to Sender")
@@ -114,70 +113,7 @@ async def test_mail_from_our_own_address_is_skipped(
     await dovecot.append(mailbox, [mail("Copy of our reply", sender=f"support+{TOKEN}@gw.test"),
                                    mail("From us", sender=OUR_ADDRESS), mail("From Ann")])
     channel = await start_channel(sink)
-    await wait_for(lambda: len(sink.stored) == 1)
+    await wait_until(lambda: len(sink.stored) == 1, timeout=15)
     assert sink.order[0].extra["subject"] == "From Ann"
     validity = dovecot.status(mailbox)["uidvalidity"]
     assert sink.checkpoints[channel.config.follow.checkpoint_key] == f"{validity}:3"
-
-
-async def test_a_strangers_name_and_subject_never_become_headers_of_our_reply(
-        dovecot: Dovecot, mailbox: Account, sink: FakeSink, start_channel,
-        smtp_server: SmtpServer) -> None:
-    # The attack arrives encoded, so it survives the inbound mail system intact …
-    raw = ("From: =?utf-8?q?Ann=0D=0ABcc:_evil@attacker.test?= <ann@example.org>\r\n"
-           "To: support@gw.test\r\n"
-           "Subject: =?utf-8?b?T3JkZXINCkJjYzogZXZpbEBhdHRhY2tlci50ZXN0?=\r\n"
-           "Message-ID: <evil@example.org>\r\n\r\nhello\r\n").encode()
-    await dovecot.append(mailbox, [raw])
-    channel = await start_channel(sink, smtp_port=smtp_server.port)
-    await wait_for(lambda: len(sink.stored) == 1)
-    (event,) = sink.order
-    assert "\r" not in (event.profile_name or "") and "\n" not in event.extra["subject"]
-    # … and the core replies using what it stored (name and subject) …
-    await channel.send(OutboundMessage(
-        id="out_r1", channel="email", kind="message", to=str(event.sender), from_=OUR_ADDRESS,
-        text="We are on it.", payload={"to_name": event.profile_name, "thread_token": TOKEN,
-                                       "subject": event.extra["subject"],
-                                       "in_reply_to": event.provider_id}))
-    (got,) = smtp_server.received
-    assert got.rcpt_tos == ["ann@example.org"]  # the envelope: one recipient
-    written = message_from_bytes(got.content, policy=default)
-    assert "Bcc" not in written and "Cc" not in written
-    assert [a.addr_spec for a in written["To"].addresses] == ["ann@example.org"]
-    assert written["Subject"] == "Re: Order Bcc: evil@attacker.test"
-
-
-async def test_no_mail_loop_with_an_rfc3834_autoresponder(
-        dovecot: Dovecot, mailbox: Account, sink: FakeSink, start_channel,
-        smtp_server: SmtpServer) -> None:
-    """The customer's mailbox answers everything that is not itself automatic (RFC 3834)
-    with an out-of-office note, which lands in our mailbox. An agent's reply draws one
-    answer, which the gateway records as an auto-reply (never answered); the gateway's own
-    code mail says it is automatic and draws none."""
-    answers: list[str] = []
-
-    def autoresponder(got: Received) -> None:
-        msg = message_from_bytes(got.content, policy=default)
-        if str(msg.get("Auto-Submitted", "no")).lower() != "no":
-            return
-        answers.append(str(msg["Message-ID"]))
-        dovecot.save(mailbox, mail("Automatic reply: " + str(msg["Subject"]),
-                                   sender="ann@example.org", message_id=f"ooo{len(answers)}",
-                                   headers={"Auto-Submitted": "auto-replied",
-                                            "In-Reply-To": str(msg["Message-ID"])},
-                                   body="I am out of the office."))
-
-    smtp_server.behaviour = SmtpBehaviour(on_message=autoresponder)
-    channel = await start_channel(sink, smtp_port=smtp_server.port)
-    await channel.send(OutboundMessage(
-        id="out_a1", channel="email", kind="message", to="email:ann@example.org",
-        from_=OUR_ADDRESS, text="Your parcel left today.",
-        payload={"thread_token": TOKEN, "subject": "Order"}))
-    await channel.send(OutboundMessage(
-        id="out_c1", channel="email", kind="otp", to="email:ann@example.org", from_=None,
-        text="Your verification code is 123456.", payload={"thread_token": TOKEN}))
-    await wait_for(lambda: len(sink.stored) == 1, what="the out-of-office answer")
-    (ooo,) = sink.order
-    assert ooo.kind == "auto-reply" and ooo.thread_token == TOKEN
-    assert answers == [f"<out_a1.{TOKEN}@gw.test>"]  # one answer: to the person, not the robot
-    assert len(smtp_server.received) == 2

@@ -13,11 +13,19 @@ from hypothesis import strategies as st
 
 from connectors.email import ids
 from connectors.email.compose import ComposeError, compose, header_text, reply_subject
-from connectors.email.smtp import SendInDoubt, SmtpConfig, send_mail
-from gateway.channels import OutboundMessage, SendError
+from connectors.email.smtp import SmtpConfig, send_mail
+from gateway.channels import (
+    CallbackRequest,
+    CodeMessage,
+    ReplyThread,
+    SendError,
+    SendInDoubt,
+    TextMessage,
+)
+from gateway.domain import OutboxId
 from tests.email.support import OUR_ADDRESS, SmtpBehaviour, SmtpServer
 
-TOKEN = "abcdefghijklmnopqrstuvwx23"
+TOKEN = "0123456789abcdef0123456789abcdef"
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 INJECTIONS = [
     "Ann\r\nBcc: evil@attacker.test",
@@ -197,29 +205,44 @@ async def test_the_channel_sends_an_outbox_row_and_reports_our_message_id(
         smtp_server: SmtpServer, start_channel, sink) -> None:  # type: ignore[no-untyped-def]
     channel = await start_channel(sink, smtp_port=smtp_server.port, start=False,
                                   email_from_name="ACME Support")
-    receipt = await channel.send(OutboundMessage(
-        id="out_5f3a", channel="email", kind="message", to="email:ann@example.org",
-        from_=OUR_ADDRESS, text="Your parcel left today.",
-        payload={"thread_token": TOKEN, "subject": "Where is my order?",
-                 "in_reply_to": "m2@example.org", "references": ["m1@example.org"]}))
+    channel._sink = sink  # what start() keeps; the mailbox is not needed here
+    sink.threads["out_5f3a"] = ReplyThread(
+        token=TOKEN, subject="Where is my order?", in_reply_to="m2@example.org",
+        references=("m1@example.org", "m2@example.org"), to_name="Ann Example")
+    receipt = await channel.send(TextMessage(
+        id=OutboxId("out_5f3a"), channel="email", to="email:ann@example.org",
+        from_=OUR_ADDRESS, text="Your parcel left today."))
     assert receipt.provider == "email" and receipt.provider_id == f"out_5f3a.{TOKEN}@gw.test"
     (got,) = smtp_server.received
     msg = message_from_bytes(got.content, policy=default)
     assert msg["Message-ID"] == f"<out_5f3a.{TOKEN}@gw.test>"
+    assert msg["In-Reply-To"] == "<m2@example.org>"
     assert msg["Reply-To"].addresses[0].addr_spec == f"support+{TOKEN}@gw.test"
     assert msg["From"].addresses[0].display_name == "ACME Support"
+    assert msg["To"].addresses[0].display_name == "Ann Example"
     assert msg["References"] == "<m1@example.org> <m2@example.org>"
     assert msg["Auto-Submitted"] == "no" and msg["Subject"] == "Re: Where is my order?"
 
-    await channel.send(OutboundMessage(
-        id="out_otp1", channel="email", kind="otp", to="email:ann@example.org",
-        from_=None, text="Your verification code is 482913.", payload={}))
+    await channel.send(CodeMessage(
+        id=OutboxId("out_otp1"), channel="email", to="email:ann@example.org",
+        text="Your verification code is 482913."))
     code = message_from_bytes(smtp_server.received[1].content, policy=default)
     assert code["Auto-Submitted"] == "auto-replied" and code["Subject"] == "Your verification code"
-    assert code["Reply-To"] is None  # no conversation token given: no thread address
+    assert code["Reply-To"] is None  # no leg, so no thread token: no thread address
 
+    sink.threads["out_n1"] = ReplyThread(token=TOKEN, subject="Order", automated=True)
+    await channel.send(TextMessage(id=OutboxId("out_n1"), channel="email",
+                                   to="email:ann@example.org", text="That code is not right."))
+    notice = message_from_bytes(smtp_server.received[2].content, policy=default)
+    assert notice["Auto-Submitted"] == "auto-replied"  # the gateway's own words: robots ignore
+
+    sink.threads["out_x"] = ReplyThread(token="not a token!")
     with pytest.raises(SendError) as bad:
-        await channel.send(OutboundMessage(
-            id="out_x", channel="email", kind="message", to="email:ann@example.org",
-            from_=None, text="x", payload={"thread_token": "not-a-token"}))
-    assert bad.value.permanent and len(smtp_server.received) == 2
+        await channel.send(TextMessage(id=OutboxId("out_x"), channel="email",
+                                       to="email:ann@example.org", text="x"))
+    assert bad.value.permanent
+    with pytest.raises(SendError) as call:
+        await channel.send(CallbackRequest(id=OutboxId("out_c"), channel="email",
+                                           to="email:ann@example.org", escalation_token="t",
+                                           escalation_id="e"))
+    assert call.value.permanent and len(smtp_server.received) == 3
