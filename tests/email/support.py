@@ -177,11 +177,13 @@ class SmtpServer:
 
 class CuttingProxy:
     """A TCP proxy to the IMAP server that can abort a connection mid-stream: after
-    `cut_after` bytes from the server on the next connection, both sides are reset."""
+    `cut_after` bytes from the server on the next connection, both sides are reset
+    (`on_cut`, when set, is called first: a test may kill the client process there)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.cut_after: int | None = None
+        self.on_cut: Callable[[], None] | None = None
         self.connections = 0
         self.cuts = 0
         self.port = 0
@@ -211,6 +213,8 @@ class CuttingProxy:
             try:
                 while data := await src.read(16384):
                     if limit is not None and sent + len(data) > limit:
+                        if self.on_cut is not None:
+                            self.on_cut()
                         dst.write(data[: limit - sent])
                         await dst.drain()
                         self.cuts += 1
