@@ -38,13 +38,13 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway import identity
 from gateway.addresses import Address
 from gateway.channels import OutboundKind, ReplyThread
-from gateway.conversations import insert_ignore
 from gateway.domain import ConversationId, CustomerId, LegId, NotFound
 from gateway.models import (
     BigId,
@@ -136,6 +136,23 @@ def lookup_token(conn: Connection, token: str) -> tuple[ConversationId, LegId] |
 # ---- anchors ----------------------------------------------------------------------------------
 
 
+def _insert_anchor(dialect: str) -> Prepared:
+    module = postgresql if dialect == "postgresql" else sqlite
+    return Prepared(module.insert(ANCHORS).values(
+        {c: bindparam(c) for c in ("message_id", "conversation_id", "leg_id", "direction",
+                                   "subject", "refs", "at")}).on_conflict_do_nothing())
+
+
+# The ingest path's statements, compiled once (gateway/store.py `Prepared`): on the writer
+# thread SQLAlchemy's per-statement construction and bookkeeping cost more than SQLite's work.
+_INSERT_ANCHOR = {d: _insert_anchor(d) for d in ("sqlite", "postgresql")}
+_ANCHORED = Prepared(
+    select(ANCHORS.c.conversation_id, ANCHORS.c.leg_id, ANCHORS.c.id, CONVERSATIONS.c.status)
+    .join(CONVERSATIONS, CONVERSATIONS.c.id == ANCHORS.c.conversation_id)
+    .where(ANCHORS.c.message_id == bindparam("m"),
+           CONVERSATIONS.c.customer_id == bindparam("c")))
+
+
 def record_anchors(
     conn: Connection,
     *,
@@ -147,16 +164,15 @@ def record_anchors(
     subject: str | None = None,
     refs: str | None = None,
 ) -> None:
-    """Remember ids for this conversation (repeats are ignored), in one statement. For an
-    inbound message: its own id with direction "in", then its thread refs with "ref"."""
-    rows = [
-        {"message_id": m, "conversation_id": conversation_id, "leg_id": leg_id,
-         "direction": direction, "subject": (subject or None) and subject[:300],
-         "refs": refs, "at": now}
-        for m in dict.fromkeys(message_ids) if m and len(m) <= MAX_ANCHOR
-    ]
-    if rows:
-        conn.execute(insert_ignore(conn, ANCHORS), rows)
+    """Remember ids for this conversation (repeats are ignored). For an inbound message: its
+    own id with direction "in", then its thread refs with "ref"."""
+    statement = _INSERT_ANCHOR["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    subject = (subject or None) and subject[:300]
+    for m in dict.fromkeys(message_ids):
+        if m and len(m) <= MAX_ANCHOR:
+            statement.execute(conn, {"message_id": m, "conversation_id": conversation_id,
+                                     "leg_id": leg_id, "direction": direction,
+                                     "subject": subject, "refs": refs, "at": now})
 
 
 def remember(conn: Connection, *, conversation_id: str, leg_id: str, provider_id: str,
@@ -214,19 +230,15 @@ def find_conversation(
                            row[1] == "open")
     if customer is None or not refs:
         return None
-    wanted = [r for r in dict.fromkeys(refs) if r and len(r) <= MAX_ANCHOR][:50]
-    rows = conn.execute(
-        select(ANCHORS.c.message_id, ANCHORS.c.conversation_id, ANCHORS.c.leg_id,
-               ANCHORS.c.id, CONVERSATIONS.c.status)
-        .join(CONVERSATIONS, CONVERSATIONS.c.id == ANCHORS.c.conversation_id)
-        .where(ANCHORS.c.message_id.in_(wanted), CONVERSATIONS.c.customer_id == customer)
-    ).all()
-    if not rows:
-        return None
-    rank = {message_id: i for i, message_id in enumerate(wanted)}
     # The newest reference wins; for one id in several conversations, the latest anchor.
-    best = min(rows, key=lambda r: (rank[r[0]], -r[3]))
-    return ThreadMatch(best[1], customer, best[2], "anchor", True, best[4] == "open")
+    for ref in [r for r in dict.fromkeys(refs) if r and len(r) <= MAX_ANCHOR][:50]:
+        rows = _ANCHORED.execute(conn, {"m": ref, "c": customer})
+        if rows:
+            conversation_id, leg_id, _id, status = max(rows, key=lambda r: r[2])
+            return ThreadMatch(ConversationId(conversation_id), customer,
+                               LegId(leg_id) if leg_id else None, "anchor", True,
+                               status == "open")
+    return None
 
 
 # ---- what a reply carries ------------------------------------------------------------------------
