@@ -16,9 +16,9 @@ some with quoted history and signatures, from a pool of customers). In one run i
   and (a) again; each timed from the first command after SELECT to the last mail
 committed (for (b)/(c): the core answered the commit). It prints mails/s, the ratio b/a
 (target >= 0.5), peak RSS of the gateway process and of the parse worker, and RSS sampled
-along the way (flat memory: it must not grow with the number of mails). The current core
-does not store `InboundMessage.checkpoint` yet (the integration phase adds it), so the
-benchmark's sink reads no checkpoint; the ingest path is otherwise the real one.
+along the way (flat memory: it must not grow with the number of mails). The sink is the real `Core`:
+positions stored with the mail, each mail placed by its thread (token, anchors, the
+customer's open conversation) and its anchors recorded, as in `gateway serve`.
 """
 
 from __future__ import annotations
@@ -145,10 +145,13 @@ class CoreSink:
         return await self.core.delivery_status(event)
 
     async def checkpoint(self, key: str) -> str | None:
-        return None  # the current core keeps no channel positions yet
+        return await self.core.checkpoint(key)
 
     async def check_thread_token(self, token: str) -> str | None:
-        return None
+        return await self.core.check_thread_token(token)
+
+    async def reply_thread(self, outbox_id: Any) -> Any:
+        return await self.core.reply_thread(outbox_id)
 
 
 async def gateway_catch_up(dovecot: Dovecot, account: Account, mails: int, batch: int,
