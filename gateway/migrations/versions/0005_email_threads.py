@@ -1,10 +1,9 @@
 """email threads: Message-ID anchors of conversations (gateway/threads.py)
 
-Thread tokens live in the core's thread_tokens (0003). Numbered 0005 after the console's 0004;
-until that lands this revises 0003 (the lead re-chains: down_revision = "0004").
+Thread tokens live in the core's thread_tokens (0003). Follows the console's 0004_inbox_order.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 from alembic import op
@@ -13,7 +12,7 @@ import gateway.models
 
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
