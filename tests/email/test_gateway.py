@@ -364,6 +364,12 @@ async def test_an_email_legs_bundle_shows_the_whatsapp_sms_and_call_legs_before_
     # A From header alone never carries the verification (the trust rules).
     assert bundle["verification"] is None
     assert bundle["verification_reason"] == "address-not-attested"
+    # The console's view of the conversation: every leg, and a reply goes out by mail.
+    status, view = await gw.api("GET", f"/api/v1/conversations/{conv_id}/timeline")
+    assert status == 200, view
+    assert [leg["channel"] for leg in view["legs"]] == ["whatsapp", "sms", "voice", "email"]
+    assert view["reply_leg_id"] == email_leg["id"]
+    assert [i["text"] for i in view["timeline"] if i["type"] == "entry"][-1] == "Here by mail"
 
 
 async def call_in(gw: RunningGateway, twilio: TwilioStandin, number: str) -> None:
