@@ -14,6 +14,7 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+import gateway.threads  # noqa: F401  (its table: mail_anchors)
 from gateway.models import Base
 from gateway.store import make_engine
 
