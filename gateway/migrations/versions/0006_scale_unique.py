@@ -1,7 +1,7 @@
 """one customer per new number, one open conversation per customer, in the database
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 23:40:00.000000
 
 Several gateways on one database must not make two customers of one new number, nor two
@@ -29,8 +29,8 @@ from alembic import op
 
 from gateway.models import UtcDateTime
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
