@@ -112,8 +112,17 @@ class CoreSettings(BaseModel):
     escalation_ttl_seconds: int = Field(900, gt=0)
     default_region: str | None = None  # for phone numbers written without +country
 
-    # Only one process per database may send the outbox; API-only replicas set this false.
+    # Every gateway on one PostgreSQL may send the outbox (rows are leased per instance);
+    # false makes an API-only replica, whose replies another gateway sends.
     outbox_enabled: bool = True
+    # How often the outbox looks for due rows without being woken (new rows wake it, also
+    # across gateways through PostgreSQL NOTIFY; retries and recovery rely on this).
+    outbox_poll_seconds: float = Field(5.0, gt=0, le=3600)
+    # This process's name among the gateways on one database (outbox leases, event fan-out).
+    # Unset: a new one per process (host-pid-random). Set it only to a value unique to this
+    # gateway and stable across its restarts: then a restart marks its own earlier in-flight
+    # sends `unknown` even on SQLite's shared files; two live gateways with one id are refused.
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     # Comment lines on an idle event stream (/api/v1/events), under proxies' idle timeouts.
     events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
 

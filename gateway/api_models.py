@@ -465,6 +465,14 @@ SSE_EVENTS: dict[str, type[Model]] = {
 class OutboxHealth(Model):
     passes: int = Field(description="completed scans for due messages")
     in_flight: int = Field(description="sends on the wire now")
+    enabled: bool | None = Field(None, description="false: this gateway sends nothing "
+                                 "(GATEWAY_OUTBOX_ENABLED); another one sends its replies")
+
+
+class PeersHealth(Model):
+    events_sent: int = Field(description="events this gateway carried to the others (NOTIFY)")
+    events_heard: int = Field(description="other gateways' events republished here")
+    events_dropped: int = Field(description="events that could not be carried")
 
 
 class Health(Model):
@@ -475,6 +483,10 @@ class Health(Model):
     writes: int | None = None
     commits: int | None = None
     outbox: OutboxHealth | None = None
+    instance: str | None = Field(None, description="this gateway's instance id "
+                                 "(GATEWAY_INSTANCE_ID, or made per process)")
+    peers: PeersHealth | None = Field(None, description="PostgreSQL: the link to the other "
+                                      "gateways on the database; null on SQLite")
 
 
 # ---- the provider webhooks (what the providers send; the gateway reads these fields) --------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,8 +33,9 @@ from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core, Policy
 from gateway.metrics import Metrics
+from gateway.instances import PeerLink, new_instance_id
 from gateway.outbox import OutboxWorker
-from gateway.store import make_engine, upgrade
+from gateway.store import is_sqlite, make_engine, upgrade
 from gateway.workspace_api import Workspace
 
 log = logging.getLogger("gateway.app")
@@ -63,6 +65,8 @@ class Gateway:
     agents: AgentDirectory
     agent_token: str
     bus: EventBus
+    instance_id: str
+    link: PeerLink | None = None  # PostgreSQL: the other gateways on the database
     channels: dict[str, Channel] = field(default_factory=dict)
     off: dict[str, str] = field(default_factory=dict)  # channel name -> what turns it on
     started: bool = False
@@ -75,7 +79,12 @@ class Gateway:
             "services": sorted(self.channels),
             "writes": self.core.batcher.writes,
             "commits": self.core.batcher.batches,
-            "outbox": {"passes": self.outbox.passes, "in_flight": self.outbox.in_flight},
+            "outbox": {"passes": self.outbox.passes, "in_flight": self.outbox.in_flight,
+                       "enabled": self.settings.outbox_enabled},
+            "instance": self.instance_id,
+            "peers": None if self.link is None else {
+                "events_sent": self.link.sent, "events_heard": self.link.heard,
+                "events_dropped": self.link.dropped},
         }
 
     def report(self) -> list[ChannelReport]:
@@ -121,15 +130,27 @@ def build_app(
         log.warning("GATEWAY_AGENT_TOKEN is not set: generated one for this run: %s", token)
     engine = make_engine(settings.database_url)
     metrics = Metrics()
-    bus = EventBus(clock.now)
+    instance_id = settings.instance_id or new_instance_id()
+    # Event ids start at this process's start (µs): another instance's, or an earlier run's,
+    # are then recognised as foreign by the event stream (a resync, not a wrong replay).
+    bus = EventBus(clock.now, first_seq=time.time_ns() // 1000)
     agents = AgentDirectory(settings.agents, clock, publish=bus.publish)
     outbox_worker = OutboxWorker(
-        engine, {}, clock,
+        engine, {}, clock, poll_interval=settings.outbox_poll_seconds,
         sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc(),
-        publish=bus.publish)
+        publish=bus.publish, instance_id=instance_id)
+    # Several gateways on one PostgreSQL hear each other's events and outbox wake-ups.
+    link = (None if is_sqlite(settings.database_url) else
+            PeerLink(settings.database_url, instance_id, bus, engine, outbox_worker.wake))
+
+    def outbox_queued() -> None:
+        outbox_worker.wake()
+        if link is not None:
+            link.outbox_queued()
+
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
-                on_outbox=outbox_worker.wake, bus=bus, agents=agents)
-    gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus)
+                on_outbox=outbox_queued, bus=bus, agents=agents)
+    gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus, instance_id, link)
 
     # The service token or an agent's own (its SHA-256 is looked up in the agent router).
     authenticate = auth_middleware(Authenticator(token, agents))
@@ -156,8 +177,12 @@ def build_app(
             await upgrade(settings.database_url)
         await core.batcher.start()
         try:
+            if link is not None:
+                await link.start()
             yield
         finally:
+            if link is not None:
+                await link.aclose()
             await core.aclose()
             await engine.dispose()
 

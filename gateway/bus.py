@@ -1,10 +1,16 @@
 """The committed-event bus: after each commit the core says what happened, once, in order.
 
-Subscribers (the console's event stream, XMPP agent notifications, later PostgreSQL NOTIFY
-fan-out) read `Published` records from their own bounded queue; nothing polls the store.
-Every record has a sequence number, so a subscriber that reconnects can resume from the last
-one it saw (`Last-Event-ID`) while the bus still holds it. A subscriber that falls too far
-behind is not allowed to hold the others up: it is closed, and its next read says so.
+Subscribers (the console's event stream, XMPP agent notifications) read `Published` records
+from their own bounded queue; nothing polls the store. Every record has a sequence number, so a
+subscriber that reconnects can resume from the last one it saw (`Last-Event-ID`) while the bus
+still holds it. A subscriber that falls too far behind is not allowed to hold the others up: it
+is closed, and its next read says so.
+
+Several gateways on one PostgreSQL: events committed here are also handed to `forward_to`'s
+hook (`gateway.instances.PeerLink` NOTIFYs them), and the other instances' events come back
+through `publish_remote`, marked with their `origin`. Sequence numbers are this bus's own:
+each bus starts its count at `first_seq` (the app uses its start time in microseconds), so
+an id from another instance, or from before a restart, is recognised as foreign.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -134,6 +140,7 @@ class Published:
     seq: int
     at: datetime
     event: DomainEvent
+    origin: str | None = None  # None: committed by this instance; else the one that did
 
 
 class SubscriptionLost(Exception):
@@ -186,17 +193,39 @@ class Subscription:
 class EventBus:
     """In-process fan-out of committed domain events, with a replay window for resume."""
 
-    def __init__(self, clock: Callable[[], datetime], replay: int = REPLAY) -> None:
+    def __init__(self, clock: Callable[[], datetime], replay: int = REPLAY, *,
+                 first_seq: int = 1) -> None:
         self._now = clock
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(first_seq)
         self._recent: deque[Published] = deque(maxlen=replay)
         self._subscribers: list[Subscription] = []
-        self.last_seq = 0
+        self._forward: Callable[[Sequence[DomainEvent]], None] | None = None
+        self.first_seq = first_seq
+        self.last_seq = first_seq - 1
 
     def publish(self, events: Iterable[DomainEvent]) -> None:
         """Called by the core after the commit that holds `events`; never before."""
+        events = list(events)
+        self._append(events, None)
+        if self._forward is not None and events:
+            self._forward(events)
+
+    def publish_remote(self, events: Iterable[DomainEvent], origin: str) -> None:
+        """Events another instance committed (and published there); not forwarded again."""
+        self._append(events, origin)
+
+    def forward_to(self, hook: Callable[[Sequence[DomainEvent]], None] | None) -> None:
+        """Hand every event published here (not remote ones) to `hook` too."""
+        self._forward = hook
+
+    def foreign(self, seq: int) -> bool:
+        """True when `seq` was never a number of this bus (another instance's, or this
+        gateway's before it restarted)."""
+        return seq < self.first_seq - 1 or seq > self.last_seq
+
+    def _append(self, events: Iterable[DomainEvent], origin: str | None) -> None:
         for event in events:
-            record = Published(next(self._seq), self._now(), event)
+            record = Published(next(self._seq), self._now(), event, origin)
             self.last_seq = record.seq
             self._recent.append(record)
             for subscriber in list(self._subscribers):

@@ -3,8 +3,12 @@
 Each record of `gateway.bus.EventBus` becomes one SSE event: `id:` its sequence number,
 `event:` its kind (`message`, `call`, `call-ended`, `assigned`, `closed`, `delivery`,
 `presence`), `data:` its fields as JSON. A client resumes with `Last-Event-ID` from what the bus still
-holds; when it cannot (the gateway restarted, or the gap is older than the replay window) it
-first gets a `resync` event and should reload what it shows. Comment lines keep idle
+holds; when it cannot (the gateway restarted, the id is another gateway instance's, or the
+gap is older than the replay window) it first gets a `resync` event and should reload what
+it shows. With several gateways, each instance's stream carries every instance's events
+(fanned out over PostgreSQL NOTIFY, `gateway/instances.py`) under its own ids: an id is a
+position in the stream of the instance that sent it, so a client that a load balancer moves
+to another instance gets a `resync`. Comment lines keep idle
 connections alive. A subscriber that falls too far behind is dropped by the bus: the stream
 ends and the client reconnects with its Last-Event-ID.
 
@@ -142,12 +146,13 @@ class EventStream:
         if since is None or since == self.bus.last_seq:
             return None
         first: Published | None = None
+        foreign = self.bus.foreign(since)  # another instance's id, or from before a restart
         if since < self.bus.last_seq:
             # The replay is already queued: this does not wait.
             first = await subscription.get(timeout=1.0)
-        if first is None or first.seq != since + 1:
-            reason = ("the gateway restarted" if since > self.bus.last_seq
-                      else "events after that id are no longer held")
+        if foreign or first is None or first.seq != since + 1:
+            reason = ("the gateway restarted, or another gateway instance sent that id"
+                      if foreign else "events after that id are no longer held")
             body = json.dumps({"last_event_id": since, "reason": reason})
             await response.write(f"event: resync\ndata: {body}\n\n".encode())
         return first

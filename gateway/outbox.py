@@ -1,11 +1,19 @@
 """The durable outbox: outbound sends written with the event that caused them, sent later.
 
 `enqueue` runs inside the caller's transaction, so a reply exists exactly when the event that
-caused it was committed. The worker claims a due row (committed), hands the channel a typed
+caused it was committed. The worker claims due rows (committed), hands the channel a typed
 message (`TextMessage`, `CodeMessage`, `CallbackRequest`), and records the outcome. A row
 claimed but not finished when the process died is *in doubt*: the provider may or may not have
 it. It is never resent blindly (that could send twice); it is marked `unknown` with a clear
 error an agent sees. Status callbacks move a row forward only.
+
+Every gateway on one PostgreSQL sends. A claim takes due rows `FOR UPDATE SKIP LOCKED` and
+leases them to this instance (`lease_owner`, `lease_until`: longer than the slowest channel's
+send timeout). A leased row is lost only when its lease ran out or its owner holds no
+liveness lock any more (`gateway.instances`: the process or its database session is gone);
+a live peer's sends are never touched. On SQLite (one sender per file) every row still
+`sending` at start is lost. An owner that finishes after its row was declared lost records
+the real outcome over `unknown` (it knows; nobody resent it meanwhile).
 
 States and what moves them (the tables below are the whole machine):
 
@@ -14,6 +22,8 @@ States and what moves them (the tables below are the whole machine):
                        sending --give-up--> failed      (permanent failure, or the limit)
                        sending --lost-----> unknown     (the process died mid-send)
                        sending --in-doubt-> unknown     (the channel cannot tell: SendInDoubt)
+    unknown (declared lost, its owner still sending) --the owner's final outcome-->
+                       accepted | queued | sent | failed | unknown   (a retry is not: stays)
     accepted/queued/sent/delivered --provider status--> any state of higher RANK
     failed, undelivered, read: final (delivered may still become read)
 """
@@ -22,15 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.bus import DeliveryUpdated, DomainEvent
 from gateway.channels import (
@@ -45,6 +56,7 @@ from gateway.channels import (
 )
 from gateway.clock import Clock
 from gateway.domain import ConversationId, LegId, OutboxId, OutboxState
+from gateway.instances import hold_liveness, new_instance_id, owner_gone
 from gateway.models import EarlyStatus, OutboxMessage
 from gateway.conversations import insert_ignore
 from gateway.store import Prepared, new_id
@@ -93,7 +105,11 @@ RANK: Mapping[str, int] = {
     S.SENDING_PROVIDER: 1, S.SENT: 2, S.FAILED: 3, S.UNDELIVERED: 3, S.DELIVERED: 3, S.READ: 4,
 }
 FINAL = frozenset({S.FAILED, S.UNDELIVERED, S.READ})  # delivered may still become read
-LEASE = timedelta(seconds=60)
+LEASE = timedelta(seconds=60)  # the least lease; longer when a channel's send timeout is
+LEASE_MARGIN = timedelta(seconds=30)  # beyond the slowest send timeout: recording the outcome
+CLAIM_BATCH = 50
+LOST_ERROR = ("the gateway stopped while this was being sent; not resent automatically to "
+              "avoid a duplicate: check the provider's log")
 _RECEIPT = WORKER[(S.SENDING, WorkerStep.RECEIPT)]
 _FAILING = frozenset({S.PENDING, S.FAILED})  # what a send that did not succeed leads to
 
@@ -165,7 +181,8 @@ def enqueue(conn: Connection, message: OutboundMessage, now: datetime,
         "leg_id": message.leg_id, "channel": message.channel, "kind": str(message.kind),
         "to_address": message.to, "from_address": message.from_,
         "payload": _payload(message), "status": str(S.PENDING), "attempts": 0,
-        "next_attempt_at": now, "lease_until": None, "last_error": None, "provider_id": None,
+        "next_attempt_at": now, "lease_until": None, "lease_owner": None, "last_error": None,
+        "provider_id": None,
         "transcript_entry_id": transcript_entry_id, "created_at": now, "updated_at": now,
     })
     return message.id
@@ -276,6 +293,7 @@ class OutboxWorker:
         concurrency: int = 16,
         sent: Callable[[str, str], None] | None = None,
         publish: Callable[[Iterable[DomainEvent]], None] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self._engine = engine
         self._sent = sent or (lambda _channel, _outcome: None)  # (channel, outcome) counter
@@ -288,13 +306,21 @@ class OutboxWorker:
         self._poll = poll_interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sem = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._inflight: set[asyncio.Task[None]] = set()
+        self._liveness: AsyncConnection | None = None
+        self._swept_at = 0.0
+        self.instance_id = instance_id or new_instance_id()
         self.passes = 0  # completed scans for due rows (health shows it)
 
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claimed row is ours: outlasts the slowest channel's send timeout."""
+        return max(LEASE, timedelta(seconds=self._drain_timeout) + LEASE_MARGIN)
 
     def add_connector(self, connector: Connector) -> None:
         for channel in connector.channels:
@@ -307,6 +333,7 @@ class OutboxWorker:
         self._wake.set()
 
     async def start(self) -> None:
+        await self._hold_liveness()
         await self.recover()
         self._task = asyncio.create_task(self._run(), name="outbox-worker")
 
@@ -321,57 +348,143 @@ class OutboxWorker:
         if self._inflight:
             # Let sends already on the wire finish and record their outcome.
             await asyncio.wait(self._inflight, timeout=self._drain_timeout)
+        await self._release_liveness()
+
+    async def abandon(self) -> None:
+        """Stop at once, leaving what a crash leaves: sends on the wire record nothing, the
+        liveness lock goes with its session (the tests' in-process stand-in for SIGKILL)."""
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        await self._release_liveness()
+
+    # ---- this instance's liveness (PostgreSQL) ----------------------------------------------
+
+    async def _hold_liveness(self) -> None:
+        """Hold our liveness lock while we may lease rows: peers read our leases as live."""
+        if self._engine.dialect.name != "postgresql" or self._liveness is not None:
+            return
+        conn = await self._engine.connect()
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not await hold_liveness(conn, self.instance_id):
+            await conn.close()
+            raise RuntimeError(f"GATEWAY_INSTANCE_ID {self.instance_id!r} is in use by another "
+                               "running gateway on this database: give each gateway its own")
+        self._liveness = conn
+
+    async def _check_liveness(self) -> None:
+        """Take the lock again when its connection was lost (PostgreSQL restarted): until
+        then peers may declare our sends lost, and our outcomes still win (see _record)."""
+        if self._liveness is None:
+            return
+        try:
+            await self._liveness.execute(select(1))
+        except Exception as exc:
+            log.warning("outbox: liveness connection lost (%s); taking the lock again", exc)
+            try:
+                await self._liveness.invalidate()
+                await self._liveness.close()
+            except Exception:
+                pass
+            self._liveness = None
+            await self._hold_liveness()
+
+    async def _release_liveness(self) -> None:
+        conn, self._liveness = self._liveness, None
+        if conn is not None:
+            try:
+                await conn.invalidate()  # a closed session releases its advisory locks
+                await conn.close()
+            except Exception as exc:
+                log.warning("outbox: closing the liveness connection failed: %s", exc)
+
+    # ---- recovery: leases of senders that are gone -----------------------------------------
 
     async def recover(self) -> int:
-        """After a restart: rows claimed by a dead process are in doubt; say so, never resend.
+        """At start: rows whose sender is gone are in doubt; say so, never resend.
 
-        One gateway process sends for a database (the SQLite default has one writer anyway);
-        every row still `sending` at start belonged to a process that is gone.
+        PostgreSQL: rows whose lease ran out, whose owner holds no liveness lock, or that
+        this instance id leased before a restart (a stable `GATEWAY_INSTANCE_ID`); a live
+        peer's rows stay its own. SQLite has one sender per file: every row still `sending`.
         """
+        return await self._sweep(starting=True)
+
+    async def _sweep(self, starting: bool = False) -> int:
         now = self._clock.now()
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(OUTBOX)
-                .where(OUTBOX.c.status == S.SENDING)
-                .values(
-                    status=worker_step(S.SENDING, WorkerStep.LOST, S.UNKNOWN),
-                    updated_at=now,
-                    last_error="the gateway stopped while this was being sent; not resent "
-                    "automatically to avoid a duplicate: check the provider's log",
+            lost = await self._lost(conn, now, starting)
+            if lost:
+                await conn.execute(
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id.in_(lost), OUTBOX.c.status == S.SENDING)
+                    .values(status=worker_step(S.SENDING, WorkerStep.LOST, S.UNKNOWN),
+                            updated_at=now, last_error=LOST_ERROR)
                 )
-            )
-        if result.rowcount:
-            log.warning("outbox: %d message(s) were in flight at shutdown; marked unknown",
-                        result.rowcount)
-        return int(result.rowcount or 0)
+        if lost:
+            log.warning("outbox: %d message(s) were in flight at a sender that is gone; "
+                        "marked unknown", len(lost))
+        return len(lost)
+
+    async def _lost(self, conn: AsyncConnection, now: datetime, starting: bool) -> list[str]:
+        rows = (await conn.execute(
+            select(OUTBOX.c.id, OUTBOX.c.lease_owner, OUTBOX.c.lease_until)
+            .where(OUTBOX.c.status == S.SENDING))).all()
+        sqlite = conn.dialect.name == "sqlite"
+        gone: dict[str, bool] = {}
+        lost = []
+        for message_id, owner, until in rows:
+            if (starting and (sqlite or owner == self.instance_id)) or until is None \
+                    or until <= now:
+                lost.append(message_id)
+            elif not sqlite and owner is not None and owner != self.instance_id:
+                if owner not in gone:
+                    gone[owner] = await owner_gone(conn, owner)
+                if gone[owner]:
+                    lost.append(message_id)
+        return lost
+
+    # ---- the loop ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the pass: a reply committed during it wakes the next one.
+            self._wake.clear()
             try:
+                if time.monotonic() - self._swept_at >= self._poll:
+                    self._swept_at = time.monotonic()
+                    await self._check_liveness()
+                    await self._sweep()
                 delay = await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the worker must outlive a database hiccup
                 log.exception("outbox: pass failed; retrying in %.0f s", self._poll)
                 delay = self._poll
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
 
     async def run_once(self) -> float:
-        """Start sends for every due row; return seconds until the next one is due."""
+        """Claim and start sends for every due row; return seconds until the next one is
+        due. Claims no more than there are free send slots."""
         now = self._clock.now()
+        while True:
+            free = self._concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            want = min(free, CLAIM_BATCH)
+            rows = await self._claim(want, now)
+            for row in rows:
+                task = asyncio.create_task(self._send_one(row))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if len(rows) < want:
+                break
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(OUTBOX.c.id)
-                    .where(OUTBOX.c.status == S.PENDING, OUTBOX.c.next_attempt_at <= now)
-                    .order_by(OUTBOX.c.next_attempt_at)
-                    .limit(200)
-                )
-            ).scalars().all()
             upcoming = (
                 await conn.execute(
                     select(OUTBOX.c.next_attempt_at)
@@ -380,12 +493,6 @@ class OutboxWorker:
                     .limit(1)
                 )
             ).scalar()
-        for message_id in rows:
-            await self._sem.acquire()
-            task = asyncio.create_task(self._send_one(message_id))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(lambda _t: self._sem.release())
         self.passes += 1
         if upcoming is None:
             return self._poll
@@ -397,29 +504,33 @@ class OutboxWorker:
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
 
-    async def _claim(self, message_id: str) -> dict[str, Any] | None:
-        now = self._clock.now()
+    async def _claim(self, limit: int, now: datetime) -> list[dict[str, Any]]:
+        """Lease up to `limit` due rows to this instance. PostgreSQL: rows another gateway
+        is claiming right now are skipped, not waited for; SQLite's BEGIN IMMEDIATE makes
+        the read and the update one step."""
+        until = self._clock.now() + self.lease
         async with self._engine.begin() as conn:
-            claimed = await conn.execute(
+            rows = (await conn.execute(
+                select(OUTBOX)
+                .where(OUTBOX.c.status == S.PENDING, OUTBOX.c.next_attempt_at <= now)
+                .order_by(OUTBOX.c.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )).mappings().all()
+            if not rows:
+                return []
+            await conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == S.PENDING)
-                .values(
-                    status=worker_step(S.PENDING, WorkerStep.CLAIM, S.SENDING),
-                    attempts=OUTBOX.c.attempts + 1, lease_until=now + LEASE,
-                    updated_at=now,
-                )
+                .where(OUTBOX.c.id.in_([row["id"] for row in rows]))
+                .values(status=worker_step(S.PENDING, WorkerStep.CLAIM, S.SENDING),
+                        attempts=OUTBOX.c.attempts + 1, lease_until=until,
+                        lease_owner=self.instance_id, updated_at=now)
             )
-            if claimed.rowcount != 1:
-                return None  # another worker took it
-            row = (
-                await conn.execute(select(OUTBOX).where(OUTBOX.c.id == message_id))
-            ).mappings().first()
-        return dict(row) if row else None
+        return [dict(row, status=S.SENDING, attempts=row["attempts"] + 1, lease_until=until,
+                     lease_owner=self.instance_id) for row in rows]
 
-    async def _send_one(self, message_id: str) -> None:
-        row = await self._claim(message_id)
-        if row is None:
-            return
+    async def _send_one(self, row: Mapping[str, Any]) -> None:
+        message_id = row["id"]
         message = message_from_row(row)
         connector = self._connectors.get(message.channel)
         values: dict[str, Any]
@@ -450,15 +561,26 @@ class OutboxWorker:
         values.update(updated_at=now, lease_until=None)
         moves = [DeliveryUpdated(message.conversation_id, message.id, values["status"],
                                  values.get("last_error"))]
+        # Ours while sending; and when a peer declared it lost meanwhile (our lease ran out,
+        # or our liveness lock went with a lost session), a final outcome is still the truth.
+        ours = OUTBOX.c.status == S.SENDING
+        if values["status"] != S.PENDING:
+            ours = or_(ours, OUTBOX.c.status == S.UNKNOWN)
         async with self._engine.begin() as conn:
-            await conn.execute(
+            recorded = await conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == S.SENDING)
+                .where(OUTBOX.c.id == message_id, OUTBOX.c.lease_owner == self.instance_id,
+                       ours)
                 .values(**values)
             )
-            if values.get("provider_id"):
+            if recorded.rowcount == 1 and values.get("provider_id"):
                 await conn.run_sync(apply_early, message_id, values["provider_id"], now,
                                     moves.append)
+        if recorded.rowcount != 1:
+            log.warning("outbox: %s %s was declared lost while it was being sent; it stays "
+                        "unknown (this attempt ended %s)", message.kind, message_id,
+                        values["status"])
+            return
         self._publish(moves)
         self._sent(message.channel, "retry" if values["status"] == "pending" else values["status"])
         # A send that failed (to be retried, or for good) is something an operator acts on.

@@ -360,12 +360,13 @@ async def test_restart_with_a_message_in_the_outbox_sends_it_exactly_once(
 async def test_message_in_flight_when_the_process_died_is_marked_unknown_not_resent(
     start_gateway: Gateways, database_url: str, twilio_standin: TwilioStandin
 ) -> None:
-    """The old process hangs mid-send (as if killed); the new one must not send again."""
+    """The old process dies mid-send; the new one must not send again."""
     first = await start_gateway(database_url=database_url, twilio=twilio_standin)
     conversation = await customer_writes_sms(first, twilio_standin, "help")
     twilio_standin.delay_next(1.5)
     message_id = await reply(first, conversation, "in doubt")
     await first.wait_outbox(message_id, lambda r: r["status"] == "sending")
+    await first.gw.outbox.abandon()  # as SIGKILL: the request is on the wire, no outcome
 
     # Recovery runs at start.
     second = await start_gateway(database_url=database_url, twilio=twilio_standin)
