@@ -68,7 +68,8 @@ class GatewayProcess:
 
     @classmethod
     def start(cls, name: str, database_url: str, twilio: TwilioStandin,
-              directory: Path) -> GatewayProcess:
+              directory: Path, **extra: str) -> GatewayProcess:
+        """`extra`: more settings, by their environment names (GATEWAY_OUTBOX_ENABLED…)."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "GATEWAY_DATABASE_URL": database_url, "GATEWAY_HTTP_PORT": "0",
                "GATEWAY_SIP_PORT": "0", "GATEWAY_AGENT_TOKEN": AGENT_TOKEN,
@@ -76,7 +77,7 @@ class GatewayProcess:
                "GATEWAY_TWILIO_ACCOUNT_SID": twilio.account_sid,
                "GATEWAY_TWILIO_AUTH_TOKEN": twilio.auth_token,
                "GATEWAY_TWILIO_API_URL": twilio.base_url,
-               "GATEWAY_TWILIO_FROM_NUMBER": BUSINESS_SMS}
+               "GATEWAY_TWILIO_FROM_NUMBER": BUSINESS_SMS, **extra}
         return cls(_Child(name, [sys.executable, "-m", "gateway", "serve"], directory,
                           cwd=ROOT, env=env))
 
