@@ -34,11 +34,13 @@ class AgentConfig(BaseModel):
     sip_user: str | None = None
     sip_password: SecretStr | None = None
     contact: str | None = None  # a static SIP contact, e.g. sip:alice@127.0.0.1:5070
+    xmpp: str | None = None  # the agent's bare JID (connectors/xmpp)
 
     @model_validator(mode="after")
     def _reachable(self) -> "AgentConfig":
-        if not self.sip_user and not self.contact:
-            raise ValueError(f"agent {self.id!r} needs sip_user (REGISTER) or contact (static)")
+        if not self.sip_user and not self.contact and not self.xmpp:
+            raise ValueError(
+                f"agent {self.id!r} needs sip_user (REGISTER), contact (static) or xmpp")
         if self.sip_user and self.sip_password is None:
             raise ValueError(f"agent {self.id!r} has sip_user but no sip_password")
         return self
@@ -95,6 +97,48 @@ class Settings(BaseSettings):
     sip_timer_t1_ms: int = Field(500, ge=1)
     sip_timer_t2_ms: int = Field(4000, ge=1)
     sip_timer_t4_ms: int = Field(5000, ge=1)
+
+    # ---- XMPP (connectors/xmpp): enabled when xmpp_jid is set --------------------------------
+    xmpp_jid: str | None = None  # the gateway's own account, e.g. support@example.org
+    xmpp_password: SecretStr | None = None
+    xmpp_host: str | None = None  # unset: DNS SRV of the JID's domain, then the domain itself
+    xmpp_port: int | None = Field(None, ge=1, le=65535)  # unset: 5222 (5223 for tls)
+    xmpp_security: str = Field("starttls", pattern="^(starttls|tls|none)$")
+    xmpp_ca_file: str | None = None  # a CA bundle to trust instead of the system's
+    xmpp_resource: str = "gateway"
+    xmpp_max_body_chars: int = Field(10_000, ge=1)  # longer messages are refused (error stanza)
+    # Per customer JID: messages/s sustained and at once; the rest get an error stanza.
+    xmpp_flood_rate: float = Field(1.0, gt=0)
+    xmpp_flood_burst: int = Field(20, ge=1)
+    xmpp_connect_timeout_seconds: float = Field(20.0, gt=0)  # start() gives up after this
+    xmpp_send_timeout_seconds: float = Field(15.0, gt=0)  # a send waits this for the server's ack
+    xmpp_reconnect_min_seconds: float = Field(1.0, gt=0)
+    xmpp_reconnect_max_seconds: float = Field(60.0, gt=0)
+    xmpp_keepalive_seconds: float = Field(60.0, gt=0)  # XEP-0199 ping; a dead link is noticed
+    # An agent whose last resource went offline gets their conversations back to the queue
+    # after this long (a phone switching networks comes back within it).
+    xmpp_agent_release_after_seconds: float = Field(60.0, ge=0)
+    # With no stored archive position (first start), catch up this many hours of the archive.
+    xmpp_archive_backfill_hours: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _xmpp_complete(self) -> "Settings":
+        if self.xmpp_jid is None:
+            return self
+        node, at, domain = self.xmpp_jid.partition("/")[0].rpartition("@")
+        if not at or not node or not domain or "/" in self.xmpp_jid:
+            raise ValueError("xmpp_jid: must be a bare JID such as support@example.org")
+        if self.xmpp_password is None or not self.xmpp_password.get_secret_value():
+            raise ValueError("xmpp_password: required when xmpp_jid is set")
+        if self.xmpp_reconnect_min_seconds > self.xmpp_reconnect_max_seconds:
+            raise ValueError("xmpp_reconnect_min_seconds: must not exceed "
+                             "xmpp_reconnect_max_seconds")
+        return self
+
+    @property
+    def xmpp_enabled(self) -> bool:
+        return self.xmpp_jid is not None
+    # ---- end of XMPP -------------------------------------------------------------------------
 
     agents: list[AgentConfig] = Field(default_factory=list)
 
