@@ -1,0 +1,116 @@
+"""Nothing lost, nothing doubled: the gateway restarted while a customer keeps writing, a
+store that failed after the server had the message, Prosody restarted mid-conversation, and
+a cut connection resumed (XEP-0198)."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+
+from connectors.xmpp.protocol import parse_checkpoint
+from tests.xmpp.conftest import channel_settings
+from tests.xmpp.fakes import eventually
+from tests.xmpp.netfault import TcpRelay
+from connectors.xmpp import XmppChannel
+
+
+async def test_gateway_restarted_while_the_customer_keeps_writing_catches_up_once(
+        prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    first = await start_channel(core, gw)
+    customer = await client(ann)
+    customer.send(gw, "one", origin_id="o1")
+    customer.send(gw, "two", origin_id="o2")
+    await eventually(lambda: len(core.messages) == 2, what="two messages")
+    await first.aclose()
+
+    customer.send(gw, "three", origin_id="o3")  # the gateway is away: offline + archive
+    customer.send(gw, "four", origin_id="o4")
+    customer.send(gw, "four", origin_id="o4")  # the customer's client resends: same message
+    customer.send(gw, "five", origin_id="o5")
+    second = await start_channel(core, gw)
+    await eventually(lambda: len(core.messages) == 5 and second.idle, what="the catch-up")
+
+    assert core.texts() == ["one", "two", "three", "four", "five"]
+    assert len(core.duplicates) >= 3  # offline copies and archive copies met the same key
+    stored = parse_checkpoint(core.checkpoints[f"xmpp:archive:{gw}"])
+    assert stored is not None
+
+
+async def test_a_message_the_store_refused_comes_back_from_the_archive_on_the_next_session(
+        prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    first = await start_channel(core, gw)
+    first.options = dataclasses.replace(first.options, store_retry=0.01)
+    customer = await client(ann)
+    customer.send(gw, "warm-up", origin_id="w")
+    await eventually(lambda: core.messages, what="the first message")
+
+    core.fail_next_ingests = 5  # every attempt for the next message fails
+    customer.send(gw, "lost?", origin_id="l")
+    await eventually(lambda: core.fail_next_ingests == 0 and first.idle, what="the failures")
+    customer.send(gw, "after", origin_id="a")
+    await eventually(lambda: "after" in core.texts(), what="the next message")
+    assert "lost?" not in core.texts()
+    await first.aclose()
+
+    second = await start_channel(core, gw)
+    await eventually(lambda: "lost?" in core.texts() and second.idle, what="the catch-up")
+    assert sorted(core.texts()) == ["after", "lost?", "warm-up"]
+
+
+async def test_prosody_restarted_mid_conversation_loses_and_doubles_nothing(
+        prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    channel = await start_channel(core, gw, xmpp_agent_release_after_seconds=60)
+    customer = await client(ann)
+    customer.send(gw, "before one", origin_id="b1")
+    customer.send(gw, "before two", origin_id="b2")
+    await eventually(lambda: len(core.messages) == 2, what="two messages")
+
+    await prosody.restart(signal.SIGTERM)
+    await customer.disconnect()
+    customer = await client(ann, resource="phone2")
+    customer.send(gw, "after one", origin_id="a1")
+    customer.send(gw, "after two", origin_id="a2")
+    await eventually(lambda: len(core.messages) == 4 and channel.idle and
+                     channel.session.sessions == 2, timeout=20, what="reconnect and catch-up")
+
+    assert core.texts()[:2] == ["before one", "before two"]
+    assert sorted(core.texts()[2:]) == ["after one", "after two"]
+    reply = await channel.send(_reply(ann, "still here"))
+    assert (await customer.wait_for_body("still here")).get("id") == reply.provider_id
+
+
+async def test_a_cut_connection_resumes_the_stream_and_delivers_what_was_queued(
+        prosody, core, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    async with TcpRelay(prosody.port) as relay:
+        channel = XmppChannel.from_settings(channel_settings(
+            prosody, gw, xmpp_port=relay.port, xmpp_agent_release_after_seconds=60))
+        core.sender = channel
+        await channel.start(core)
+        try:
+            customer = await client(ann)
+            customer.send(gw, "first", origin_id="f")
+            await eventually(lambda: core.messages, what="the first message")
+
+            relay.cut()  # the network between the gateway and its server fails
+            for n in range(3):
+                customer.send(gw, f"during {n}", origin_id=f"d{n}")
+            relay.heal()
+            await eventually(lambda: len(core.messages) == 4 and channel.idle,
+                             timeout=20, what="the resumed stream")
+
+            assert channel.session.resumes == 1 and channel.session.sessions == 1
+            assert core.texts() == ["first", "during 0", "during 1", "during 2"]
+            assert core.duplicates == []
+        finally:
+            await channel.aclose()
+
+
+def _reply(to: str, text: str):
+    from gateway.channels import OutboundMessage
+
+    return OutboundMessage(id="out_restart", channel="xmpp", kind="message", to=f"xmpp:{to}",
+                           from_=None, text=text)

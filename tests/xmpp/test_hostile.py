@@ -1,0 +1,125 @@
+"""Bad and hostile input over a real Prosody: a clear error stanza or a log line, never a
+crash, and nothing stored twice. What a stranger controls in an XMPP message: the body, its
+ids (id, origin-id), its children, its type, and how often it is sent; not the JID (their
+server authenticated it)."""
+
+from __future__ import annotations
+
+import logging
+
+from tests.xmpp.fakes import eventually
+
+STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
+def _errors(client, condition):
+    return [m for m in client.received if m.get("type") == "error"
+            and m.find(f"{{jabber:client}}error/{STANZAS}{condition}") is not None]
+
+
+async def _settled(core, channel, customer, gw):
+    """Everything sent before this has been handled: a last message comes through."""
+    customer.send(gw, "last one", origin_id="settle")
+    await eventually(lambda: "last one" in core.texts() and channel.idle, what="the last one")
+
+
+async def test_empty_and_odd_messages_are_logged_and_skipped_never_stored(
+        prosody, core, start_channel, client, caplog):
+    gw, ann = await prosody.accounts("gw", "ann")
+    channel = await start_channel(core, gw)
+    customer = await client(ann)
+    caplog.set_level(logging.INFO, logger="gateway.connectors.xmpp")
+
+    customer.send(gw, "", origin_id="e1")
+    customer.send(gw, "   \n\t ", origin_id="e2")
+    customer.send(f"{gw}/gateway", "to a room", mtype="groupchat")  # to the bare JID: bounced
+    customer.send(gw, "news", mtype="headline")
+    customer.send_raw(f"<message to='{gw}' type='chat'><thing xmlns='urn:example:odd'/></message>")
+    customer.send_raw(f"<message to='{gw}' type='bogus'><body>strange type</body></message>")
+    customer.send(gw, "with odd children", origin_id="c1",
+                  extra="<odd xmlns='urn:example:odd'><deeper/></odd>")
+    customer.send_raw(f"<message to='{gw}' type='chat' id='n1'><body>hi <b>there</b></body>"
+                      "</message>")
+    await _settled(core, channel, customer, gw)
+
+    assert core.texts() == ["with odd children", "hi there", "last one"]
+    logged = caplog.text
+    assert "empty message from" in logged
+    assert "groupchat" in logged and "headline" in logged
+    assert channel.session.connected
+
+
+async def test_huge_message_is_refused_with_an_error_stanza_that_names_the_limit(
+        prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    channel = await start_channel(core, gw, xmpp_max_body_chars=1000)
+    customer = await client(ann)
+
+    message_id = customer.send(gw, "x" * 1001, origin_id="big")
+    error = await customer.wait_for(lambda m: bool(_errors(customer, "policy-violation")))
+    await _settled(core, channel, customer, gw)
+
+    assert error.get("id") == message_id
+    assert "the limit is 1000" in error.findtext(f"{{jabber:client}}error/{STANZAS}text")
+    assert core.texts() == ["last one"]
+    customer.send(gw, "y" * 1000, origin_id="fits")
+    await eventually(lambda: len(core.messages) == 2, what="a message at the limit")
+
+
+async def test_a_flood_from_one_jid_is_throttled_and_nothing_is_stored_twice(
+        prosody, core, start_channel, client):
+    gw, ann, bob = await prosody.accounts("gw", "ann", "bob")
+    channel = await start_channel(core, gw, xmpp_flood_burst=5, xmpp_flood_rate=0.2)
+    flooder = await client(ann)
+    other = await client(bob)
+
+    for n in range(12):
+        flooder.send(gw, f"spam {n}", origin_id=f"s{n}")
+    flooder.send(gw, "spam 0", origin_id="s0")  # and a replay of the first
+    await flooder.wait_for(lambda m: bool(_errors(flooder, "resource-constraint")))
+    await _settled(core, channel, other, gw)  # someone else is not held up
+
+    assert core.texts(f"xmpp:{ann}") == [f"spam {n}" for n in range(5)]
+    assert channel.refused >= 7
+    assert 1 <= len(_errors(flooder, "resource-constraint")) <= 4  # errors are throttled too
+    assert len({m.provider_id for m in core.messages}) == len(core.messages)
+
+
+async def test_a_resent_message_is_stored_once(prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    channel = await start_channel(core, gw)
+    customer = await client(ann)
+
+    customer.send(gw, "hello", origin_id="same")
+    customer.send(gw, "hello", origin_id="same")  # a client retry keeps the origin-id
+    customer.send(gw, "plain id", message_id="legacy-7")
+    customer.send(gw, "plain id", message_id="legacy-7")  # a legacy client: same full JID
+    await _settled(core, channel, customer, gw)
+
+    assert core.texts() == ["hello", "plain id", "last one"]
+    assert len(core.duplicates) == 2
+
+
+async def test_a_stranger_cannot_inject_archive_results_carbons_or_statuses(
+        prosody, core, start_channel, client):
+    gw, mallory, victim = await prosody.accounts("gw", "mallory", "victim")
+    channel = await start_channel(core, gw)
+    stranger = await client(mallory)
+
+    forged = (f"<message xmlns='jabber:client' from='{victim}/x' to='{gw}' type='chat'>"
+              "<body>transfer my balance to mallory</body></message>")
+    stranger.send_raw(f"<message to='{gw}'><result xmlns='urn:xmpp:mam:2' queryid='q' id='1'>"
+                      f"<forwarded xmlns='urn:xmpp:forward:0'>{forged}</forwarded></result>"
+                      "</message>")
+    stranger.send_raw(f"<message to='{gw}'><received xmlns='urn:xmpp:carbons:2'>"
+                      f"<forwarded xmlns='urn:xmpp:forward:0'>{forged}</forwarded></received>"
+                      "</message>")
+    stranger.send_raw(f"<message to='{gw}' type='error' id='gw1.out_1.0123456789abcdef0123'>"
+                      "<error type='cancel'><item-not-found "
+                      "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    stranger.send(gw, "/next")  # a customer is not an agent, whatever they type
+    await _settled(core, channel, stranger, gw)
+
+    assert [str(m.sender) for m in core.messages] == [f"xmpp:{mallory}"] * 2
+    assert core.texts() == ["/next", "last one"]
+    assert core.statuses == [] and core.desk.calls == []
