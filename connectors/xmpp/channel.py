@@ -8,6 +8,12 @@ and shown to the agent; an agent's chat goes to `agents.AgentHub`. Outbound: the
 `send`, which waits for the server's ack and returns the stanza id (the id carries a MAC of
 the recipient, so only the recipient's receipts count).
 
+One customer's messages are handed to `sink.ingest` in the order they arrived, several at a
+time (`XmppOptions.pipeline`), so a burst shares the core's group commit; the transcript keeps
+that order as long as the core takes a write's place when `ingest` is called (the current
+core's WriteBatcher queues it before its first await). With `pipeline=1` the order holds
+whatever the core does, at one commit per message per customer.
+
 After every fresh session (first login, or after the server forgot our stream) the archive
 (XEP-0313) is read from the last stored position, beside offline storage; both deliver copies
 of what may have arrived live, and the dedupe key (`protocol.dedupe_key`) makes them one.
@@ -84,6 +90,8 @@ class XmppOptions:
     archive_page: int = 100
     high_water: int = 2_000  # messages being stored before we stop reading the socket
     store_retry: float = 0.2  # first pause before a failed store is tried again (doubles)
+    # One customer's messages handed to the core at once, in order (a burst shares a commit).
+    pipeline: int = 16
 
 
 def _is_loopback(host: str) -> bool:
@@ -126,7 +134,7 @@ class XmppChannel:
         ))
         self._agents = AgentHub(agents or {}, send_text=self._send_text,
                                 release_after=options.agent_release_after)
-        self._work = Lanes("xmpp-inbound")
+        self._work = Lanes("xmpp-inbound", depth=options.pipeline)
         self._cursor = ArchiveCursor()
         self._checkpoint_key = f"xmpp:archive:{self._jid}"
         key = hashlib.sha256(b"gateway xmpp stanza ids\n"
@@ -319,7 +327,8 @@ class XmppChannel:
         at = result.stamp or self._clock()
         position = ArchivePosition(result.archive_id, at)
         inner = stanzas.unwrap_archived(result, self._jid)
-        if (isinstance(inner, Chat) and inner.sender.bare != self._jid
+        if (isinstance(inner, Chat) and "@" in inner.sender.bare
+                and inner.sender.bare != self._jid
                 and not self._agents.is_agent(inner.sender.bare)):
             self._catchup_at = at.timestamp()
             self._customer_chat(inner, position=position, live=False)
@@ -339,6 +348,10 @@ class XmppChannel:
         if bare is not None and self._agents.is_agent(bare):
             if isinstance(inbound, Chat):
                 self._agent_chat(inbound)
+            return
+        if isinstance(inbound, Chat) and "@" not in inbound.sender.bare:
+            self._log_once(f"{bare} service", "xmpp: ignored a message from %s: a server or "
+                           "service, not a person", bare)
             return
         if isinstance(inbound, Chat):
             position = None
@@ -439,7 +452,10 @@ class XmppChannel:
             conversation_id = getattr(result, "conversation_id", None)
             if isinstance(conversation_id, str):
                 _bounded_put(self._conversation_of, chat.sender.bare, conversation_id)
-            if live and chat.wants_receipt and chat.message_id:
+            # Live: every copy that asks gets its receipt (a resend wants one too). From the
+            # archive: only a message stored just now (its live copy never got one).
+            first_time = not getattr(result, "duplicate", False)
+            if chat.wants_receipt and chat.message_id and (live or first_time):
                 receipt = self._session.make_message(chat.sender.full, None)
                 ET.SubElement(receipt.xml, f"{{{stanzas.RECEIPTS}}}received",
                               {"id": chat.message_id})

@@ -264,7 +264,7 @@ def unwrap_archived(result: ArchiveResult, own_bare: str) -> Inbound:
             sender=inner.sender, body=inner.body, stanza_type=inner.stanza_type,
             message_id=inner.message_id, origin_id=inner.origin_id,
             archive_id=result.archive_id, stamp=result.stamp or inner.stamp,
-            wants_receipt=False,  # answered live, or too late to matter
+            wants_receipt=inner.wants_receipt,  # answered if stored only now
             markable=False, urls=inner.urls, nick=inner.nick, chat_state=None,
         )
     if isinstance(inner, ArchiveResult):

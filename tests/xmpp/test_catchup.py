@@ -47,16 +47,20 @@ async def test_a_message_the_store_refused_comes_back_from_the_archive_on_the_ne
     await eventually(lambda: core.messages, what="the first message")
 
     core.fail_next_ingests = 5  # every attempt for the next message fails
-    customer.send(gw, "lost?", origin_id="l")
+    lost_id = customer.send(gw, "lost?", origin_id="l")
     await eventually(lambda: core.fail_next_ingests == 0 and first.idle, what="the failures")
     customer.send(gw, "after", origin_id="a")
     await eventually(lambda: "after" in core.texts(), what="the next message")
     assert "lost?" not in core.texts()
     await first.aclose()
 
+    assert not _receipts_for(customer, lost_id)  # not stored: not acknowledged
+
     second = await start_channel(core, gw)
     await eventually(lambda: "lost?" in core.texts() and second.idle, what="the catch-up")
     assert sorted(core.texts()) == ["after", "lost?", "warm-up"]
+    await eventually(lambda: _receipts_for(customer, lost_id), what="the late receipt")
+    assert len(_receipts_for(customer, lost_id)) == 1
 
 
 async def test_prosody_restarted_mid_conversation_loses_and_doubles_nothing(
@@ -107,6 +111,12 @@ async def test_a_cut_connection_resumes_the_stream_and_delivers_what_was_queued(
             assert core.duplicates == []
         finally:
             await channel.aclose()
+
+
+def _receipts_for(client, message_id):
+    return [m for m in client.received
+            if (m.find("{urn:xmpp:receipts}received") is not None
+                and m.find("{urn:xmpp:receipts}received").get("id") == message_id)]
 
 
 def _reply(to: str, text: str):

@@ -103,3 +103,17 @@ async def test_chat_states_are_kept_in_memory_not_in_the_transcript(
     await eventually(lambda: core.messages, what="the message")
 
     assert core.texts() == ["hello"]
+
+
+async def test_a_burst_from_one_customer_is_stored_in_the_order_sent(
+        prosody, core, start_channel, client):
+    gw, ann = await prosody.accounts("gw", "ann")
+    core.ingest_delay = 0.005  # a store that takes a while: the burst overlaps it
+    await start_channel(core, gw, xmpp_flood_burst=100)
+    customer = await client(ann)
+
+    for n in range(40):
+        customer.send(gw, f"part {n}", origin_id=f"p{n}")
+    await eventually(lambda: len(core.messages) == 40, what="the burst")
+
+    assert core.texts() == [f"part {n}" for n in range(40)]
