@@ -49,7 +49,7 @@ _READY = 15.0
 _names = itertools.count(1)
 
 
-def _config(d: Path, c2s: int, direct_tls: int) -> str:
+def _config(d: Path, c2s: int, direct_tls: int, archive: str, extra: str) -> str:
     return f"""
 run_as_root = true
 daemonize = false
@@ -70,11 +70,12 @@ modules_disabled = {{ "s2s" }}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_hashed"
-storage = "internal"
+storage = {{ default = "internal"; archive = "{archive}" }}
 archive_expires_after = "never"
 default_archive_policy = true
 smacks_hibernation_time = 120
 ssl = {{ certificate = "{d}/certs/{DOMAIN}.crt"; key = "{d}/certs/{DOMAIN}.key" }}
+{extra}
 VirtualHost "{DOMAIN}"
 """
 
@@ -82,7 +83,11 @@ VirtualHost "{DOMAIN}"
 class Prosody:
     """One throwaway Prosody on 127.0.0.1 (virtual host `localhost`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, archive: str = "internal", extra: str = "") -> None:
+        """`archive="memory"` keeps archives in memory (benchmarks: cheaper, lost on restart);
+        `extra` is more configuration (Lua) for the global section."""
+        self.archive = archive
+        self.extra = extra
         self.directory: Path | None = None
         self.port = 0  # c2s: plain text, STARTTLS offered
         self.tls_port = 0  # direct TLS (XEP-0368)
@@ -124,7 +129,8 @@ class Prosody:
             )
             if done.returncode != 0:
                 raise PeerStartError(f"openssl could not make a certificate: {done.stderr}")
-        self.config_file.write_text(_config(d, self.port, self.tls_port))
+        self.config_file.write_text(_config(d, self.port, self.tls_port, self.archive,
+                                             self.extra))
 
     async def start(self) -> None:
         self._binary = _which("prosody", "/usr/bin/prosody")
