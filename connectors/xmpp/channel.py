@@ -127,11 +127,7 @@ class XmppChannel:
         self._jid = options.session.jid
         self._clock = clock
         self._sink: InboundSink | None = None
-        self._session = XmppSession(options.session, SessionHooks(
-            message=self._on_inbound, presence=self._on_presence,
-            session_started=self._on_session_started, session_ended=self._on_session_ended,
-            in_flight=lambda: self._work.in_flight,
-        ))
+        self._live: XmppSession | None = None  # made in start(): slixmpp binds the loop
         self._agents = AgentHub(agents or {}, send_text=self._send_text,
                                 release_after=options.agent_release_after)
         self._work = Lanes("xmpp-inbound", depth=options.pipeline)
@@ -218,9 +214,14 @@ class XmppChannel:
 
     async def start(self, sink: InboundSink) -> None:
         self._sink = sink
+        self._live = XmppSession(self.options.session, SessionHooks(
+            message=self._on_inbound, presence=self._on_presence,
+            session_started=self._on_session_started, session_ended=self._on_session_ended,
+            in_flight=lambda: self._work.in_flight,
+        ))
         await self._agents.start(sink)
         try:
-            await self._session.start()
+            await self._live.start()
         except BaseException:
             await self._agents.aclose()
             raise
@@ -231,9 +232,16 @@ class XmppChannel:
             self._login_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._login_task
-        await self._session.aclose(drain=self._work.drain)
+        if self._live is not None:
+            await self._live.aclose(drain=self._work.drain)
         await self._agents.aclose()
         await self._work.aclose()
+
+    @property
+    def _session(self) -> XmppSession:
+        if self._live is None:
+            raise RuntimeError("the XMPP channel is not started")
+        return self._live
 
     @property
     def session(self) -> XmppSession:
@@ -246,7 +254,8 @@ class XmppChannel:
     @property
     def idle(self) -> bool:
         """Logged in, caught up, and nothing being stored: for tests and health checks."""
-        return (self._session.connected and not self._catching_up and not len(self._work)
+        return (self._live is not None and self._live.connected and not self._catching_up
+                and not len(self._work)
                 and (self._login_task is None or self._login_task.done()))
 
     def chat_state(self, bare_jid: str) -> str | None:
@@ -561,6 +570,8 @@ class XmppChannel:
             raise SendError(f"not an XMPP address: {exc}", permanent=True) from None
         if address.channel != "xmpp" or "@" not in address.value or address.value == self._jid:
             raise SendError(f"{message.to} is not a customer's XMPP address", permanent=True)
+        if self._live is None:
+            raise SendError("xmpp: the channel is not started", permanent=False)
         stanza_id = self._ids.make(message.id, address.value)
         stanza = self._session.make_message(address.value, message.text, stanza_id)
         xml = stanza.xml
