@@ -1,13 +1,15 @@
 """A TCP relay on loopback that tests can cut: the network between the gateway and Prosody.
 
 `cut()` drops every relayed connection at once (as a NAT timeout or a dead Wi-Fi would) and,
-until `heal()`, new connections are closed as soon as they arrive.
+until `heal()`, new connections are closed as soon as they arrive. `chunks` records what went
+each way, with the time: ("up", t, bytes) from the client, ("down", t, bytes) to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from tests.peers import LOOPBACK
 
@@ -21,6 +23,7 @@ class TcpRelay:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._blocked = False
+        self.chunks: list[tuple[str, float, bytes]] = []
 
     async def __aenter__(self) -> TcpRelay:
         self._server = await asyncio.start_server(self._accept, LOOPBACK, 0)
@@ -47,14 +50,16 @@ class TcpRelay:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+        for source, sink, way in ((reader, up_writer, "up"), (up_reader, writer, "down")):
+            task = asyncio.create_task(self._pipe(source, sink, way))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    way: str) -> None:
         try:
             while data := await source.read(65536):
+                self.chunks.append((way, time.monotonic(), data))
                 sink.write(data)
                 await sink.drain()
         except (ConnectionError, OSError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import time
 
 from connectors.xmpp.protocol import parse_checkpoint
 from tests.xmpp.conftest import channel_settings
@@ -124,3 +125,49 @@ def _reply(to: str, text: str):
 
     return OutboundMessage(id="out_restart", channel="xmpp", kind="message", to=f"xmpp:{to}",
                            from_=None, text=text)
+
+
+async def test_the_server_hears_a_message_acknowledged_only_after_it_is_committed(
+        prosody, core, client):
+    """XEP-0198: the server's ack request is answered once the message is stored, so a crash
+    before the commit leaves the message with the server (resent), not lost."""
+    gw, ann = await prosody.accounts("gw", "ann")
+    committed_at: list[float] = []
+    ingest = core.ingest
+
+    async def slow_ingest(event):
+        result = await ingest(event)
+        committed_at.append(time.monotonic())
+        return result
+
+    async with TcpRelay(prosody.port) as relay:
+        channel = XmppChannel.from_settings(channel_settings(prosody, gw, xmpp_port=relay.port))
+        core.sender = channel
+        await channel.start(core)
+        try:
+            await eventually(lambda: channel.idle, what="login")
+            core.ingest = slow_ingest  # type: ignore[method-assign]
+            core.ingest_delay = 1.0
+            customer = await client(ann)
+            customer.send(gw, "ack me after the commit", origin_id="ack")
+            arrived = await eventually(lambda: next(
+                (t for way, t, data in relay.chunks
+                 if way == "down" and b"ack me after the commit" in data), None),
+                what="the message at the gateway")
+            first_ack = await eventually(lambda: _acks_after(relay, arrived), what="an ack")
+            await eventually(lambda: committed_at, what="the commit")
+
+            assert any(way == "down" and b"<r" in data and t >= arrived
+                       for way, t, data in relay.chunks), "the server asked for an ack"
+            assert first_ack[0] >= committed_at[0], "acknowledged before the commit"
+        finally:
+            await channel.aclose()
+
+
+def _ack_times(relay):
+    return [t for way, t, data in relay.chunks if way == "up" and b"<a " in data
+            and b"urn:xmpp:sm:3" in data]
+
+
+def _acks_after(relay, moment):
+    return [t for t in _ack_times(relay) if t >= moment]
