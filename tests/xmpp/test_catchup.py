@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from datetime import UTC, datetime
 
 from connectors.xmpp.protocol import parse_checkpoint
 from tests.xmpp.conftest import channel_settings
@@ -171,3 +172,22 @@ def _ack_times(relay):
 
 def _acks_after(relay, moment):
     return [t for t in _ack_times(relay) if t >= moment]
+
+
+async def test_an_archive_position_the_server_no_longer_knows_falls_back_to_time(
+        prosody, core, start_channel, client, caplog):
+    gw, ann = await prosody.accounts("gw", "ann")
+    first = await start_channel(core, gw)
+    first.options = dataclasses.replace(first.options, store_retry=0.01)
+    customer = await client(ann)
+    core.fail_next_ingests = 5
+    customer.send(gw, "only in the archive", origin_id="x")
+    await eventually(lambda: core.fail_next_ingests == 0 and first.idle, what="the failures")
+    await first.aclose()
+    key = f"xmpp:archive:{gw}"
+    core.checkpoints[key] = "expired-id " + datetime.now(UTC).isoformat()  # e.g. archive pruned
+
+    second = await start_channel(core, gw)
+    await eventually(lambda: core.texts() == ["only in the archive"] and second.idle,
+                     what="the catch-up by time")
+    assert "the archive no longer has expired-id" in caplog.text
