@@ -219,7 +219,7 @@ def run_wrk(url: str, script: Path, requests: Path, threads: int, connections: i
         check=True, capture_output=True, text=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = parse_duration(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = parse_duration(re.search(r"(?m)^\s+99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)

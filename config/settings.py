@@ -26,39 +26,128 @@ class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the key."""
 
 
+PLACEHOLDERS = ("change-me", "changeme", "change_me")  # refused anywhere in a token
+MIN_TOKEN = 16
+
+
+def _not_a_placeholder(value: str) -> str:
+    """CONTRACT.md: placeholder secrets (`change-me`, anything shorter than 16 characters)
+    are refused for GATEWAY_AGENT_TOKEN."""
+    lowered = value.strip().lower()
+    if len(value.strip()) < MIN_TOKEN or any(p in lowered for p in PLACEHOLDERS):
+        raise ValueError(f"a placeholder or shorter than {MIN_TOKEN} characters: use a long "
+                         "random token (e.g. python3 -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
 class AgentConfig(BaseModel):
-    """One agent: who they are and how their SIP phone reaches the gateway."""
+    """One agent: who they are, how their phone reaches the gateway, where they chat."""
 
     id: str
     name: str = ""
     sip_user: str | None = None
     sip_password: SecretStr | None = None
     contact: str | None = None  # a static SIP contact, e.g. sip:alice@127.0.0.1:5070
-    xmpp: str | None = None  # the agent's bare JID (connectors/xmpp)
+    xmpp: str | None = None  # the agent's bare JID, e.g. alice@example.org
+    token_sha256: str | None = None  # hex SHA-256 of the agent's own API bearer token
+
+    @field_validator("xmpp")
+    @classmethod
+    def _bare_jid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.strip().partition("@")
+        if not at or not local or not domain or "/" in value or " " in value.strip():
+            raise ValueError("must be a bare JID, e.g. alice@example.org")
+        return value.strip()
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip().lower()
+        if len(text) != 64 or any(ch not in "0123456789abcdef" for ch in text):
+            raise ValueError("must be 64 hex characters: the SHA-256 of the agent's token")
+        return text
 
     @model_validator(mode="after")
     def _reachable(self) -> "AgentConfig":
         if not self.sip_user and not self.contact and not self.xmpp:
-            raise ValueError(
-                f"agent {self.id!r} needs sip_user (REGISTER), contact (static) or xmpp")
+            raise ValueError(f"agent {self.id!r} needs sip_user (REGISTER), contact (static) "
+                             "or xmpp (a JID)")
         if self.sip_user and self.sip_password is None:
             raise ValueError(f"agent {self.id!r} has sip_user but no sip_password")
         return self
 
 
-class Settings(BaseSettings):
-    """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
+# ---- one block per part: the core's, then one per channel ------------------------------------
+# A new channel adds its block here (fields named <channel>_…, so GATEWAY_<CHANNEL>_… in the
+# environment), lists it among Settings' bases, and reads it in its own `from_settings`.
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, toml_file=None,
-        env_ignore_empty=True,  # GATEWAY_X= (as compose passes unset values) means "not set"
-    )
+
+class CoreSettings(BaseModel):
+    """The store, HTTP, the agent API, agents, and the core's policy."""
 
     database_url: str = "sqlite+aiosqlite:///gateway.db"
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8080"
     agent_token: SecretStr | None = None
+
+    agents: list[AgentConfig] = Field(default_factory=list)
+
+    conversation_idle_hours: float = Field(72.0, gt=0)
+    context_token_ttl_seconds: int = Field(900, gt=0)
+    verification_ttl_seconds: int = Field(3600, gt=0)
+    otp_ttl_seconds: int = Field(600, gt=0)
+    otp_max_attempts: int = Field(5, ge=1)
+    escalation_ttl_seconds: int = Field(900, gt=0)
+    default_region: str | None = None  # for phone numbers written without +country
+
+    # Only one process per database may send the outbox; API-only replicas set this false.
+    outbox_enabled: bool = True
+
+    log_level: str = "INFO"
+    log_format: str = Field("json", pattern="^(json|text)$")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("agent_token")
+    @classmethod
+    def _agent_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _not_a_placeholder(value.get_secret_value())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///… or postgresql+asyncpg://…")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+
+class TwilioSettings(BaseModel):
+    """Twilio: SMS, WhatsApp through Twilio, Voice (one account). On when the SID is set."""
 
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
@@ -67,11 +156,57 @@ class Settings(BaseSettings):
     twilio_voice_number: str | None = None  # the number customers dial in to
     twilio_webhook_shared_key: SecretStr | None = None  # secret of a Twilio Webhooks SharedKey
 
+    @field_validator("twilio_api_url")
+    @classmethod
+    def _twilio_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _twilio_complete(self) -> "TwilioSettings":
+        # Half-configured, a webhook would either fail open or reject everything silently.
+        if self.twilio_account_sid and self.twilio_auth_token is None:
+            raise ValueError("twilio_auth_token: required when twilio_account_sid is set")
+        if self.twilio_auth_token is not None and not self.twilio_account_sid:
+            raise ValueError("twilio_account_sid: required when twilio_auth_token is set")
+        if self.twilio_auth_token is not None and not self.twilio_auth_token.get_secret_value():
+            raise ValueError("twilio_auth_token: must not be empty")
+        return self
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return bool(self.twilio_account_sid)
+
+
+class WhatsAppSettings(BaseModel):
+    """Meta's WhatsApp Cloud API. On when the app secret is set."""
+
     whatsapp_app_secret: SecretStr | None = None
     whatsapp_verify_token: SecretStr | None = None
     whatsapp_access_token: SecretStr | None = None
     whatsapp_api_url: str = "https://graph.facebook.com/v21.0"
     whatsapp_phone_number_id: str | None = None
+
+    @field_validator("whatsapp_api_url")
+    @classmethod
+    def _whatsapp_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _whatsapp_complete(self) -> "WhatsAppSettings":
+        if self.whatsapp_app_secret is not None and not self.whatsapp_app_secret.get_secret_value():
+            raise ValueError("whatsapp_app_secret: must not be empty")
+        wa = [self.whatsapp_app_secret, self.whatsapp_verify_token, self.whatsapp_access_token]
+        if any(v is not None for v in wa) and self.whatsapp_app_secret is None:
+            raise ValueError("whatsapp_app_secret: required when WhatsApp is configured")
+        return self
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return self.whatsapp_app_secret is not None
+
+
+class SipSettings(BaseModel):
+    """The SIP edge (registrar and proxy for agents' phones and trunks). Always on."""
 
     sip_host: str = "127.0.0.1"
     sip_port: int = Field(5060, ge=0, le=65535)
@@ -97,8 +232,62 @@ class Settings(BaseSettings):
     sip_timer_t1_ms: int = Field(500, ge=1)
     sip_timer_t2_ms: int = Field(4000, ge=1)
     sip_timer_t4_ms: int = Field(5000, ge=1)
+    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security-sip.md) ----
+    # Peers whose X-Context and caller-ID attestation (verstat) are believed: IPs or CIDRs of
+    # the trunks and upstream edges (JSON list). Default: nobody.
+    sip_trusted_peers: list[str] = Field(default_factory=list)
+    # Failed digest authentications (REGISTER, and INVITEs from agents' users) allowed per
+    # source IP and per user: a burst, then this many a minute. Beyond: 403 "Too Many Failed
+    # Attempts" (a user's limit spares the addresses it authenticated from before).
+    sip_auth_failure_burst: int = Field(10, ge=1)
+    sip_auth_failures_per_minute: float = Field(6.0, ge=0)
+    # Refusals (401, 403, 404, 407, 416, 481) one source IP may collect, whatever its
+    # User-Agent: a burst, then this many a minute. Beyond: 403 "Too Many Failed Requests".
+    sip_probe_burst: int = Field(30, ge=1)
+    sip_probes_per_minute: float = Field(60.0, ge=0)
+    # TCP: connections one source IP may hold (trusted peers are exempt), and how long a
+    # connection may take to send a complete message (its first, or one it has begun).
+    sip_tcp_max_connections_per_source: int = Field(32, ge=1)
+    sip_tcp_message_timeout_seconds: float = Field(10.0, gt=0)
 
-    # ---- XMPP (connectors/xmpp): enabled when xmpp_jid is set --------------------------------
+    @field_validator("sip_trusted_peers")
+    @classmethod
+    def _trusted_peers(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for peer in value:
+            try:
+                ipaddress.ip_network(peer.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{peer!r} is not an IP address or CIDR") from None
+        return [peer.strip() for peer in value]
+    # ---- end of SIP under attack ----
+
+    @field_validator("sip_digest_algorithms")
+    @classmethod
+    def _digest(cls, value: list[str]) -> list[str]:
+        known = {"SHA-256": "SHA-256", "MD5": "MD5"}
+        out = []
+        for name in value:
+            if name.upper() not in known:
+                raise ValueError(f"{name!r} is not SHA-256 or MD5")
+            out.append(known[name.upper()])
+        if not out:
+            raise ValueError("name at least one of SHA-256, MD5")
+        return out
+
+    @model_validator(mode="after")
+    def _sip_consistent(self) -> "SipSettings":
+        if self.sip_min_expires > self.sip_max_expires:
+            raise ValueError("sip_min_expires: must not exceed sip_max_expires")
+        if self.sip_timer_t1_ms > self.sip_timer_t2_ms:
+            raise ValueError("sip_timer_t1_ms: must not exceed sip_timer_t2_ms")
+        return self
+
+
+class XmppSettings(BaseModel):
+    """The XMPP channel (connectors/xmpp): the gateway's own account. On when the JID is set."""
+
     xmpp_jid: str | None = None  # the gateway's own account, e.g. support@example.org
     xmpp_password: SecretStr | None = None
     xmpp_host: str | None = None  # unset: DNS SRV of the JID's domain, then the domain itself
@@ -122,7 +311,7 @@ class Settings(BaseSettings):
     xmpp_archive_backfill_hours: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _xmpp_complete(self) -> "Settings":
+    def _xmpp_complete(self) -> "XmppSettings":
         if self.xmpp_jid is None:
             return self
         node, at, domain = self.xmpp_jid.partition("/")[0].rpartition("@")
@@ -138,87 +327,16 @@ class Settings(BaseSettings):
     @property
     def xmpp_enabled(self) -> bool:
         return self.xmpp_jid is not None
-    # ---- end of XMPP -------------------------------------------------------------------------
 
-    agents: list[AgentConfig] = Field(default_factory=list)
 
-    conversation_idle_hours: float = Field(72.0, gt=0)
-    context_token_ttl_seconds: int = Field(900, gt=0)
-    verification_ttl_seconds: int = Field(3600, gt=0)
-    otp_ttl_seconds: int = Field(600, gt=0)
-    otp_max_attempts: int = Field(5, ge=1)
-    escalation_ttl_seconds: int = Field(900, gt=0)
-    default_region: str | None = None  # for phone numbers written without +country
+class Settings(CoreSettings, TwilioSettings, WhatsAppSettings, SipSettings, XmppSettings,
+               BaseSettings):
+    """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
 
-    # Only one process per database may send the outbox; API-only replicas set this false.
-    outbox_enabled: bool = True
-
-    log_level: str = "INFO"
-    log_format: str = Field("json", pattern="^(json|text)$")
-
-    @field_validator("public_url", "twilio_api_url", "whatsapp_api_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
-    @field_validator("database_url")
-    @classmethod
-    def _db(cls, value: str) -> str:
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("must be sqlite+aiosqlite:///… or postgresql+asyncpg://…")
-        return value
-
-    @field_validator("sip_digest_algorithms")
-    @classmethod
-    def _digest(cls, value: list[str]) -> list[str]:
-        known = {"SHA-256": "SHA-256", "MD5": "MD5"}
-        out = []
-        for name in value:
-            if name.upper() not in known:
-                raise ValueError(f"{name!r} is not SHA-256 or MD5")
-            out.append(known[name.upper()])
-        if not out:
-            raise ValueError("name at least one of SHA-256, MD5")
-        return out
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        value = value.upper()
-        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-        return value
-
-    @model_validator(mode="after")
-    def _channels_complete(self) -> "Settings":
-        # A channel that is half-configured must not start: a webhook without its secret
-        # would either fail open or reject everything silently.
-        if self.twilio_account_sid and self.twilio_auth_token is None:
-            raise ValueError("twilio_auth_token: required when twilio_account_sid is set")
-        if self.twilio_auth_token is not None and not self.twilio_account_sid:
-            raise ValueError("twilio_account_sid: required when twilio_auth_token is set")
-        if self.twilio_auth_token is not None and not self.twilio_auth_token.get_secret_value():
-            raise ValueError("twilio_auth_token: must not be empty")
-        if self.whatsapp_app_secret is not None and not self.whatsapp_app_secret.get_secret_value():
-            raise ValueError("whatsapp_app_secret: must not be empty")
-        wa = [self.whatsapp_app_secret, self.whatsapp_verify_token, self.whatsapp_access_token]
-        if any(v is not None for v in wa) and self.whatsapp_app_secret is None:
-            raise ValueError("whatsapp_app_secret: required when WhatsApp is configured")
-        if self.sip_min_expires > self.sip_max_expires:
-            raise ValueError("sip_min_expires: must not exceed sip_max_expires")
-        if self.sip_timer_t1_ms > self.sip_timer_t2_ms:
-            raise ValueError("sip_timer_t1_ms: must not exceed sip_timer_t2_ms")
-        return self
-
-    @property
-    def twilio_enabled(self) -> bool:
-        return bool(self.twilio_account_sid)
-
-    @property
-    def whatsapp_enabled(self) -> bool:
-        return self.whatsapp_app_secret is not None
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, toml_file=None,
+        env_ignore_empty=True,  # GATEWAY_X= (as compose passes unset values) means "not set"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -272,5 +390,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 loc, msg = (key,), why
         key = _key_name(loc)
         got = err.get("input")
-        shown = "" if got is None or isinstance(got, (dict, list)) else f" (got {got!r})"
+        secret = any(word in key.lower() for word in ("token", "secret", "password"))
+        shown = ("" if got is None or secret or isinstance(got, (dict, list))
+                 else f" (got {got!r})")
         raise ConfigError(f"configuration error: {key}: {msg}{shown}") from None

@@ -18,7 +18,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from gateway.addresses import AddressError, normalise_phone, parse_address
-from gateway.channels import OutboundMessage, SendError, SendReceipt
+from gateway.channels import OutboundMessage, SendError, SendReceipt, Texted
 
 log = logging.getLogger("gateway.connectors.twilio")
 
@@ -82,9 +82,9 @@ class TwilioRestConnector:
 class TwilioMessaging(TwilioRestConnector):
     """One Twilio account; `send` creates a Message resource per outbox row.
 
-    Which channels it serves is decided by the composition root: `sms`, and `whatsapp` when
-    Meta's Cloud API is not configured (a gateway has one WhatsApp sender; see
-    docs/integrators-messaging.md).
+    Which channels it serves is decided by the Twilio channel (`connectors/twilio_channel.py`):
+    `sms`, and `whatsapp` when Meta's Cloud API is not configured (a gateway has one WhatsApp
+    sender; see docs/integrators-messaging.md).
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class TwilioMessaging(TwilioRestConnector):
         self._from_number = from_number
         self._region = default_region
 
-    def _addresses(self, message: OutboundMessage) -> tuple[str, dict[str, str]]:
+    def _addresses(self, message: Texted) -> tuple[str, dict[str, str]]:
         """(To, sender fields) in Twilio's spelling: E.164, `whatsapp:` prefixed on WhatsApp."""
         try:
             to = parse_address(message.to, self._region)
@@ -134,6 +134,9 @@ class TwilioMessaging(TwilioRestConnector):
     async def send(self, message: OutboundMessage) -> SendReceipt:
         if self._client is None:
             raise SendError("the Twilio connector is not started", permanent=False)
+        if not isinstance(message, Texted):
+            raise SendError(f"Twilio messaging sends texts, not a {message.kind}",
+                            permanent=True)
         if not message.text:
             raise SendError("nothing to send: the message has no text", permanent=True)
         to, sender = self._addresses(message)

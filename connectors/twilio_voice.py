@@ -18,7 +18,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from connectors.twilio import TwilioRestConnector, is_transient_status
 from gateway.addresses import AddressError, normalise_phone, parse_address
-from gateway.channels import OutboundMessage, SendError, SendReceipt
+from gateway.channels import CallbackRequest, OutboundMessage, SendError, SendReceipt
 
 log = logging.getLogger("gateway.connectors.twilio_voice")
 
@@ -68,9 +68,10 @@ class TwilioVoice(TwilioRestConnector):
     async def send(self, message: OutboundMessage) -> SendReceipt:
         if self._client is None:
             raise SendError("the Twilio Voice connector is not started", permanent=False)
-        if message.kind != "call":
-            raise SendError(f"Twilio Voice places calls, not {message.kind!r}", permanent=True)
-        token = message.payload.get("escalation_token")
+        if not isinstance(message, CallbackRequest):
+            raise SendError(f"Twilio Voice places calls, not {str(message.kind)!r}",
+                            permanent=True)
+        token = message.escalation_token
         if not token:
             raise SendError("the callback has no escalation token", permanent=True)
         to, from_ = self._numbers(message)

@@ -1,7 +1,8 @@
-"""Meta WhatsApp Cloud API connector: sends outbox rows through the Graph API messages endpoint.
+"""Meta WhatsApp Cloud API channel: sends outbox rows through the Graph API messages endpoint.
 
 Outbox -> this connector -> `POST {GATEWAY_WHATSAPP_API_URL}/{phone_number_id}/messages`
-(aiohttp, bearer token). Inbound events come through `webhooks/whatsapp.py`. The connector
+(aiohttp, bearer token). Inbound events come through `webhooks/whatsapp.py`, mounted by
+`WhatsAppChannel` (the channel the composition root registers). The sender
 classifies failures once (permanent, or transient for the outbox worker to retry with
 back-off); it never retries by itself.
 
@@ -15,12 +16,28 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from aiohttp import web
 
 from gateway.addresses import AddressError, parse_address
-from gateway.channels import OutboundMessage, SendError, SendReceipt
+from gateway.channels import (
+    ChannelDeps,
+    ChannelInfo,
+    InboundSink,
+    OutboundMessage,
+    SendError,
+    SendReceipt,
+    Texted,
+)
+from webhooks.signatures import MetaSignature
+from webhooks.whatsapp import PATH as WEBHOOK_PATH
+from webhooks.whatsapp import WhatsAppWebhooks
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 log = logging.getLogger("gateway.connectors.whatsapp")
 
@@ -67,6 +84,10 @@ class WhatsAppCloud:
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def has_token(self) -> bool:
+        return bool(self._token)
+
     async def start(self) -> None:
         if not self._token:
             log.warning("whatsapp: GATEWAY_WHATSAPP_ACCESS_TOKEN is not set: inbound works, "
@@ -81,7 +102,7 @@ class WhatsAppCloud:
             await self._session.close()
             self._session = None
 
-    def _body(self, message: OutboundMessage) -> dict[str, Any]:
+    def _body(self, message: Texted) -> dict[str, Any]:
         try:
             to = parse_address(message.to)
         except AddressError as exc:
@@ -112,6 +133,8 @@ class WhatsAppCloud:
             raise SendError("the WhatsApp connector is not started", permanent=False)
         if not self._token:
             raise SendError("GATEWAY_WHATSAPP_ACCESS_TOKEN is not set", permanent=True)
+        if not isinstance(message, Texted):
+            raise SendError(f"WhatsApp sends texts, not a {message.kind}", permanent=True)
         if not message.text:
             raise SendError("nothing to send: the message has no text", permanent=True)
         url = f"{self._api_url}/{self._sender(message)}/messages"
@@ -156,3 +179,61 @@ def _graph_error(status: int, answer: Any) -> SendError:
         detail += f" ({details})"
     transient = status == 429 or status >= 500 or code in TRANSIENT_CODES
     return SendError(detail, permanent=not transient)
+
+
+class WhatsAppChannel:
+    """The WhatsApp Cloud API channel: Meta's webhook in, the Graph API out.
+
+    On when GATEWAY_WHATSAPP_APP_SECRET is set (settings refuse the other keys without it);
+    then it is the gateway's WhatsApp sender, also for customers who first wrote through
+    Twilio's WhatsApp."""
+
+    name = "whatsapp"
+    channels = WhatsAppCloud.channels
+
+    def __init__(self, sender: WhatsAppCloud, webhooks: WhatsAppWebhooks, public_url: str
+                 ) -> None:
+        self._sender = sender
+        self._webhooks = webhooks
+        self._public_url = public_url
+
+    @classmethod
+    def from_settings(cls, settings: Settings, deps: ChannelDeps) -> WhatsAppChannel | None:
+        if settings.whatsapp_app_secret is None:
+            return None
+        verify, access = settings.whatsapp_verify_token, settings.whatsapp_access_token
+        webhooks = WhatsAppWebhooks(
+            None, deps.metrics, MetaSignature(settings.whatsapp_app_secret.get_secret_value()),
+            verify.get_secret_value() if verify else None, settings.whatsapp_api_url)
+        sender = WhatsAppCloud(
+            api_url=settings.whatsapp_api_url,
+            access_token=access.get_secret_value() if access else None,
+            phone_number_id=settings.whatsapp_phone_number_id)
+        return cls(sender, webhooks, settings.public_url)
+
+    @classmethod
+    def why_off(cls, settings: Settings) -> str:
+        return "set GATEWAY_WHATSAPP_APP_SECRET (and the verify and access tokens)"
+
+    def routes(self) -> Sequence[web.AbstractRouteDef]:
+        return self._webhooks.routes()
+
+    def describe(self) -> ChannelInfo:
+        notes = []
+        if self._webhooks.verify_token is None:
+            notes.append("GATEWAY_WHATSAPP_VERIFY_TOKEN is not set: Meta's handshake fails")
+        if not self._sender.has_token:
+            notes.append("GATEWAY_WHATSAPP_ACCESS_TOKEN is not set: nothing can be sent")
+        return ChannelInfo(self.name, (("Meta webhook (callback URL)",
+                                        f"{self._public_url}{WEBHOOK_PATH}"),), tuple(notes))
+
+    async def start(self, sink: InboundSink) -> None:
+        await self._sender.start()
+        self._webhooks.sink = sink
+
+    async def aclose(self) -> None:
+        self._webhooks.sink = None
+        await self._sender.aclose()
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        return await self._sender.send(message)

@@ -76,9 +76,12 @@ def _fold_whatsapp_quirks(number: phonenumbers.PhoneNumber) -> phonenumbers.Phon
     if number.country_code == 55 and len(national) == 10 and national[2] in "6789":
         # Brazilian mobiles gained a ninth digit (a leading 9); WhatsApp ids of older
         # accounts still carry the eight-digit form. Area code is the first two digits.
-        return phonenumbers.PhoneNumber(
+        # Only a real area code makes it a mobile (+55 90… gets no ninth digit): else the
+        # folded form would not read back as itself.
+        folded = phonenumbers.PhoneNumber(
             country_code=55, national_number=int(national[:2] + "9" + national[2:])
         )
+        return folded if phonenumbers.is_valid_number(folded) else number
     return number
 
 

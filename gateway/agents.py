@@ -1,19 +1,42 @@
-"""Agents and who can take a call now: the routing directory shared by every voice edge.
+"""The agent router: who the agents are, whether they can take work now, and who takes a call.
 
-Agents come from configuration. A SIP registrar adds and removes their registered contacts;
-agents with a static contact are always reachable. `pick` chooses the least busy reachable
-agent (ties broken round-robin), so the SIP edge and Twilio Voice route the same way.
+Agents come from configuration (`GATEWAY_AGENTS`). Presence comes from the channels: a SIP
+registrar adds and removes an agent's registered contacts (a live registration, or a static
+contact, means "sip: available"); XMPP reports its presence through `set_presence`. An agent
+is available when any source says so. Load is the number of calls an agent has now.
+
+`offer(call_ref, exclude)` chooses the least busy available agent with a phone, ties broken
+round-robin, and counts them busy with that call until `release(call_ref)`; a call holds one
+agent at a time, so offering it to the next agent lets go of the previous one. The SIP proxy
+still counts its own calls with `pick` / `call_started` / `call_ended` (one router, one
+count), until it moves to the core's `offer_call` too.
+
+All of it lives in memory, in the process that runs the channels (one per database today).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from config.settings import AgentConfig
+from gateway.bus import AgentPresenceChanged, DomainEvent
+from gateway.channels import Presence
 from gateway.clock import Clock
+
+log = logging.getLogger("gateway.agents")
+
+# An offer with no release after this long lost its end report (Twilio ends every call
+# within 4 hours); the agent is freed.
+STALE_OFFER = 6 * 3600.0
+# The best first: presence from several sources combines to the most available one.
+_ORDER = (Presence.AVAILABLE, Presence.AWAY, Presence.DND, Presence.OFFLINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +54,11 @@ class Agent:
     sip_user: str | None
     password: str | None
     static_contact: str | None
+    xmpp: str | None = None  # bare JID, lower case
+    token_sha256: str | None = None  # hex SHA-256 of the agent's own API token
     registrations: dict[str, Contact] = field(default_factory=dict)
     active_calls: int = 0
+    reported: dict[str, Presence] = field(default_factory=dict)  # source -> presence
 
     def contacts(self, now: datetime) -> list[Contact]:
         live = [c for c in self.registrations.values()
@@ -40,6 +66,12 @@ class Agent:
         if self.static_contact:
             live.append(Contact(self.static_contact, None))
         return live
+
+    def presence(self, now: datetime) -> Presence:
+        said = dict(self.reported)
+        if self.contacts(now):
+            said["sip"] = Presence.AVAILABLE
+        return min(said.values(), key=_ORDER.index, default=Presence.OFFLINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,23 +81,42 @@ class AgentTarget:
 
 
 class AgentDirectory:
-    def __init__(self, agents: Iterable[AgentConfig], clock: Clock) -> None:
+    """The core's agent router (`gateway.channels.AgentRouter`), shared by every channel."""
+
+    def __init__(self, agents: Iterable[AgentConfig], clock: Clock,
+                 publish: Callable[[Sequence[DomainEvent]], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._publish = publish or (lambda _events: None)
+        self._monotonic = monotonic
         self._agents: dict[str, Agent] = {}
         self._by_user: dict[str, Agent] = {}
+        self._by_xmpp: dict[str, Agent] = {}
+        self._by_token: dict[str, Agent] = {}
         for cfg in agents:
             agent = Agent(
                 id=cfg.id, name=cfg.name or cfg.id, sip_user=cfg.sip_user,
                 password=cfg.sip_password.get_secret_value() if cfg.sip_password else None,
-                static_contact=cfg.contact,
+                static_contact=cfg.contact, xmpp=cfg.xmpp.lower() if cfg.xmpp else None,
+                token_sha256=cfg.token_sha256.lower() if cfg.token_sha256 else None,
             )
             self._agents[agent.id] = agent
             if agent.sip_user:
                 self._by_user[agent.sip_user.lower()] = agent
+            if agent.xmpp:
+                self._by_xmpp[agent.xmpp] = agent
+            if agent.token_sha256:
+                self._by_token[agent.token_sha256] = agent
         self._turn = itertools.count()
+        self._held: dict[str, tuple[str, float]] = {}  # call_ref -> (agent id, since)
+
+    # ---- who ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._agents)
+
+    def __iter__(self) -> Iterator[Agent]:
+        return iter(list(self._agents.values()))
 
     def get(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
@@ -73,37 +124,120 @@ class AgentDirectory:
     def by_sip_user(self, user: str) -> Agent | None:
         return self._by_user.get(user.lower())
 
+    def by_xmpp(self, jid: str) -> Agent | None:
+        return self._by_xmpp.get(jid.split("/", 1)[0].lower())
+
+    def by_token(self, token: str) -> Agent | None:
+        """The agent whose API token this is (compared as SHA-256, in constant time)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        agent = self._by_token.get(digest)
+        if agent is None or not hmac.compare_digest(agent.token_sha256 or "", digest):
+            return None
+        return agent
+
+    # ---- presence ------------------------------------------------------------------------------
+
+    def presence(self, agent_id: str) -> Presence:
+        agent = self._agents.get(agent_id)
+        return agent.presence(self._clock.now()) if agent else Presence.OFFLINE
+
+    def set_presence(self, agent_id: str, source: str, presence: Presence) -> None:
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            log.warning("presence %s from %s for unknown agent %s ignored", presence, source,
+                        agent_id)
+            return
+        before = agent.presence(self._clock.now())
+        agent.reported[source] = Presence(presence)
+        self._changed(agent, before)
+
+    def _changed(self, agent: Agent, before: Presence) -> None:
+        after = agent.presence(self._clock.now())
+        if after != before:
+            self._publish([AgentPresenceChanged(agent.id, after.value)])
+
     def register(
         self, agent: Agent, contact_uri: str, expires_seconds: int,
         source: tuple[str, int] | None = None, transport: str = "udp",
     ) -> None:
+        """A SIP registration (or, with 0 seconds, its removal) for `agent`."""
+        before = agent.presence(self._clock.now())
         if expires_seconds <= 0:
             agent.registrations.pop(contact_uri, None)
-            return
-        agent.registrations[contact_uri] = Contact(
-            contact_uri, self._clock.now() + timedelta(seconds=expires_seconds), source,
-            transport,
-        )
+        else:
+            agent.registrations[contact_uri] = Contact(
+                contact_uri, self._clock.now() + timedelta(seconds=expires_seconds), source,
+                transport,
+            )
+        self._changed(agent, before)
 
     def unregister_all(self, agent: Agent) -> None:
+        before = agent.presence(self._clock.now())
         agent.registrations.clear()
+        self._changed(agent, before)
+
+    # ---- choice and load ----------------------------------------------------------------------
+
+    def load(self, agent_id: str) -> int:
+        agent = self._agents.get(agent_id)
+        return agent.active_calls if agent else 0
 
     def pick(self, exclude: Iterable[str] = ()) -> AgentTarget | None:
-        """The least busy reachable agent, or None when nobody can take a call."""
+        """The least busy available agent with a phone, or None when nobody can take a call.
+        Nothing is counted: `offer` (or the caller's `call_started`) does that."""
         now = self._clock.now()
         skip = set(exclude)
-        candidates = [a for a in self._agents.values() if a.id not in skip and a.contacts(now)]
+        candidates = [a for a in self._agents.values()
+                      if a.id not in skip and a.contacts(now)
+                      and a.presence(now) is Presence.AVAILABLE]
         if not candidates:
             return None
         least = min(a.active_calls for a in candidates)
         tied = [a for a in candidates if a.active_calls == least]
         agent = tied[next(self._turn) % len(tied)]
-        registered = [c for c in agent.contacts(now) if c.expires_at is not None]
+        return self.target_of(agent, now)
+
+    def target_of(self, agent: Agent, now: datetime | None = None) -> AgentTarget | None:
+        """Where `agent`'s phone is now: the registration that lasts longest is the newest (a
+        phone that re-registered from a new address wins over its stale binding), else the
+        static contact."""
+        contacts = agent.contacts(now or self._clock.now())
+        if not contacts:
+            return None
+        registered = [(c.expires_at, c) for c in contacts if c.expires_at is not None]
         if registered:
-            # The registration that lasts longest is the newest: a phone that re-registered
-            # from a new address wins over its stale binding.
-            return AgentTarget(agent.id, max(registered, key=lambda c: c.expires_at or now))
-        return AgentTarget(agent.id, agent.contacts(now)[0])
+            return AgentTarget(agent.id, max(registered, key=lambda pair: pair[0])[1])
+        return AgentTarget(agent.id, contacts[0])
+
+    def offer(self, call_ref: str, exclude: Sequence[str] = ()) -> AgentTarget | None:
+        self._forget_stale()
+        self.release(call_ref)
+        target = self.pick(exclude)
+        if target is not None:
+            self._held[call_ref] = (target.agent_id, self._monotonic())
+            self.call_started(target.agent_id)
+        return target
+
+    def release(self, call_ref: str, agent_id: str | None = None) -> str | None:
+        held = self._held.get(call_ref)
+        if held is None or (agent_id is not None and held[0] != agent_id):
+            return None
+        del self._held[call_ref]
+        self.call_ended(held[0])
+        return held[0]
+
+    def holding(self, call_ref: str) -> str | None:
+        """The agent a call is offered to (or answered by) now."""
+        held = self._held.get(call_ref)
+        return held[0] if held else None
+
+    def _forget_stale(self) -> None:
+        cutoff = self._monotonic() - STALE_OFFER
+        for call_ref, (agent_id, since) in list(self._held.items()):
+            if since < cutoff:
+                log.warning("no end reported for call %s (agent %s); freeing the agent",
+                            call_ref, agent_id)
+                self.release(call_ref)
 
     def call_started(self, agent_id: str) -> None:
         if (agent := self._agents.get(agent_id)) is not None:

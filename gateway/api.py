@@ -18,7 +18,16 @@ from typing import Any
 from aiohttp import web
 
 from gateway.addresses import AddressError, parse_address
-from gateway.core import Conflict, Core, NotFound
+from gateway.core import Core
+from gateway.domain import (
+    Conflict,
+    EscalationIssued,
+    NotFound,
+    OutboxState,
+    ReplyQueued,
+    VerificationStarted,
+    iso,
+)
 from gateway.identity import IdentityError
 from gateway.metrics import Metrics
 from gateway.openapi import OPENAPI
@@ -100,6 +109,39 @@ def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None
     return value
 
 
+# ---- typed results as the contract shows them ------------------------------------------------
+
+
+def reply_json(result: ReplyQueued) -> dict[str, Any]:
+    return {"id": result.id, "status": result.status, "leg_id": result.leg_id,
+            "channel": result.channel, "to": result.to}
+
+
+def verification_json(result: VerificationStarted) -> dict[str, Any]:
+    return {"challenge_id": result.challenge_id, "address": result.address,
+            "expires_at": iso(result.expires_at), "outbox_id": result.outbox_id}
+
+
+def escalation_json(result: EscalationIssued) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": result.id, "channel": result.channel, "mode": result.mode,
+                           "expires_at": iso(result.expires_at),
+                           "carries_verification": result.carries_verification,
+                           "outbox_id": result.outbox_id}
+    if result.mode == "dial-in":
+        out["sent_to"] = result.sent_to
+    else:
+        out["calling"] = result.calling
+    return out
+
+
+def outbox_json(state: OutboxState) -> dict[str, Any]:
+    return {"id": state.id, "channel": state.channel, "kind": state.kind, "to": state.to,
+            "status": state.status, "attempts": state.attempts,
+            "provider_id": state.provider_id, "last_error": state.last_error,
+            "conversation_id": state.conversation_id, "leg_id": state.leg_id,
+            "created_at": iso(state.created_at), "updated_at": iso(state.updated_at)}
+
+
 class AgentApi:
     def __init__(self, core: Core, metrics: Metrics, health: Callable[[], dict[str, Any]]) -> None:
         self.core = core
@@ -171,21 +213,21 @@ class AgentApi:
         if len(text) > 4096:
             return error(400, "text is longer than 4096 characters")
         result = await self.core.reply(request.match_info["id"], text, _field(body, "agent", False))
-        return ok(result, status=202)
+        return ok(reply_json(result), status=202)
 
     async def verify(self, request: web.Request) -> web.Response:
         body = await _json_body(request) if request.can_read_body else {}
         result = await self.core.start_verification(
             request.match_info["id"], _field(body, "address", False)
         )
-        return ok(result, status=202)
+        return ok(verification_json(result), status=202)
 
     async def escalate(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         result = await self.core.escalate(
             request.match_info["id"], _field(body, "channel") or "", _field(body, "mode") or ""
         )
-        return ok(result, status=201)
+        return ok(escalation_json(result), status=201)
 
     async def close(self, request: web.Request) -> web.Response:
         await self.core.close_conversation(request.match_info["id"])
@@ -204,4 +246,4 @@ class AgentApi:
         return ok({"id": request.match_info["merge_id"], "undone": True})
 
     async def outbox_message(self, request: web.Request) -> web.Response:
-        return ok(await self.core.outbox_message(request.match_info["id"]))
+        return ok(outbox_json(await self.core.outbox_message(request.match_info["id"])))

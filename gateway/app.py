@@ -1,8 +1,10 @@
 """The composition root: builds the store, the core, the channels and the HTTP app, and wires them.
 
 This (with `gateway/cli.py`) is the only place in `gateway/` that imports `connectors/` and
-`webhooks/`. Start-up and shutdown run through aiohttp's `cleanup_ctx`, in order and in
-reverse: database, write batcher, connectors, outbox worker, SIP edge.
+`webhooks/`. Channels come from one registry (`CHANNELS`): each is asked to build itself from
+the settings, mounts its routes, and gets one `cleanup_ctx` entry. Start-up runs in order and
+shutdown in reverse: database and write batcher, the channels in registry order, the outbox
+worker. A channel that fails to start stops the ones started before it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.sip.channel import SipChannel
+from connectors.twilio_channel import TwilioChannel
+from connectors.whatsapp import WhatsAppChannel
 from gateway.agents import AgentDirectory
 from gateway.api import AgentApi, bearer_auth, errors_as_json
 from gateway.batching import WriteBatcher
-from gateway.channels import Connector
+from gateway.bus import EventBus
+from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core, Policy
 from gateway.metrics import Metrics
@@ -28,6 +34,19 @@ from gateway.outbox import OutboxWorker
 from gateway.store import make_engine, upgrade
 
 log = logging.getLogger("gateway.app")
+
+# Every channel the gateway knows, in start order (SIP last: first to stop, so calls end
+# before the store closes). A new channel adds one line here.
+CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, SipChannel)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelReport:
+    """One line of the start-up report: a channel mounted, or off and why."""
+
+    name: str
+    info: ChannelInfo | None  # None: off
+    why_off: str = ""
 
 
 @dataclass
@@ -40,19 +59,27 @@ class Gateway:
     outbox: OutboxWorker
     agents: AgentDirectory
     agent_token: str
-    connectors: list[Connector] = field(default_factory=list)
-    services: dict[str, Any] = field(default_factory=dict)  # e.g. "sip": the SIP edge
+    bus: EventBus
+    channels: dict[str, Channel] = field(default_factory=dict)
+    off: dict[str, str] = field(default_factory=dict)  # channel name -> what turns it on
     started: bool = False
 
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.started else "starting",
             "database": self.core.engine.dialect.name,
-            "channels": sorted({c for conn in self.connectors for c in conn.channels}),
-            "services": sorted(self.services),
+            "channels": sorted({c for ch in self.channels.values() for c in ch.channels}),
+            "services": sorted(self.channels),
             "writes": self.core.batcher.writes,
             "commits": self.core.batcher.batches,
+            "outbox": {"passes": self.outbox.passes, "in_flight": self.outbox.in_flight},
         }
+
+    def report(self) -> list[ChannelReport]:
+        """What `gateway serve` prints: each channel mounted (with the URLs to paste into
+        the provider's console), or off and why."""
+        mounted = [ChannelReport(name, ch.describe()) for name, ch in self.channels.items()]
+        return mounted + [ChannelReport(name, None, why) for name, why in self.off.items()]
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -76,11 +103,14 @@ def build_app(
     settings: Settings,
     *,
     clock: Clock | None = None,
-    extra_connectors: Sequence[Connector] = (),
+    extra_channels: Sequence[Channel] = (),
+    registry: Sequence[ChannelFactory] = CHANNELS,
     migrate: bool = True,
-    enable_sip: bool = True,
 ) -> web.Application:
-    """Build the whole gateway as an aiohttp app; nothing touches the network until it starts."""
+    """Build the whole gateway as an aiohttp app; nothing touches the network until it starts.
+
+    `extra_channels` are channels built by the caller (the in-memory channel of the tests and
+    the demo); `registry` replaces the list of channel classes (tests leave SIP out)."""
     clock = clock or SystemClock()
     token = settings.agent_token.get_secret_value() if settings.agent_token else None
     if not token:
@@ -88,18 +118,30 @@ def build_app(
         log.warning("GATEWAY_AGENT_TOKEN is not set: generated one for this run: %s", token)
     engine = make_engine(settings.database_url)
     metrics = Metrics()
+    bus = EventBus(clock.now)
+    agents = AgentDirectory(settings.agents, clock, publish=bus.publish)
     outbox_worker = OutboxWorker(
         engine, {}, clock,
         sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc())
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
-                on_outbox=outbox_worker.wake)
-    agents = AgentDirectory(settings.agents, clock)
-    gw = Gateway(settings, core, metrics, outbox_worker, agents, token)
+                on_outbox=outbox_worker.wake, bus=bus, agents=agents)
+    gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus)
 
     app = web.Application(middlewares=[errors_as_json, bearer_auth(token)],
                           client_max_size=2 * 1024 * 1024)
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())
+
+    deps = ChannelDeps(clock=clock, metrics=metrics, router=agents)
+    # The caller's own channels first: a configured provider channel after them sends for
+    # the address channels both serve (the outbox takes the last one named).
+    channels: list[Channel] = list(extra_channels)
+    for factory in registry:
+        channel = factory.from_settings(settings, deps)
+        if channel is None:
+            gw.off[factory.name] = factory.why_off(settings)
+        else:
+            channels.append(channel)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         if migrate:
@@ -111,103 +153,14 @@ def build_app(
             await core.aclose()
             await engine.dispose()
 
-    connectors: list[Connector] = list(extra_connectors)
-    lifecycles: list[Lifecycle] = []
-
-    # ---- channels: each block adds its connector, its webhook routes and its lifecycle ----
-    # (twilio-messaging) and (twilio-voice): one account, one signature check
-    if settings.twilio_enabled:
-        from connectors.twilio import TwilioMessaging
-        from connectors.twilio_voice import TwilioVoice
-        from webhooks.signatures import TwilioSignature
-        from webhooks.twilio_messaging import TwilioMessagingWebhooks
-        from webhooks.twilio_voice import TwilioVoiceWebhooks, VoiceRouting
-
-        # Settings refuse a SID without a (non-empty) token: signature checks never fail open.
-        assert settings.twilio_account_sid and settings.twilio_auth_token is not None
-        twilio_token = settings.twilio_auth_token.get_secret_value()
-        shared_key = settings.twilio_webhook_shared_key
-        twilio_signature = TwilioSignature(
-            twilio_token, settings.public_url,
-            shared_key.get_secret_value() if shared_key else None)
-        app.add_routes(TwilioMessagingWebhooks(
-            core, metrics, twilio_signature, settings.default_region).routes())
-        app.add_routes(TwilioVoiceWebhooks(
-            core, metrics, agents, twilio_signature,
-            VoiceRouting(public_url=settings.public_url,
-                         sip_host=settings.sip_domain or settings.sip_host,
-                         sip_port=settings.sip_port),
-            settings.default_region,
-        ).routes())
-        # One WhatsApp sender per gateway: Meta's Cloud API when configured, else Twilio.
-        connectors.append(TwilioMessaging(
-            settings.twilio_account_sid, twilio_token, api_url=settings.twilio_api_url,
-            public_url=settings.public_url, from_number=settings.twilio_from_number,
-            channels=frozenset({"sms"} if settings.whatsapp_enabled else {"sms", "whatsapp"}),
-            default_region=settings.default_region,
-        ))
-        # Callbacks the core decides (outbox `voice`/`call` rows) are placed through Twilio.
-        connectors.append(TwilioVoice(
-            settings.twilio_account_sid, twilio_token, api_url=settings.twilio_api_url,
-            public_url=settings.public_url, from_number=settings.twilio_voice_number,
-            default_region=settings.default_region,
-        ))
-    # (whatsapp)
-    if settings.whatsapp_enabled:
-        from connectors.whatsapp import WhatsAppCloud
-        from webhooks.signatures import MetaSignature
-        from webhooks.whatsapp import WhatsAppWebhooks
-
-        assert settings.whatsapp_app_secret is not None
-        verify_token = settings.whatsapp_verify_token
-        access_token = settings.whatsapp_access_token
-        app.add_routes(WhatsAppWebhooks(
-            core, metrics, MetaSignature(settings.whatsapp_app_secret.get_secret_value()),
-            verify_token.get_secret_value() if verify_token else None, settings.whatsapp_api_url,
-        ).routes())
-        connectors.append(WhatsAppCloud(
-            api_url=settings.whatsapp_api_url,
-            access_token=access_token.get_secret_value() if access_token else None,
-            phone_number_id=settings.whatsapp_phone_number_id,
-        ))
-    # (sip)
-    if enable_sip:
-        from connectors.sip.edge import SipConfig, SipEdge
-
-        sip_edge = SipEdge(SipConfig.from_settings(settings), sink=core, agents=agents,
-                           metrics=metrics, clock=clock)
-        gw.services["sip"] = sip_edge
-
-        async def run_sip(app: web.Application) -> AsyncIterator[None]:
-            await sip_edge.start()  # last to start, first to stop: calls end before the store
-            try:
-                yield
-            finally:
-                await sip_edge.aclose()
-
-        lifecycles.append(run_sip)
-
-    gw.connectors = connectors
-    for connector in connectors:
-        outbox_worker.add_connector(connector)
-
-    async def run_connectors(app: web.Application) -> AsyncIterator[None]:
-        started: list[Connector] = []
-        try:
-            for connector in connectors:
-                start = getattr(connector, "start", None)
-                if start is not None:
-                    await start()
-                started.append(connector)
-            yield
-        finally:
-            for connector in reversed(started):
-                close = getattr(connector, "aclose", None)
-                if close is not None:
-                    try:
-                        await close()
-                    except Exception:
-                        log.exception("closing connector %r failed", connector)
+    lifecycles: list[Lifecycle] = [database]
+    for channel in channels:
+        if channel.name in gw.channels:
+            raise ValueError(f"two channels are called {channel.name!r}")
+        gw.channels[channel.name] = channel
+        app.add_routes(channel.routes())
+        outbox_worker.add_connector(channel)
+        lifecycles.append(_lifecycle(channel, core))
 
     async def run_outbox(app: web.Application) -> AsyncIterator[None]:
         if settings.outbox_enabled:
@@ -221,5 +174,42 @@ def build_app(
             gw.started = False
             await outbox_worker.aclose()
 
-    app.cleanup_ctx.extend([database, run_connectors, run_outbox, *lifecycles])
+    # The outbox starts after every channel it may send through, and stops before them.
+    app.cleanup_ctx.extend([*lifecycles, run_outbox])
     return app
+
+
+async def setup_runner(runner: web.AppRunner) -> None:
+    """`runner.setup()`; when start-up fails, what did start is stopped again, in reverse
+    (aiohttp leaves that to whoever called setup) before the error goes on."""
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.app.cleanup()
+        raise
+
+
+def _lifecycle(channel: Channel, core: Core) -> Lifecycle:
+    """One channel's `cleanup_ctx` entry: started with the sink, closed even after a failed
+    or partial start (aiohttp then unwinds the entries started before it, in reverse)."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await channel.start(core)
+        except BaseException:
+            await _close(channel)
+            raise
+        try:
+            yield
+        finally:
+            await _close(channel)
+
+    run.__name__ = f"run_{channel.name}"
+    return run
+
+
+async def _close(channel: Channel) -> None:
+    try:
+        await channel.aclose()
+    except Exception:
+        log.exception("closing the %s channel failed", channel.name)

@@ -5,6 +5,11 @@ takes thousands of webhooks a second: one fsync covers a whole batch, and the wh
 in one hop off the event loop (a dedicated writer thread with a plain sqlite3 connection, or
 asyncpg through run_sync). Writes are synchronous functions of a Connection. A write that
 fails takes only itself down: the batch is retried one write per transaction.
+
+A write may come with an `after` callback: it runs on the event loop once the transaction
+that holds the write has committed (and never when it failed or rolled back), before the
+caller is answered and even when the caller stopped waiting. The core publishes its domain
+events from there (`gateway/writes.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from gateway.store import is_sqlite, make_sqlite_sync_engine
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 Write = Callable[[Connection], Any]
+After = Callable[[Any], None]
+_Item = tuple[Write, "asyncio.Future[Any]", After | None]
+
+
+class BatcherClosed(RuntimeError):
+    """A write was offered after `aclose()`: the store is shutting down."""
 
 
 class WriteBatcher:
@@ -37,25 +48,24 @@ class WriteBatcher:
         if is_sqlite(url):
             self._sync = make_sqlite_sync_engine(url, writer=True)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._queue: asyncio.Queue[tuple[Write, asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.batches = 0
         self.writes = 0
 
     async def start(self) -> None:
         if self._task is None:
+            self._closing = False
             self._task = asyncio.create_task(self._run(), name="write-batcher")
 
     async def aclose(self) -> None:
+        """Finish every write accepted so far (a queued write was promised an answer, and a
+        running batch may already be committing), then stop. Nothing is cancelled."""
+        self._closing = True
         if self._task is not None:
-            # Finish what was accepted before stopping: a queued write was promised an answer.
-            while not self._queue.empty():
-                await asyncio.sleep(0.01)
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._queue.put_nowait(None)  # after everything queued before it
+            await self._task
             self._task = None
         if self._thread is not None:
             self._thread.shutdown(wait=True)
@@ -63,12 +73,20 @@ class WriteBatcher:
         if self._sync is not None:
             self._sync.dispose()
 
-    async def run(self, write: Callable[[Connection], T]) -> T:
-        """Run `write` in a transaction shared with other writes; return after the commit."""
+    async def run(self, write: Callable[[Connection], T],
+                  after: Callable[[T], None] | None = None) -> T:
+        """Run `write` in a transaction shared with other writes; return after the commit.
+
+        `after(result)` runs on the loop right after that commit (see the module's doc)."""
+        if self._closing:
+            raise BatcherClosed("the store is shutting down; the write was not accepted")
         if self._task is None:
-            return (await self._execute([write]))[0]
+            result = (await self._execute([write]))[0]
+            if after is not None:
+                _call_after(after, result)
+            return result
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((write, future))
+        self._queue.put_nowait((write, future, after))
         return await future
 
     async def _execute(self, writes: list[Write]) -> list[Any]:
@@ -87,19 +105,28 @@ class WriteBatcher:
             return _apply(conn, writes)
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            # A caller that stopped waiting before its write ran gets nothing written.
             batch = [item for item in batch if not item[1].cancelled()]
             if batch:
                 await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[_Item]) -> None:
         try:
-            results = await self._execute([write for write, _ in batch])
+            results = await self._execute([write for write, _, _ in batch])
         except asyncio.CancelledError:
-            for _write, future in batch:
+            for _write, future, _after in batch:
                 if not future.done():
                     future.cancel()
             raise
@@ -108,7 +135,7 @@ class WriteBatcher:
                 _settle(batch[0][1], exc=exc)
                 return
             log.warning("group commit of %d writes failed; retrying one by one", len(batch))
-            for write, future in batch:
+            for write, future, after in batch:
                 try:
                     result = (await self._execute([write]))[0]
                 except asyncio.CancelledError:
@@ -118,16 +145,27 @@ class WriteBatcher:
                 else:
                     self.batches += 1
                     self.writes += 1
+                    if after is not None:
+                        _call_after(after, result)
                     _settle(future, result=result)
             return
         self.batches += 1
         self.writes += len(batch)
-        for (_write, future), result in zip(batch, results, strict=True):
+        for (_write, future, after), result in zip(batch, results, strict=True):
+            if after is not None:
+                _call_after(after, result)
             _settle(future, result=result)
 
 
 def _apply(conn: Connection, writes: list[Write]) -> list[Any]:
     return [write(conn) for write in writes]
+
+
+def _call_after(after: After, result: Any) -> None:
+    try:
+        after(result)
+    except Exception:  # the write is committed: its caller still gets its answer
+        log.exception("store: after-commit callback failed; the write itself is committed")
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None,

@@ -17,20 +17,46 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from gateway.domain import Entry
+
 REPLAY: Final = 4096  # records kept for resume
 QUEUE: Final = 1024  # records a subscriber may have unread before it is dropped
 
 
 @dataclass(frozen=True, slots=True)
 class EntryAdded:
-    """A transcript entry was committed (a message either way, a call event, a system note)."""
+    """A transcript entry was committed (a message either way, a call event, a system note).
 
-    conversation_id: str
+    It holds the committed values in `Entry`'s field order and builds the typed `item` (and
+    the API's `entry`) when a subscriber asks: every inbound message publishes one, most of
+    them read by nobody, on the hot path of group commit."""
+
     customer_id: str
-    leg_id: str
-    entry: Mapping[str, Any]  # as the API shows a transcript entry: id, at, channel, ...
+    values: tuple[Any, ...]  # Entry(*values)
 
     kind = "message"
+
+    @property
+    def item(self) -> Entry:
+        return Entry(*self.values)
+
+    @property
+    def conversation_id(self) -> str:
+        return self.values[_CONVERSATION]  # type: ignore[no-any-return]
+
+    @property
+    def leg_id(self) -> str:
+        return self.values[_LEG]  # type: ignore[no-any-return]
+
+    @property
+    def entry(self) -> Mapping[str, Any]:
+        """As the API shows a transcript entry: id, at, channel, direction, author, text…"""
+        return self.item.as_json()
+
+
+_FIELDS = Entry.__dataclass_fields__
+_CONVERSATION = list(_FIELDS).index("conversation_id")
+_LEG = list(_FIELDS).index("leg_id")
 
 
 @dataclass(frozen=True, slots=True)

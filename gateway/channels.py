@@ -5,43 +5,95 @@ channel is not configured), may mount aiohttp routes (webhooks), is started with
 `InboundSink` and closed by the composition root (`gateway/app.py`), and sends the outbox's
 messages for the address channels it names. Channels never import routing or the store; the
 core never imports a channel. Inbound data flows channel -> typed event (`gateway/events.py`)
--> `InboundSink`; outbound flows outbox -> `Channel.send`.
+-> `InboundSink`; outbound flows outbox -> `Channel.send` with a typed `OutboundMessage`.
 
-Status: `OutboundMessage`, `SendReceipt`, `SendError` and `Connector` are what the landed
-outbox uses. `Channel`, `InboundSink`, `AgentRouter` and `AgentDesk` are the target of the
-channel-interface issue (#8); email (#9), XMPP (#10) and the console (#11) are built on them.
+`connectors/memory.py` is the worked example; docs/architecture.md has the recipe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from gateway.domain import (
+    Assignment,
+    CallRoute,
+    ConversationId,
+    ConversationSummary,
+    EscalationIssued,
+    IngestResult,
+    LegId,
+    OutboxId,
+    ReplyQueued,
+    VerificationStarted,
+)
 
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from config.settings import Settings
+    from gateway.agents import Agent, AgentDirectory, AgentTarget
     from gateway.bus import EventBus
+    from gateway.clock import Clock
     from gateway.events import CallEvent, DeliveryStatus, IncomingCall, InboundMessage
+    from gateway.metrics import Metrics
 
 # whatsapp-user: a WhatsApp user known only by Meta's business-scoped user id (no number).
 MESSAGING_CHANNELS = frozenset({"sms", "whatsapp", "whatsapp-user", "email", "xmpp", "web"})
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """One outbox row as a connector sees it."""
+# ---- outbound: what the outbox hands a channel ----------------------------------------------
 
-    id: str  # the outbox id: stable across retries, usable as an idempotency key
+
+class OutboundKind(StrEnum):
+    MESSAGE = "message"  # a text on the customer's leg (an agent's reply, a gateway notice)
+    OTP = "otp"  # a one-time code
+    CALL = "call"  # a callback to place
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundMessage:
+    """One outbox row as a channel sees it; always one of the three kinds below."""
+
+    id: OutboxId  # stable across retries: usable as an idempotency key
     channel: str
-    kind: str  # "message" | "otp" | "call"
     to: str  # the customer's address, e.g. "sms:+14155550100"
-    from_: str | None  # our address on that channel, when the leg knows it
-    text: str | None
-    payload: dict[str, Any] = field(default_factory=dict)
+    from_: str | None = None  # our address on that channel, when the leg knows it
+    conversation_id: ConversationId | None = None
+    leg_id: LegId | None = None
+    thread_key: str | None = None  # the leg's thread (an email thread's root, a chat)
     attempt: int = 1
+    kind: ClassVar[OutboundKind]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextMessage(OutboundMessage):
+    text: str
+    kind: ClassVar[OutboundKind] = OutboundKind.MESSAGE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeMessage(OutboundMessage):
+    """A one-time code; `text` is the whole message the customer reads, code included."""
+
+    text: str
+    challenge_id: str | None = None
+    kind: ClassVar[OutboundKind] = OutboundKind.OTP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallbackRequest(OutboundMessage):
+    """A call to place to `to`; answered, it presents `escalation_token` to the core."""
+
+    escalation_token: str
+    escalation_id: str
+    kind: ClassVar[OutboundKind] = OutboundKind.CALL
+
+
+Texted = TextMessage | CodeMessage  # what a messaging channel can send
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +111,11 @@ class SendError(Exception):
         self.permanent = permanent
 
 
+class ChannelError(Exception):
+    """A channel cannot start (a login refused, a port taken); the message says what to fix.
+    `gateway serve` prints it as one line and exits."""
+
+
 @runtime_checkable
 class Connector(Protocol):
     """What the outbox worker needs from a channel."""
@@ -68,7 +125,7 @@ class Connector(Protocol):
     async def send(self, message: OutboundMessage) -> SendReceipt: ...
 
 
-# ---- the target interface (#8) ------------------------------------------------------------
+# ---- channels -----------------------------------------------------------------------------------
 
 
 class Presence(StrEnum):
@@ -80,8 +137,8 @@ class Presence(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
-    """What `make run` prints about a mounted channel: its name and the URLs to paste into
-    the provider's console (e.g. "Twilio messaging webhook: https://…/webhooks/twilio/…")."""
+    """What `gateway serve` prints about a mounted channel: its name and the URLs to paste
+    into the provider's console (e.g. "A message comes in: https://…/webhooks/twilio/…")."""
 
     name: str
     urls: tuple[tuple[str, str], ...] = ()  # (what, url)
@@ -92,30 +149,48 @@ class ChannelInfo:
 class ContextLink:
     """A context token issued for a leg: the capability URL an agent opens."""
 
-    leg_id: str
-    conversation_id: str
+    leg_id: LegId
+    conversation_id: ConversationId
     token: str
     url: str
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CallOffer:
+    """A call offered to one agent: whom, where their phone is, and what the call carries."""
+
+    agent_id: str
+    target: AgentTarget
+    route: CallRoute
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDeps:
+    """What a channel may need besides the sink, handed to `from_settings`."""
+
+    clock: Clock
+    metrics: Metrics
+    router: AgentDirectory  # the core's agent router (SIP registers phones in it)
+
+
 @runtime_checkable
 class Channel(Protocol):
-    """One channel. Built by a `from_settings(settings, deps)` classmethod that returns None
-    when the channel is not configured (and raises `config.settings.ConfigError` naming the
-    key when it is configured wrongly)."""
+    """One channel, started with the sink and closed by the composition root."""
 
     name: str  # "twilio", "whatsapp", "sip", "email", "xmpp", "memory"
     channels: frozenset[str]  # the address channels `send` serves; empty when it sends nothing
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
-        """aiohttp routes to mount (webhooks); () when the channel has none."""
+        """aiohttp routes to mount (webhooks); () when the channel has none. Called before
+        `start`; handlers reach the sink the channel is given there (503 before that)."""
         ...
 
     def describe(self) -> ChannelInfo: ...
 
     async def start(self, sink: InboundSink) -> None:
-        """Connect, listen, log in. Raise with a message a user can act on when that fails."""
+        """Connect, listen, log in. Raise `ChannelError` (or OSError) with a message a user
+        can act on when that fails."""
         ...
 
     async def aclose(self) -> None:
@@ -123,6 +198,26 @@ class Channel(Protocol):
         ...
 
     async def send(self, message: OutboundMessage) -> SendReceipt: ...
+
+
+class ChannelFactory(Protocol):
+    """A channel class as the registry in `gateway/app.py` lists it."""
+
+    name: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, deps: ChannelDeps) -> Channel | None:
+        """The channel, or None when it is not configured; raises
+        `config.settings.ConfigError` naming the key when it is configured wrongly."""
+        ...
+
+    @classmethod
+    def why_off(cls, settings: Settings) -> str:
+        """For the start-up report: what to set to turn the channel on."""
+        ...
+
+
+# ---- what the core offers channels ------------------------------------------------------------
 
 
 class AgentRouter(Protocol):
@@ -133,9 +228,35 @@ class AgentRouter(Protocol):
     releases its agent. The SIP proxy and the Twilio Voice webhook only translate answers.
     """
 
+    def get(self, agent_id: str) -> Agent | None: ...
+
+    def by_xmpp(self, jid: str) -> Agent | None:
+        """The agent whose configured bare JID this is (case-insensitive)."""
+        ...
+
     def set_presence(self, agent_id: str, source: str, presence: Presence) -> None:
         """`source` is the channel reporting it ("sip", "xmpp"); an agent is available when
         any source says available."""
+        ...
+
+    def presence(self, agent_id: str) -> Presence: ...
+
+    def load(self, agent_id: str) -> int:
+        """Calls the agent has now (offered or answered)."""
+        ...
+
+    def offer(self, call_ref: str, exclude: Sequence[str] = ()) -> AgentTarget | None:
+        """The least busy available agent with a phone for this call, not in `exclude`
+        (ties round-robin), now counted busy with it; a call holds one agent at a time."""
+        ...
+
+    def release(self, call_ref: str, agent_id: str | None = None) -> str | None:
+        """The call no longer holds its agent (only when it is `agent_id`, if given); the
+        agent it held, or None."""
+        ...
+
+    def holding(self, call_ref: str) -> str | None:
+        """The agent a call is offered to (or answered by) now."""
         ...
 
 
@@ -143,21 +264,28 @@ class AgentDesk(Protocol):
     """Agent commands, for channels where agents work (XMPP now; the HTTP API uses the same
     core commands). `agent_id` is the acting agent, already authenticated by the channel."""
 
-    async def take(self, agent_id: str, conversation_id: str | None) -> Any:
-        """Assign a conversation (None: the next one waiting) to the agent."""
+    async def take(self, agent_id: str, conversation_id: str | None) -> Assignment | None:
+        """Assign a conversation (None: the next one waiting) to the agent; None when no
+        conversation waits. Conflict when another agent has it."""
         ...
 
-    async def release(self, agent_id: str, conversation_id: str) -> None: ...
+    async def release(self, agent_id: str, conversation_id: str) -> Assignment: ...
+
+    async def release_all(self, agent_id: str) -> list[Assignment]:
+        """The agent went offline: every conversation they had goes back to the queue."""
+        ...
 
     async def close(self, agent_id: str, conversation_id: str) -> None: ...
 
-    async def reply(self, agent_id: str, conversation_id: str, text: str) -> Any: ...
+    async def reply(self, agent_id: str, conversation_id: str, text: str) -> ReplyQueued: ...
 
-    async def verify(self, agent_id: str, conversation_id: str, address: str | None) -> Any: ...
+    async def verify(self, agent_id: str, conversation_id: str, address: str | None
+                     ) -> VerificationStarted: ...
 
-    async def escalate(self, agent_id: str, conversation_id: str, mode: str) -> Any: ...
+    async def escalate(self, agent_id: str, conversation_id: str, mode: str
+                       ) -> EscalationIssued: ...
 
-    async def summary(self, conversation_id: str) -> Any:
+    async def summary(self, conversation_id: str) -> ConversationSummary:
         """The bundle summary an agent sees first: customer, verification badge, last
         messages, context link."""
         ...
@@ -170,22 +298,32 @@ class InboundSink(Protocol):
     router: AgentRouter
     desk: AgentDesk
 
-    async def ingest(self, event: InboundMessage) -> Any:
+    async def ingest(self, event: InboundMessage) -> IngestResult:
         """Store an inbound message once (deduplicated by provider and provider_id)."""
         ...
 
     async def delivery_status(self, event: DeliveryStatus) -> str | None: ...
 
-    async def open_call(self, call: IncomingCall) -> Any: ...
+    async def open_call(self, call: IncomingCall) -> CallRoute: ...
+
+    async def offer_call(self, route: CallRoute, tried: Sequence[str] = ()) -> CallOffer | None:
+        """Offer the call to the next agent (none of `tried`); publishes `CallOffered`. None
+        when nobody can take it (or enough agents were tried)."""
+        ...
 
     async def call_event(self, event: CallEvent) -> bool: ...
 
-    async def check_thread_token(self, token: str) -> str | None:
+    async def check_thread_token(self, token: str) -> ConversationId | None:
         """The conversation id a gateway-issued thread token (an email reply address or
         Message-ID) belongs to; None for an unknown or forged one."""
         ...
 
-    async def issue_context(self, leg_id: str) -> ContextLink:
+    async def issue_thread_token(self, leg_id: LegId) -> str:
+        """A long-lived token for a messaging leg's outbound thread (an email's reply
+        address): a reply that carries it is bound to that leg's customer."""
+        ...
+
+    async def issue_context(self, leg_id: LegId) -> ContextLink:
         """A context token for a messaging leg (an XMPP agent's first message carries it)."""
         ...
 

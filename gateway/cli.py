@@ -9,12 +9,17 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from config.settings import ConfigError, Settings, load_settings
 from gateway import logs
+from gateway.channels import ChannelError
 from gateway.store import upgrade
+
+if TYPE_CHECKING:
+    from gateway.app import ChannelReport
 
 log = logging.getLogger("gateway")
 
@@ -37,12 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def channel_report(reports: Sequence[ChannelReport]) -> str:
+    """The start-up report: each channel mounted with the URLs to paste into the provider's
+    console, and each one off with what turns it on."""
+    lines = ["channels:"]
+    for report in reports:
+        if report.info is None:
+            lines.append(f"  {report.name:<10} off  {report.why_off}")
+            continue
+        lines.append(f"  {report.name:<10} on")
+        lines += [f"      {what}: {url}" for what, url in report.info.urls]
+        lines += [f"      ({note})" for note in report.info.notes]
+    return "\n".join(lines)
+
+
 async def serve(settings: Settings) -> None:
-    from gateway.app import build_app
+    from gateway.app import GATEWAY, build_app, setup_runner
 
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    await setup_runner(runner)
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -59,8 +78,11 @@ async def serve(settings: Settings) -> None:
         # young generation every 700 allocations cost the SIP edge a fifth of its calls per
         # second (bench/sip_cps.py: 400 -> 500 CPS, p99 setup delay 8 -> 4 ms).
         gc.set_threshold(20_000, 50, 100)
-        log.info("gateway listening on http://%s:%s (public URL %s)", settings.http_host,
-                 settings.http_port, settings.public_url)
+        host, port = runner.addresses[0][:2]
+        log.info("gateway listening on http://%s:%s (public URL %s)", host, port,
+                 settings.public_url)
+        print(f"gateway: listening on http://{host}:{port}, public URL {settings.public_url}"
+              f"\n{channel_report(app[GATEWAY].report())}", flush=True)
         await stop.wait()
         log.info("stopping")
     finally:
@@ -91,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo())
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
+    except (OSError, ChannelError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -26,6 +26,7 @@ from gateway.models import (
     Leg,
     TranscriptEntry,
 )
+from gateway.domain import iso
 from gateway.trust import Binding, CarryDecision, LegFacts, decide_carry
 from gateway.store import Prepared
 from gateway.verification import hash_token, read_grant, read_latest_grant
@@ -65,13 +66,6 @@ def issue_token(
         "created_at": now, "expires_at": now + ttl,
     })
     return IssuedToken(token, now + ttl)
-
-
-def iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC with milliseconds, the one time format of the API."""
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_text(value: str | None) -> str | None:

@@ -2,11 +2,14 @@
 
 One open conversation per customer (closed after an idle window); one leg per channel session;
 the transcript is one ordered list across legs, ordered by the gateway's receive time (the
-row id). Functions take an open connection: the caller owns the transaction.
+row id). Functions take an open connection (or a `Tx`, when what they write is news: a
+transcript entry, a closed conversation): the caller owns the transaction. They return the
+typed rows of `gateway/domain.py`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,13 +17,25 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from gateway.bus import ConversationClosed, EntryAdded
+from gateway.domain import (
+    ConversationId,
+    ConversationRow,
+    CustomerId,
+    EntryId,
+    LegId,
+    LegRow,
+    ThreadMatch,
+)
 from gateway.models import Conversation, CustomerAddress, Leg, ProcessedEvent, TranscriptEntry
 from gateway.store import Prepared, new_id
+from gateway.writes import Tx
 
 CONVERSATIONS = Conversation.__table__
 LEGS = Leg.__table__
 TRANSCRIPT = TranscriptEntry.__table__
 PROCESSED = ProcessedEvent.__table__
+ADDRESSES = CustomerAddress.__table__
 
 
 # Hot-path statements, built once: constructing a statement costs more than running it.
@@ -56,9 +71,6 @@ _OPEN_CONVERSATION = Prepared(
     .order_by(CONVERSATIONS.c.opened_at.desc())
     .limit(1)
 )
-
-
-ADDRESSES = CustomerAddress.__table__
 _THREAD = Prepared(
     select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence, CONVERSATIONS.c.id,
            CONVERSATIONS.c.last_activity_at, LEGS.c.id)
@@ -73,13 +85,15 @@ _THREAD = Prepared(
 )
 
 
-def lookup_thread(
-    conn: Connection, address: str, channel: str, thread_key: str
-) -> tuple[str, str, str | None, datetime | None, str | None] | None:
-    """In one query: (customer_id, evidence, open conversation, its last activity, the leg of
-    this thread in it). The steady state of every chat needs nothing more."""
+def lookup_thread(conn: Connection, address: str, channel: str, thread_key: str
+                  ) -> ThreadMatch | None:
+    """In one query: the sender's customer, their open conversation and its last activity,
+    and the leg of this thread in it. The steady state of every chat needs nothing more."""
     rows = _THREAD.execute(conn, {"a": address, "ch": channel, "t": thread_key})
-    return None if not rows else (rows[0][0], rows[0][1], rows[0][2], rows[0][3], rows[0][4])
+    if not rows:
+        return None
+    customer_id, evidence, conversation_id, last_at, leg_id = rows[0]
+    return ThreadMatch(customer_id, evidence, conversation_id, last_at, leg_id)
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:
@@ -103,41 +117,94 @@ def claim_event(
 
 
 def open_conversation(
-    conn: Connection, customer_id: str, now: datetime, idle: timedelta
-) -> tuple[str, bool]:
-    """The customer's open conversation, or a new one. Returns (id, created)."""
-    rows = _OPEN_CONVERSATION.execute(conn, {"c": customer_id})
+    tx: Tx, customer_id: CustomerId, idle: timedelta
+) -> tuple[ConversationId, bool]:
+    """The customer's open conversation, or a new one. Returns (id, created).
+
+    An open conversation idle for longer than `idle` is closed first."""
+    rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
     row = rows[0] if rows else None
     if row is not None:
-        if now - row[1] <= idle:
+        if tx.now - row[1] <= idle:
             return row[0], False
-        close_conversation(conn, row[0], now)
-    conversation_id = new_id("conv")
-    conn.execute(INSERT_CONVERSATIONS, dict(
-            id=conversation_id, customer_id=customer_id, status="open", opened_at=now,
-            last_activity_at=now, closed_at=None,
+        close_conversation(tx, row[0], customer_id)
+    conversation_id = ConversationId(new_id("conv"))
+    tx.conn.execute(INSERT_CONVERSATIONS, dict(
+            id=conversation_id, customer_id=customer_id, status="open", opened_at=tx.now,
+            last_activity_at=tx.now, closed_at=None, agent_id=None,
         ))
     return conversation_id, True
 
 
-def close_conversation(conn: Connection, conversation_id: str, now: datetime) -> None:
-    conn.execute(
+def close_conversation(tx: Tx, conversation_id: str, customer_id: str) -> bool:
+    """Close an open conversation (its agent lets go of it); False when it was not open."""
+    closed = tx.conn.execute(
         update(CONVERSATIONS)
         .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.status == "open")
-        .values(status="closed", closed_at=now)
+        .values(status="closed", closed_at=tx.now)
     )
+    if closed.rowcount != 1:
+        return False
+    tx.publish(ConversationClosed(conversation_id, customer_id))
+    return True
+
+
+def _conversation_row(row: Any) -> ConversationRow:
+    return ConversationRow(
+        id=row["id"], customer_id=row["customer_id"], status=row["status"],
+        opened_at=row["opened_at"], last_activity_at=row["last_activity_at"],
+        closed_at=row["closed_at"], agent_id=row["agent_id"])
+
+
+def read_conversation(conn: Connection, conversation_id: str) -> ConversationRow | None:
+    row = conn.execute(
+        select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)
+    ).mappings().first()
+    return None if row is None else _conversation_row(row)
+
+
+def assigned_to(conn: Connection, agent_id: str) -> list[ConversationRow]:
+    rows = conn.execute(
+        select(CONVERSATIONS).where(CONVERSATIONS.c.agent_id == agent_id,
+                                    CONVERSATIONS.c.status == "open")
+        .order_by(CONVERSATIONS.c.last_activity_at)
+    ).mappings().all()
+    return [_conversation_row(r) for r in rows]
+
+
+def next_waiting(conn: Connection, now: datetime, idle: timedelta) -> ConversationRow | None:
+    """The open, unassigned conversation that has waited longest (within the idle window)."""
+    row = conn.execute(
+        select(CONVERSATIONS)
+        .where(CONVERSATIONS.c.status == "open", CONVERSATIONS.c.agent_id.is_(None),
+               CONVERSATIONS.c.last_activity_at > now - idle)
+        .order_by(CONVERSATIONS.c.last_activity_at, CONVERSATIONS.c.id)
+        .limit(1)
+    ).mappings().first()
+    return None if row is None else _conversation_row(row)
+
+
+def assign(conn: Connection, conversation_id: str, agent_id: str | None,
+           expected: str | None) -> bool:
+    """Give the conversation to `agent_id` (None: back to the queue) if it is still with
+    `expected`; False when someone else changed it first."""
+    where = [CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.status == "open"]
+    where.append(CONVERSATIONS.c.agent_id.is_(None) if expected is None
+                 else CONVERSATIONS.c.agent_id == expected)
+    changed = conn.execute(update(CONVERSATIONS).where(*where).values(agent_id=agent_id))
+    return changed.rowcount == 1
 
 
 def find_leg(
     conn: Connection, conversation_id: str, channel: str, thread_key: str
-) -> str | None:
+) -> LegId | None:
     rows = _FIND_LEG.execute(conn, {"c": conversation_id, "ch": channel, "t": thread_key})
     return rows[0][0] if rows else None
 
 
 def open_leg(
     conn: Connection,
-    conversation_id: str,
+    conversation_id: ConversationId,
     channel: str,
     thread_key: str,
     address: str,
@@ -145,12 +212,12 @@ def open_leg(
     now: datetime,
     local_address: str | None = None,
     escalation_id: str | None = None,
-) -> tuple[str, bool]:
+) -> tuple[LegId, bool]:
     """The leg for this thread in the conversation, or a new one. Returns (id, created)."""
     existing = find_leg(conn, conversation_id, channel, thread_key)
     if existing is not None:
         return existing, False
-    leg_id = new_id("leg")
+    leg_id = LegId(new_id("leg"))
     INSERT_LEGS.execute(conn, {
         "id": leg_id, "conversation_id": conversation_id, "channel": channel,
         "thread_key": thread_key, "address": address, "local_address": local_address,
@@ -160,9 +227,38 @@ def open_leg(
     return leg_id, True
 
 
+def _leg_row(row: Any) -> LegRow:
+    return LegRow(
+        id=row["id"], conversation_id=row["conversation_id"], channel=row["channel"],
+        thread_key=row["thread_key"], address=row["address"],
+        local_address=row["local_address"], binding=row["binding"],
+        escalation_id=row["escalation_id"], started_at=row["started_at"],
+        ended_at=row["ended_at"], agent_id=row["agent_id"])
+
+
+def read_leg(conn: Connection, leg_id: str) -> LegRow | None:
+    row = conn.execute(select(LEGS).where(LEGS.c.id == leg_id)).mappings().first()
+    return None if row is None else _leg_row(row)
+
+
+def latest_leg(conn: Connection, conversation_id: str, channels: Iterable[str] | None = None,
+               address: str | None = None) -> LegRow | None:
+    """The conversation's newest leg (on one of `channels`, for `address`, when given)."""
+    query = select(LEGS).where(LEGS.c.conversation_id == conversation_id)
+    if channels is not None:
+        query = query.where(LEGS.c.channel.in_(sorted(channels)))
+    if address is not None:
+        query = query.where(LEGS.c.address == address)
+    row = conn.execute(
+        query.order_by(LEGS.c.started_at.desc(), LEGS.c.id.desc()).limit(1)
+    ).mappings().first()
+    return None if row is None else _leg_row(row)
+
+
 def append(
-    conn: Connection,
+    tx: Tx,
     *,
+    customer_id: str,
     conversation_id: str,
     leg_id: str,
     channel: str,
@@ -170,18 +266,23 @@ def append(
     kind: str,
     author: str,
     text: str,
-    now: datetime,
     provider: str | None = None,
     provider_id: str | None = None,
     provider_at: datetime | None = None,
     data: dict[str, Any] | None = None,
-) -> int:
-    """Append one entry to the transcript and mark the conversation active."""
-    entry_id = _APPEND.execute(conn, {
+) -> EntryId:
+    """Append one entry to the transcript, mark the conversation active, and say so (an
+    `EntryAdded` that builds its `Entry` when someone reads it)."""
+    now = tx.now
+    entry_id = EntryId(int(_APPEND.execute(tx.conn, {
         "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
         "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,
         "author": author, "text": text, "data": data, "provider": provider,
         "provider_id": provider_id,
-    })[0][0]
-    _TOUCH.execute(conn, {"cid": conversation_id, "now": now})
-    return int(entry_id)
+    })[0][0]))
+    _TOUCH.execute(tx.conn, {"cid": conversation_id, "now": now})
+    # Entry's field order: id, conversation_id, leg_id, at, channel, direction, kind, author,
+    # text, provider_at, data.
+    tx.publish(EntryAdded(customer_id, (entry_id, conversation_id, leg_id, now, channel,
+                                        direction, kind, author, text, provider_at, data)))
+    return entry_id

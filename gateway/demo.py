@@ -155,7 +155,7 @@ def show(bundle: dict[str, Any]) -> None:
 
 async def run_demo() -> int:
     from gateway import logs
-    from gateway.app import build_app
+    from gateway.app import build_app, setup_runner
 
     logs.configure("WARNING", "text")  # the story is the output; warnings still show
 
@@ -177,7 +177,7 @@ async def run_demo() -> int:
         )
         app = build_app(settings)
         runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
+        await setup_runner(runner)
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
             async with aiohttp.ClientSession() as http:

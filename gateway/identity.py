@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.addresses import PHONE_CHANNELS, Address
+from gateway.domain import AddressLink, CustomerId
 from gateway.models import Conversation, Customer, CustomerAddress, IdentityLink, Merge
 from gateway.store import Prepared, new_id
 
@@ -56,11 +57,11 @@ _FIND = Prepared(select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence).where(
 ))
 
 
-def find_customer(conn: Connection, address: Address) -> tuple[str, str] | None:
-    """(customer_id, evidence) for the address, following merges; None when unknown."""
+def find_customer(conn: Connection, address: Address) -> AddressLink | None:
+    """Whom the address belongs to (following merges) and on what evidence; None when
+    unknown."""
     rows = _FIND.execute(conn, {"a": str(address)})
-    row = rows[0] if rows else None
-    return (row[0], row[1]) if row else None
+    return AddressLink(rows[0][0], rows[0][1]) if rows else None
 
 
 def resolve(
@@ -70,7 +71,7 @@ def resolve(
     now: datetime,
     detail: str | None = None,
     display_name: str | None = None,
-) -> tuple[str, bool]:
+) -> tuple[CustomerId, bool]:
     """The customer for `address`, creating or linking one. Returns (customer_id, created).
 
     Same E.164 on sms/whatsapp/voice joins the existing customer with `same-number` evidence:
@@ -78,10 +79,9 @@ def resolve(
     """
     found = find_customer(conn, address)
     if found is not None:
-        customer_id, current = found
-        if STRENGTH[evidence] > STRENGTH[Evidence(current)]:
-            _relink(conn, address, customer_id, evidence, now, detail)
-        return customer_id, False
+        if STRENGTH[evidence] > STRENGTH[Evidence(found.evidence)]:
+            _relink(conn, address, found.customer_id, evidence, now, detail)
+        return found.customer_id, False
     if address.is_phone:
         siblings = [str(address.on(ch)) for ch in sorted(PHONE_CHANNELS - {address.channel})]
         row = (
@@ -95,8 +95,8 @@ def resolve(
         if row is not None:
             # The link is by number, whatever the channel says about the sender.
             link(conn, address, row[0], Evidence.SAME_NUMBER, now, detail)
-            return row[0], False
-    customer_id = new_id("cus")
+            return CustomerId(row[0]), False
+    customer_id = CustomerId(new_id("cus"))
     conn.execute(INSERT_CUSTOMERS,
                  dict(id=customer_id, display_name=display_name, created_at=now))
     link(conn, address, customer_id, evidence, now, detail)
@@ -115,8 +115,8 @@ def link(
     """Link a new address to a customer. An address already linked is an IdentityError."""
     found = find_customer(conn, address)
     if found is not None:
-        if found[0] == customer_id:
-            if STRENGTH[evidence] > STRENGTH[Evidence(found[1])]:
+        if found.customer_id == customer_id:
+            if STRENGTH[evidence] > STRENGTH[Evidence(found.evidence)]:
                 _relink(conn, address, customer_id, evidence, now, detail)
             return
         if evidence is Evidence.CLAIMED:
@@ -129,7 +129,7 @@ def link(
                     at=now,
                 ))
             return
-        raise IdentityError(f"{address} already belongs to customer {found[0]}")
+        raise IdentityError(f"{address} already belongs to customer {found.customer_id}")
     conn.execute(INSERT_ADDRESSES, dict(
             address=str(address),
             channel=address.channel,

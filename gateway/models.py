@@ -108,7 +108,9 @@ class Conversation(Base):
     opened_at: Mapped[datetime]
     last_activity_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
-    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),)
+    agent_id: Mapped[str | None] = mapped_column(String(100))  # who took it; None: queued
+    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),
+                      Index("ix_conversations_agent", "agent_id", "status"))
 
 
 class Leg(Base):
@@ -257,3 +259,24 @@ class EarlyStatus(Base):
     status: Mapped[str] = mapped_column(String(15), primary_key=True)
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime]
+
+
+class ThreadToken(Base):
+    """A long-lived token for a messaging leg's thread (an email reply address): a reply
+    that carries it is bound to that leg. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "thread_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    leg_id: Mapped[str] = mapped_column(ForeignKey("legs.id"), index=True)
+    conversation_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+
+
+class Checkpoint(Base):
+    """A channel's position (an IMAP mailbox's UIDVALIDITY and last UID, an XMPP archive
+    id), written in the transaction of the message that advanced it."""
+
+    __tablename__ = "checkpoints"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(String(400))
+    updated_at: Mapped[datetime]

@@ -1,10 +1,20 @@
 """The durable outbox: outbound sends written with the event that caused them, sent later.
 
 `enqueue` runs inside the caller's transaction, so a reply exists exactly when the event that
-caused it was committed. The worker claims a due row (committed), calls the connector, and
-records the outcome. A row claimed but not finished when the process died is *in doubt*: the
-provider may or may not have it. It is never resent blindly (that could send twice); it is
-marked `unknown` with a clear error an agent sees. Status callbacks move a row forward only.
+caused it was committed. The worker claims a due row (committed), hands the channel a typed
+message (`TextMessage`, `CodeMessage`, `CallbackRequest`), and records the outcome. A row
+claimed but not finished when the process died is *in doubt*: the provider may or may not have
+it. It is never resent blindly (that could send twice); it is marked `unknown` with a clear
+error an agent sees. Status callbacks move a row forward only.
+
+States and what moves them (the tables below are the whole machine):
+
+    pending --claim--> sending --receipt--> accepted | queued | sent
+                       sending --retry----> pending     (transient failure, before the limit)
+                       sending --give-up--> failed      (permanent failure, or the limit)
+                       sending --lost-----> unknown     (the process died mid-send)
+    accepted/queued/sent/delivered --provider status--> any state of higher RANK
+    failed, undelivered, read: final (delivered may still become read)
 """
 
 from __future__ import annotations
@@ -14,60 +24,159 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.channels import Connector, OutboundMessage, SendError
+from gateway.channels import (
+    CallbackRequest,
+    CodeMessage,
+    Connector,
+    OutboundKind,
+    OutboundMessage,
+    SendError,
+    TextMessage,
+)
 from gateway.clock import Clock
+from gateway.domain import ConversationId, LegId, OutboxId, OutboxState
 from gateway.models import EarlyStatus, OutboxMessage
 from gateway.conversations import insert_ignore
-from gateway.store import new_id
+from gateway.store import Prepared, new_id
 
 log = logging.getLogger("gateway.outbox")
 OUTBOX = OutboxMessage.__table__
 EARLY = EarlyStatus.__table__
 
-# Where a message stands; a status only ever moves to a higher rank.
-RANK = {
-    "pending": 0, "sending": 0, "unknown": 0, "accepted": 1, "queued": 1, "sending-provider": 1,
-    "sent": 2, "failed": 3, "undelivered": 3, "delivered": 3, "read": 4,
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by the worker, on the wire
+    UNKNOWN = "unknown"  # was on the wire when the process died: never resent
+    ACCEPTED = "accepted"
+    QUEUED = "queued"
+    SENDING_PROVIDER = "sending-provider"
+    SENT = "sent"
+    FAILED = "failed"
+    UNDELIVERED = "undelivered"
+    DELIVERED = "delivered"
+    READ = "read"
+
+
+class WorkerStep(StrEnum):
+    CLAIM = "claim"
+    RECEIPT = "receipt"
+    RETRY = "retry"
+    GIVE_UP = "give-up"
+    LOST = "lost"
+
+
+S = OutboxStatus
+# The worker's transitions: (state, step) -> the states it may lead to.
+WORKER: Mapping[tuple[OutboxStatus, WorkerStep], frozenset[OutboxStatus]] = {
+    (S.PENDING, WorkerStep.CLAIM): frozenset({S.SENDING}),
+    (S.SENDING, WorkerStep.RECEIPT): frozenset({S.ACCEPTED, S.QUEUED, S.SENT}),
+    (S.SENDING, WorkerStep.RETRY): frozenset({S.PENDING}),
+    (S.SENDING, WorkerStep.GIVE_UP): frozenset({S.FAILED}),
+    (S.SENDING, WorkerStep.LOST): frozenset({S.UNKNOWN}),
 }
-FINAL = {"failed", "undelivered", "read"}  # delivered may still become read
+# Where a message stands for status callbacks; a status only ever moves to a higher rank.
+RANK: Mapping[str, int] = {
+    S.PENDING: 0, S.SENDING: 0, S.UNKNOWN: 0, S.ACCEPTED: 1, S.QUEUED: 1,
+    S.SENDING_PROVIDER: 1, S.SENT: 2, S.FAILED: 3, S.UNDELIVERED: 3, S.DELIVERED: 3, S.READ: 4,
+}
+FINAL = frozenset({S.FAILED, S.UNDELIVERED, S.READ})  # delivered may still become read
 LEASE = timedelta(seconds=60)
+_RECEIPT = WORKER[(S.SENDING, WorkerStep.RECEIPT)]
 
 
-def enqueue(
-    conn: Connection,
-    *,
-    channel: str,
-    kind: str,
-    to: str,
-    from_: str | None,
-    text: str | None,
-    now: datetime,
-    conversation_id: str | None = None,
-    leg_id: str | None = None,
-    payload: dict[str, Any] | None = None,
-    transcript_entry_id: int | None = None,
-    message_id: str | None = None,
-) -> str:
-    message_id = message_id or new_id("out")
-    body = dict(payload or {})
-    if text is not None:
-        body["text"] = text
-    conn.execute(
-        insert(OUTBOX).values(
-            id=message_id, conversation_id=conversation_id, leg_id=leg_id, channel=channel,
-            kind=kind, to_address=to, from_address=from_, payload=body, status="pending",
-            attempts=0, next_attempt_at=now, lease_until=None, last_error=None,
-            provider_id=None, transcript_entry_id=transcript_entry_id, created_at=now,
-            updated_at=now,
-        )
-    )
-    return message_id
+def worker_step(current: OutboxStatus, step: WorkerStep, to: OutboxStatus) -> OutboxStatus:
+    """`to`, when the table allows it from `current`; a bug otherwise."""
+    if to not in WORKER.get((current, step), frozenset()):
+        raise AssertionError(f"outbox: {step} cannot move a {current} row to {to}")
+    return to
+
+
+def provider_step(current: str, reported: str) -> str | None:
+    """The state after a provider reports `reported`, or None when it changes nothing."""
+    if reported not in RANK:
+        return None
+    if RANK[reported] <= RANK.get(current, 0) or current in FINAL:
+        return None
+    return reported
+
+
+# ---- typed messages <-> the row's payload ------------------------------------------------------
+
+
+def _payload(message: OutboundMessage) -> dict[str, Any]:
+    if isinstance(message, CallbackRequest):
+        return {"escalation_token": message.escalation_token,
+                "escalation_id": message.escalation_id}
+    assert isinstance(message, (TextMessage, CodeMessage))
+    body: dict[str, Any] = {"text": message.text}
+    if message.thread_key is not None:
+        body["thread_key"] = message.thread_key
+    if isinstance(message, CodeMessage) and message.challenge_id is not None:
+        body["challenge_id"] = message.challenge_id
+    return body
+
+
+def message_from_row(row: Mapping[str, Any]) -> OutboundMessage:
+    """The typed message an outbox row holds (rows of every schema version)."""
+    payload = dict(row["payload"] or {})
+    common: dict[str, Any] = dict(
+        id=OutboxId(row["id"]), channel=row["channel"], to=row["to_address"],
+        from_=row["from_address"], conversation_id=row["conversation_id"],
+        leg_id=row["leg_id"], thread_key=payload.get("thread_key"), attempt=row["attempts"])
+    kind = row["kind"]
+    if kind == OutboundKind.CALL:
+        return CallbackRequest(escalation_token=payload.get("escalation_token") or "",
+                               escalation_id=payload.get("escalation_id") or "", **common)
+    if kind == OutboundKind.OTP:
+        return CodeMessage(text=payload.get("text") or "",
+                           challenge_id=payload.get("challenge_id"), **common)
+    return TextMessage(text=payload.get("text") or "", **common)
+
+
+_ENQUEUE = Prepared(insert(OUTBOX).values(
+    {c.name: bindparam(c.name) for c in OUTBOX.columns}))
+
+
+def new_outbox_id() -> OutboxId:
+    """Chosen before the row is written, so the transcript entry can name it (and it, the
+    entry)."""
+    return OutboxId(new_id("out"))
+
+
+def enqueue(conn: Connection, message: OutboundMessage, now: datetime,
+            transcript_entry_id: int | None = None) -> OutboxId:
+    """Write `message` to the outbox in the caller's transaction; the worker sends it."""
+    _ENQUEUE.execute(conn, {
+        "id": message.id, "conversation_id": message.conversation_id,
+        "leg_id": message.leg_id, "channel": message.channel, "kind": str(message.kind),
+        "to_address": message.to, "from_address": message.from_,
+        "payload": _payload(message), "status": str(S.PENDING), "attempts": 0,
+        "next_attempt_at": now, "lease_until": None, "last_error": None, "provider_id": None,
+        "transcript_entry_id": transcript_entry_id, "created_at": now, "updated_at": now,
+    })
+    return message.id
+
+
+def read_state(conn: Connection, message_id: str) -> OutboxState | None:
+    row = conn.execute(select(OUTBOX).where(OUTBOX.c.id == message_id)).mappings().first()
+    if row is None:
+        return None
+    return OutboxState(
+        id=OutboxId(row["id"]), channel=row["channel"], kind=row["kind"],
+        to=row["to_address"], status=row["status"], attempts=row["attempts"],
+        provider_id=row["provider_id"], last_error=row["last_error"],
+        conversation_id=ConversationId(row["conversation_id"]) if row["conversation_id"]
+        else None,
+        leg_id=LegId(row["leg_id"]) if row["leg_id"] else None,
+        created_at=row["created_at"], updated_at=row["updated_at"])
 
 
 def apply_status(
@@ -101,13 +210,14 @@ def _move(conn: Connection, message_id: str, current: str, status: str, now: dat
     if status not in RANK:
         log.warning("outbox: unknown provider status %r for %s ignored", status, message_id)
         return current
-    if RANK[status] <= RANK.get(current, 0) or current in FINAL:
+    moved = provider_step(current, status)
+    if moved is None:
         return current
-    values: dict[str, Any] = {"status": status, "updated_at": now}
+    values: dict[str, Any] = {"status": moved, "updated_at": now}
     if error:
         values["last_error"] = error
     conn.execute(update(OUTBOX).where(OUTBOX.c.id == message_id).values(**values))
-    return status
+    return moved
 
 
 def apply_early(conn: Connection, message_id: str, provider_id: str, now: datetime) -> None:
@@ -119,7 +229,7 @@ def apply_early(conn: Connection, message_id: str, provider_id: str, now: dateti
         return
     current = conn.execute(select(OUTBOX.c.status).where(OUTBOX.c.id == message_id)).scalar()
     for status, error in sorted(early, key=lambda r: RANK[r[0]]):
-        current = _move(conn, message_id, current or "sent", status, now, error)
+        current = _move(conn, message_id, current or S.SENT, status, now, error)
     conn.execute(EARLY.delete().where(EARLY.c.provider_id == provider_id))
 
 
@@ -159,6 +269,11 @@ class OutboxWorker:
         self._task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
+        self.passes = 0  # completed scans for due rows (health shows it)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
     def add_connector(self, connector: Connector) -> None:
         for channel in connector.channels:
@@ -193,9 +308,9 @@ class OutboxWorker:
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.status == "sending")
+                .where(OUTBOX.c.status == S.SENDING)
                 .values(
-                    status="unknown",
+                    status=worker_step(S.SENDING, WorkerStep.LOST, S.UNKNOWN),
                     updated_at=now,
                     last_error="the gateway stopped while this was being sent; not resent "
                     "automatically to avoid a duplicate: check the provider's log",
@@ -228,7 +343,7 @@ class OutboxWorker:
             rows = (
                 await conn.execute(
                     select(OUTBOX.c.id)
-                    .where(OUTBOX.c.status == "pending", OUTBOX.c.next_attempt_at <= now)
+                    .where(OUTBOX.c.status == S.PENDING, OUTBOX.c.next_attempt_at <= now)
                     .order_by(OUTBOX.c.next_attempt_at)
                     .limit(200)
                 )
@@ -236,7 +351,7 @@ class OutboxWorker:
             upcoming = (
                 await conn.execute(
                     select(OUTBOX.c.next_attempt_at)
-                    .where(OUTBOX.c.status == "pending", OUTBOX.c.next_attempt_at > now)
+                    .where(OUTBOX.c.status == S.PENDING, OUTBOX.c.next_attempt_at > now)
                     .order_by(OUTBOX.c.next_attempt_at)
                     .limit(1)
                 )
@@ -247,6 +362,7 @@ class OutboxWorker:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
             task.add_done_callback(lambda _t: self._sem.release())
+        self.passes += 1
         if upcoming is None:
             return self._poll
         return max(0.01, min(self._poll, (upcoming - now).total_seconds()))
@@ -262,9 +378,10 @@ class OutboxWorker:
         async with self._engine.begin() as conn:
             claimed = await conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "pending")
+                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == S.PENDING)
                 .values(
-                    status="sending", attempts=OUTBOX.c.attempts + 1, lease_until=now + LEASE,
+                    status=worker_step(S.PENDING, WorkerStep.CLAIM, S.SENDING),
+                    attempts=OUTBOX.c.attempts + 1, lease_until=now + LEASE,
                     updated_at=now,
                 )
             )
@@ -279,16 +396,11 @@ class OutboxWorker:
         row = await self._claim(message_id)
         if row is None:
             return
-        payload = dict(row["payload"] or {})
-        message = OutboundMessage(
-            id=row["id"], channel=row["channel"], kind=row["kind"], to=row["to_address"],
-            from_=row["from_address"], text=payload.get("text"), payload=payload,
-            attempt=row["attempts"],
-        )
+        message = message_from_row(row)
         connector = self._connectors.get(message.channel)
         values: dict[str, Any]
         if connector is None:
-            values = {"status": "failed",
+            values = {"status": worker_step(S.SENDING, WorkerStep.GIVE_UP, S.FAILED),
                       "last_error": f"no connector is configured for channel {message.channel}"}
         else:
             try:
@@ -303,14 +415,15 @@ class OutboxWorker:
                 log.exception("outbox: connector for %s raised", message.channel)
                 values = self._failure(message, f"{type(exc).__name__}: {exc}", False)
             else:
-                values = {"status": receipt.status if receipt.status in RANK else "sent",
+                first = receipt.status if receipt.status in _RECEIPT else S.SENT
+                values = {"status": worker_step(S.SENDING, WorkerStep.RECEIPT, S(first)),
                           "provider_id": receipt.provider_id, "last_error": None}
         now = self._clock.now()
         values.update(updated_at=now, lease_until=None)
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == "sending")
+                .where(OUTBOX.c.id == message_id, OUTBOX.c.status == S.SENDING)
                 .values(**values)
             )
             if values.get("provider_id"):
@@ -324,6 +437,8 @@ class OutboxWorker:
     def _failure(self, message: OutboundMessage, error: str, permanent: bool) -> dict[str, Any]:
         if permanent or message.attempt >= self._backoff.max_attempts:
             why = error if permanent else f"gave up after {message.attempt} attempts: {error}"
-            return {"status": "failed", "last_error": why}
+            return {"status": worker_step(S.SENDING, WorkerStep.GIVE_UP, S.FAILED),
+                    "last_error": why}
         retry_at = self._clock.now() + timedelta(seconds=self._backoff.delay(message.attempt))
-        return {"status": "pending", "last_error": error, "next_attempt_at": retry_at}
+        return {"status": worker_step(S.SENDING, WorkerStep.RETRY, S.PENDING),
+                "last_error": error, "next_attempt_at": retry_at}

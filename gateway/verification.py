@@ -57,6 +57,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_token() -> str:
+    """A capability: 192 random bits, URL-safe; only its hash is ever stored."""
+    return secrets.token_urlsafe(24)
+
+
 def random_digits(n: int) -> str:
     return "".join(str(secrets.randbelow(10)) for _ in range(n))
 
@@ -240,7 +245,7 @@ def issue_escalation(
     now: datetime,
     ttl: timedelta,
 ) -> IssuedEscalation:
-    token = secrets.token_urlsafe(24)
+    token = new_token()
     pin = random_digits(PIN_DIGITS) if mode == "dial-in" else None
     salt = secrets.token_hex(16) if pin else None
     escalation_id = new_id("esc")

@@ -1,13 +1,39 @@
-"""Small builders shared by the core's tests: typed events as an edge would hand them."""
+"""Small helpers shared by the tests: `wait_until` (the one way to wait for a condition),
+and typed events as an edge would hand them to the core."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
+from collections.abc import Awaitable, Callable
 
 from gateway.addresses import make_address
 from gateway.events import IncomingCall, InboundMessage
 
 _ids = itertools.count(1)
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 5.0,
+                     interval: float = 0.02, fail: bool = True, what: str = "") -> bool:
+    """Wait for `condition` (a function, sync or async) to hold; check it every `interval`.
+
+    After `timeout` seconds: an AssertionError naming `what` (or, with `fail=False`, False,
+    for callers that assert on what they read themselves)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return True
+        if loop.time() >= deadline:
+            if fail:
+                raise AssertionError(f"timed out after {timeout} s waiting for "
+                                     f"{what or getattr(condition, '__name__', 'a condition')}")
+            return False
+        await asyncio.sleep(interval)
 BUSINESS = "+18005550000"
 
 

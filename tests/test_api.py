@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.helpers import call, code_from, whatsapp
+from tests.helpers import call, code_from, wait_until, whatsapp
 
 NUMBER = "+14155550100"
 
@@ -76,13 +75,12 @@ async def test_agent_reply_goes_out_on_the_customers_leg(gateway: RunningGateway
     assert status == 202 and body["channel"] == "whatsapp" and body["to"] == f"whatsapp:{NUMBER}"
     sent = await gateway.memory.wait_for(1)
     assert sent[0].text == "It ships today." and sent[0].to == f"whatsapp:{NUMBER}"
-    for _ in range(100):  # the worker counts the outcome right after recording it
+    async def counted() -> bool:  # the worker counts the outcome right after recording it
         async with gateway.http.get(gateway.url + "/metrics") as resp:
-            if 'gateway_outbound_total{channel="whatsapp",outcome="sent"} 1.0' in await resp.text():
-                break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("the sent reply is not counted in /metrics")
+            return 'gateway_outbound_total{channel="whatsapp",outcome="sent"} 1.0' in (
+                await resp.text())
+
+    await wait_until(counted, what="the sent reply counted in /metrics")
     _, conv = await gateway.api("GET", f"/api/v1/conversations/{first.conversation_id}")
     assert conv["transcript"][-1]["author"] == "agent:12"
     assert conv["transcript"][-1]["direction"] == "out"

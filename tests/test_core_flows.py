@@ -230,7 +230,7 @@ async def test_callback_placed_by_the_gateway_carries_the_verification(
     await worker.drain()
     placed = next(m for m in reversed(memory.sent) if m.kind == "call")
     assert placed.kind == "call" and placed.to == f"voice:{NUMBER}"
-    route = await core.open_call(call(NUMBER, token=placed.payload["escalation_token"]))
+    route = await core.open_call(call(NUMBER, token=placed.escalation_token))
     bundle = await core.bundle(route.context_token)
     assert bundle["verification_reason"] == "verified-via-callback"
     assert bundle["verification"]["address"] == f"whatsapp:{NUMBER}"

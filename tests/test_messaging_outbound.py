@@ -4,7 +4,6 @@ HTTP: what each provider receives, retries after 5xx/429/timeouts (sent once), p
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 
@@ -12,16 +11,14 @@ import pytest
 
 from connectors.twilio import TwilioMessaging
 from connectors.whatsapp import WhatsAppCloud
-from gateway.channels import OutboundMessage, SendError
+from gateway.channels import SendError, TextMessage
 from gateway.clock import FrozenClock
-from tests.messaging_helpers import (  # noqa: F401  (fixture)
+from tests.conftest import (
     BUSINESS_SMS,
     BUSINESS_WHATSAPP,
     PUBLIC_URL,
     Gateways,
-    Gw,
-    gateways,
-    gateways_any_db,
+    RunningGateway,
 )
 from tests.standins import (  # noqa: F401  (fixtures)
     MetaGraphStandin,
@@ -36,7 +33,7 @@ NUMBER = "+14155550100"
 MESSAGING = "/webhooks/twilio/messaging"
 
 
-async def customer_writes_sms(gw: Gw, standin: TwilioStandin, text: str,
+async def customer_writes_sms(gw: RunningGateway, standin: TwilioStandin, text: str,
                               from_: str = NUMBER, to: str = BUSINESS_SMS) -> str:
     """The customer texts us; returns the conversation id."""
     form = twilio_sms_form(account_sid=standin.account_sid, from_=from_, to=to, body=text)
@@ -47,14 +44,14 @@ async def customer_writes_sms(gw: Gw, standin: TwilioStandin, text: str,
     return (await gw.customer(f"{channel}:{number}"))["conversations"][0]["id"]
 
 
-async def reply(gw: Gw, conversation: str, text: str) -> str:
+async def reply(gw: RunningGateway, conversation: str, text: str) -> str:
     status, body = await gw.api("POST", f"/api/v1/conversations/{conversation}/messages",
                                 json={"text": text, "agent": "alice"})
     assert status == 202, body
     return body["id"]
 
 
-async def retry_now(gw: Gw, clock: FrozenClock, seconds: float = 600) -> None:
+async def retry_now(gw: RunningGateway, clock: FrozenClock, seconds: float = 600) -> None:
     """Let the back-off elapse (the clock is the tests') and wake the worker."""
     clock.advance(seconds=seconds)
     gw.gw.outbox.wake()
@@ -64,9 +61,9 @@ async def retry_now(gw: Gw, clock: FrozenClock, seconds: float = 600) -> None:
 
 
 async def test_sms_reply_reaches_twilio_as_twilio_requires(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin)
+    gw = await start_gateway(twilio=twilio_standin)
     conversation = await customer_writes_sms(gw, twilio_standin, "Hello?")
     message_id = await reply(gw, conversation, "Hi, Alice here. Ça va? 😀")
     [sent] = await twilio_standin.wait_for_messages(1)
@@ -82,9 +79,9 @@ async def test_sms_reply_reaches_twilio_as_twilio_requires(
 
 
 async def test_whatsapp_reply_through_twilio_gets_the_whatsapp_prefix(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin)
+    gw = await start_gateway(twilio=twilio_standin)
     conversation = await customer_writes_sms(gw, twilio_standin, "hola",
                                              from_=f"whatsapp:{NUMBER}", to=BUSINESS_WHATSAPP)
     await reply(gw, conversation, "¡Hola! 👋")
@@ -93,9 +90,9 @@ async def test_whatsapp_reply_through_twilio_gets_the_whatsapp_prefix(
 
 
 async def test_with_meta_configured_whatsapp_goes_via_meta_and_sms_via_twilio(
-    gateways: Gateways, twilio_standin: TwilioStandin, meta_graph_standin: MetaGraphStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin, meta_graph_standin: MetaGraphStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin, meta=meta_graph_standin)
+    gw = await start_gateway(twilio=twilio_standin, meta=meta_graph_standin)
     status, _, _ = await gw.meta(meta_message_payload(
         meta_graph_standin.phone_number_id, "15550783881", NUMBER.lstrip("+"), "via meta"))
     assert status == 200
@@ -119,10 +116,10 @@ async def test_with_meta_configured_whatsapp_goes_via_meta_and_sms_via_twilio(
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_twilio_transient_error_then_success_is_sent_once(
-    gateways: Gateways, twilio_standin: TwilioStandin, status: int
+    start_gateway: Gateways, twilio_standin: TwilioStandin, status: int
 ) -> None:
     clock = FrozenClock()
-    gw = await gateways.start(twilio=twilio_standin, clock=clock)
+    gw = await start_gateway(twilio=twilio_standin, clock=clock)
     conversation = await customer_writes_sms(gw, twilio_standin, "help")
     twilio_standin.fail_next(1, status)
     message_id = await reply(gw, conversation, "on it")
@@ -132,16 +129,16 @@ async def test_twilio_transient_error_then_success_is_sent_once(
     [sent] = await twilio_standin.wait_for_messages(1)
     row = await gw.wait_outbox(message_id, lambda r: r["status"] == "queued")
     assert (row["status"], row["attempts"], row["provider_id"]) == ("queued", 2, sent["Sid"])
-    await asyncio.sleep(0.1)
+    await gw.settle()
     assert len(twilio_standin.messages) == 1
     assert len([r for r in twilio_standin.requests if r.path.endswith("Messages.json")]) == 2
 
 
 async def test_twilio_permanent_error_fails_visibly_without_retry(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
     clock = FrozenClock()
-    gw = await gateways.start(twilio=twilio_standin, clock=clock)
+    gw = await start_gateway(twilio=twilio_standin, clock=clock)
     conversation = await customer_writes_sms(gw, twilio_standin, "help")
     twilio_standin.fail_next(1, 400, code=21610,
                              message="Attempt to send to unsubscribed recipient")
@@ -150,14 +147,14 @@ async def test_twilio_permanent_error_fails_visibly_without_retry(
     assert row["status"] == "failed"
     assert "21610" in row["last_error"] and "unsubscribed" in row["last_error"]
     await retry_now(gw, clock)
-    await asyncio.sleep(0.2)
+    await gw.settle()
     assert len(twilio_standin.requests) == 1 and twilio_standin.messages == []
 
 
 async def test_twilio_body_too_long_is_refused_by_twilio_and_shown(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin)
+    gw = await start_gateway(twilio=twilio_standin)
     conversation = await customer_writes_sms(gw, twilio_standin, "help")
     message_id = await reply(gw, conversation, "x" * 2000)
     row = await gw.wait_outbox(message_id, lambda r: r["status"] == "failed")
@@ -171,8 +168,8 @@ async def test_twilio_timeout_is_transient(twilio_standin: TwilioStandin) -> Non
     await connector.start()
     try:
         twilio_standin.delay_next(2.0)
-        message = OutboundMessage(id="out_1", channel="sms", kind="message",
-                                  to=f"sms:{NUMBER}", from_=None, text="slow")
+        message = TextMessage(id="out_1", channel="sms",
+                              to=f"sms:{NUMBER}", from_=None, text="slow")
         with pytest.raises(SendError) as caught:
             await connector.send(message)
         assert caught.value.permanent is False
@@ -187,8 +184,8 @@ async def test_twilio_unreachable_is_transient() -> None:
     await connector.start()
     try:
         with pytest.raises(SendError) as caught:
-            await connector.send(OutboundMessage(id="out_1", channel="sms", kind="message",
-                                                 to=f"sms:{NUMBER}", from_=None, text="x"))
+            await connector.send(TextMessage(id="out_1", channel="sms",
+                                             to=f"sms:{NUMBER}", from_=None, text="x"))
         assert caught.value.permanent is False
     finally:
         await connector.aclose()
@@ -201,8 +198,8 @@ async def test_wrong_twilio_credentials_fail_permanently(twilio_standin: TwilioS
     await connector.start()
     try:
         with pytest.raises(SendError) as caught:
-            await connector.send(OutboundMessage(id="out_1", channel="sms", kind="message",
-                                                 to=f"sms:{NUMBER}", from_=None, text="x"))
+            await connector.send(TextMessage(id="out_1", channel="sms",
+                                             to=f"sms:{NUMBER}", from_=None, text="x"))
         assert caught.value.permanent is True and "401" in str(caught.value)
     finally:
         await connector.aclose()
@@ -210,10 +207,10 @@ async def test_wrong_twilio_credentials_fail_permanently(twilio_standin: TwilioS
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_meta_transient_error_then_success_is_sent_once(
-    gateways: Gateways, meta_graph_standin: MetaGraphStandin, status: int
+    start_gateway: Gateways, meta_graph_standin: MetaGraphStandin, status: int
 ) -> None:
     clock = FrozenClock()
-    gw = await gateways.start(meta=meta_graph_standin, clock=clock)
+    gw = await start_gateway(meta=meta_graph_standin, clock=clock)
     await gw.meta(meta_message_payload(meta_graph_standin.phone_number_id, "15550783881",
                                        NUMBER.lstrip("+"), "hi"))
     conversation = (await gw.customer(f"whatsapp:{NUMBER}"))["conversations"][0]["id"]
@@ -234,9 +231,9 @@ async def test_meta_transient_error_then_success_is_sent_once(
     (400, 100, "Invalid parameter"),
 ])
 async def test_meta_permanent_errors_fail_visibly(
-    gateways: Gateways, meta_graph_standin: MetaGraphStandin, status: int, code: int, shown: str
+    start_gateway: Gateways, meta_graph_standin: MetaGraphStandin, status: int, code: int, shown: str
 ) -> None:
-    gw = await gateways.start(meta=meta_graph_standin)
+    gw = await start_gateway(meta=meta_graph_standin)
     await gw.meta(meta_message_payload(meta_graph_standin.phone_number_id, "15550783881",
                                        NUMBER.lstrip("+"), "hi"))
     conversation = (await gw.customer(f"whatsapp:{NUMBER}"))["conversations"][0]["id"]
@@ -257,8 +254,8 @@ async def test_meta_rate_limit_code_with_400_is_retried(
     await connector.start()
     try:
         meta_graph_standin.fail_next(1, 400, code=131056, message="(#131056) Pair rate limit hit")
-        message = OutboundMessage(id="out_1", channel="whatsapp", kind="message",
-                                  to=f"whatsapp:{NUMBER}", from_=None, text="x")
+        message = TextMessage(id="out_1", channel="whatsapp",
+                              to=f"whatsapp:{NUMBER}", from_=None, text="x")
         with pytest.raises(SendError) as caught:
             await connector.send(message)
         assert caught.value.permanent is False
@@ -276,8 +273,8 @@ async def test_meta_timeout_is_transient(meta_graph_standin: MetaGraphStandin) -
     try:
         meta_graph_standin.delay_next(2.0)
         with pytest.raises(SendError) as caught:
-            await connector.send(OutboundMessage(id="out_1", channel="whatsapp", kind="message",
-                                                 to=f"whatsapp:{NUMBER}", from_=None, text="x"))
+            await connector.send(TextMessage(id="out_1", channel="whatsapp",
+                                             to=f"whatsapp:{NUMBER}", from_=None, text="x"))
         assert caught.value.permanent is False and "no answer" in str(caught.value)
     finally:
         await connector.aclose()
@@ -292,9 +289,9 @@ def code_in(text: str) -> str:
 
 
 async def test_otp_over_sms_is_answered_by_sms_and_completes_the_grant(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin)
+    gw = await start_gateway(twilio=twilio_standin)
     conversation = await customer_writes_sms(gw, twilio_standin, "I need to change my address")
     status, started = await gw.api("POST", f"/api/v1/conversations/{conversation}/verifications",
                                    json={})
@@ -314,9 +311,9 @@ async def test_otp_over_sms_is_answered_by_sms_and_completes_the_grant(
 
 
 async def test_code_sent_by_sms_and_typed_in_whatsapp_chat_completes_the_grant(
-    gateways: Gateways, twilio_standin: TwilioStandin, meta_graph_standin: MetaGraphStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin, meta_graph_standin: MetaGraphStandin
 ) -> None:
-    gw = await gateways.start(twilio=twilio_standin, meta=meta_graph_standin)
+    gw = await start_gateway(twilio=twilio_standin, meta=meta_graph_standin)
     conversation = await customer_writes_sms(gw, twilio_standin, "hello by SMS")
     await gw.meta(meta_message_payload(meta_graph_standin.phone_number_id, "15550783881",
                                        NUMBER.lstrip("+"), "and now on WhatsApp"))
@@ -336,11 +333,10 @@ async def test_code_sent_by_sms_and_typed_in_whatsapp_chat_completes_the_grant(
 
 
 async def test_restart_with_a_message_in_the_outbox_sends_it_exactly_once(
-    gateways_any_db: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, database_url: str, twilio_standin: TwilioStandin
 ) -> None:
-    gateways = gateways_any_db
     clock = FrozenClock()
-    first = await gateways.start(twilio=twilio_standin, clock=clock)
+    first = await start_gateway(database_url=database_url, twilio=twilio_standin, clock=clock)
     conversation = await customer_writes_sms(first, twilio_standin, "help")
     twilio_standin.fail_next(1, 503)
     message_id = await reply(first, conversation, "survives the restart")
@@ -349,36 +345,36 @@ async def test_restart_with_a_message_in_the_outbox_sends_it_exactly_once(
     assert twilio_standin.messages == []
 
     clock.advance(seconds=60)
-    second = await gateways.start(twilio=twilio_standin, clock=clock)
+    second = await start_gateway(database_url=database_url, twilio=twilio_standin, clock=clock)
     [sent] = await twilio_standin.wait_for_messages(1)
     assert sent["Body"] == "survives the restart"
     row = await second.wait_outbox(message_id, lambda r: r["status"] == "queued")
     assert (row["status"], row["provider_id"]) == ("queued", sent["Sid"])
     await second.stop()
-    third = await gateways.start(twilio=twilio_standin, clock=clock)  # and again: nothing new
-    await third.gw.outbox.drain()
-    await asyncio.sleep(0.1)
+    # And again: nothing new.
+    third = await start_gateway(database_url=database_url, twilio=twilio_standin, clock=clock)
+    await third.settle()
     assert len(twilio_standin.messages) == 1
 
 
 async def test_message_in_flight_when_the_process_died_is_marked_unknown_not_resent(
-    gateways_any_db: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, database_url: str, twilio_standin: TwilioStandin
 ) -> None:
     """The old process hangs mid-send (as if killed); the new one must not send again."""
-    gateways = gateways_any_db
-    first = await gateways.start(twilio=twilio_standin)
+    first = await start_gateway(database_url=database_url, twilio=twilio_standin)
     conversation = await customer_writes_sms(first, twilio_standin, "help")
     twilio_standin.delay_next(1.5)
     message_id = await reply(first, conversation, "in doubt")
     await first.wait_outbox(message_id, lambda r: r["status"] == "sending")
 
-    second = await gateways.start(twilio=twilio_standin)  # recovery runs at start
+    # Recovery runs at start.
+    second = await start_gateway(database_url=database_url, twilio=twilio_standin)
     row = await second.outbox(message_id)
     assert row["status"] == "unknown" and "not resent" in row["last_error"]
     await second.gw.outbox.drain()
     # The old request lands at Twilio (it may well have): one message, never two.
     await twilio_standin.wait_for_messages(1, timeout=5)
-    await asyncio.sleep(0.2)
+    await second.settle()
     assert len(twilio_standin.messages) == 1
     assert (await second.outbox(message_id))["status"] == "unknown"
 

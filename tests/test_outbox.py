@@ -24,8 +24,7 @@ from gateway.core import Core, Policy
 from gateway.outbox import Backoff, OutboxWorker
 from gateway.store import make_engine
 from tests.conftest import AGENT_TOKEN
-from tests.helpers import whatsapp
-from tests.peers import free_tcp_port
+from tests.helpers import wait_until, whatsapp
 
 NUMBER = "+14155550100"
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,15 +37,15 @@ async def test_transient_failure_is_retried_and_sent_once(core: Core, clock: Fro
     first = await core.ingest(whatsapp(NUMBER, "hi"))
     reply = await core.reply(first.conversation_id, "hello back", "12")
     await worker.drain()
-    state = await core.outbox_message(reply["id"])
-    assert state["status"] == "pending" and "503" in state["last_error"]
+    state = await core.outbox_message(reply.id)
+    assert state.status == "pending" and "503" in state.last_error
     await worker.drain()
     assert memory.sent == []  # not due yet: back-off
     clock.advance(seconds=31)
     await worker.drain()
     assert [m.text for m in memory.sent] == ["hello back"]
-    state = await core.outbox_message(reply["id"])
-    assert state["status"] == "sent" and state["attempts"] == 2 and state["provider_id"]
+    state = await core.outbox_message(reply.id)
+    assert state.status == "sent" and state.attempts == 2 and state.provider_id
     await worker.drain()
     assert len(memory.sent) == 1
 
@@ -58,8 +57,8 @@ async def test_permanent_failure_ends_in_a_visible_state(core: Core, clock: Froz
     first = await core.ingest(whatsapp(NUMBER, "hi"))
     reply = await core.reply(first.conversation_id, "hello back", None)
     await worker.drain()
-    state = await core.outbox_message(reply["id"])
-    assert state["status"] == "failed" and "21211" in state["last_error"]
+    state = await core.outbox_message(reply.id)
+    assert state.status == "failed" and "21211" in state.last_error
 
 
 async def test_retries_give_up_after_the_limit(core: Core, clock: FrozenClock) -> None:
@@ -72,8 +71,8 @@ async def test_retries_give_up_after_the_limit(core: Core, clock: FrozenClock) -
     for _ in range(3):
         await worker.drain()
         clock.advance(seconds=10)
-    state = await core.outbox_message(reply["id"])
-    assert state["status"] == "failed" and "gave up after 3 attempts" in state["last_error"]
+    state = await core.outbox_message(reply.id)
+    assert state.status == "failed" and "gave up after 3 attempts" in state.last_error
 
 
 async def test_a_channel_without_connector_fails_visibly(core: Core, clock: FrozenClock) -> None:
@@ -81,8 +80,8 @@ async def test_a_channel_without_connector_fails_visibly(core: Core, clock: Froz
     first = await core.ingest(whatsapp(NUMBER, "hi"))
     reply = await core.reply(first.conversation_id, "hello", None)
     await worker.drain()
-    state = await core.outbox_message(reply["id"])
-    assert state["status"] == "failed" and "no connector" in state["last_error"]
+    state = await core.outbox_message(reply.id)
+    assert state.status == "failed" and "no connector" in state.last_error
 
 
 async def test_status_callbacks_never_move_backwards(core: Core, clock: FrozenClock) -> None:
@@ -93,12 +92,12 @@ async def test_status_callbacks_never_move_backwards(core: Core, clock: FrozenCl
     first = await core.ingest(whatsapp(NUMBER, "hi"))
     reply = await core.reply(first.conversation_id, "hello", None)
     await worker.drain()
-    pid = (await core.outbox_message(reply["id"]))["provider_id"]
+    pid = (await core.outbox_message(reply.id)).provider_id
     for status, expected in [("delivered", "delivered"), ("sent", "delivered"),
                              ("queued", "delivered"), ("read", "read"),
                              ("delivered", "read")]:
         assert await core.delivery_status(DeliveryStatus("memory", pid, status)) == expected
-    assert (await core.outbox_message(reply["id"]))["status"] == "read"
+    assert (await core.outbox_message(reply.id)).status == "read"
 
 
 # ---- the crash: a real process, killed with SIGKILL ---------------------------------------
@@ -138,21 +137,31 @@ async def sink() -> AsyncIterator[tuple[Sink, str]]:
 
 class GatewayProcess:
     def __init__(self, db: str, sink_url: str, outbox: bool) -> None:
-        self.port = free_tcp_port()
-        env = {**os.environ, "GATEWAY_DATABASE_URL": db, "GATEWAY_HTTP_PORT": str(self.port),
+        env = {**os.environ, "GATEWAY_DATABASE_URL": db,
                "GATEWAY_AGENT_TOKEN": AGENT_TOKEN, "SINK_URL": sink_url,
                "GATEWAY_OUTBOX_ENABLED": "true" if outbox else "false",
                "GATEWAY_LOG_FORMAT": "text", "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.outbox_crash_app"], env=env,
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""
 
     async def ready(self) -> None:
+        """Until the process says "ready <port>" (it binds ephemeral ports, HTTP and SIP)."""
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
-        while line and line.strip() != b"ready":
+        while line and not line.startswith(b"ready "):
             line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
         assert line, "the gateway process died before it was ready"
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    async def outbox_idle(self, http: aiohttp.ClientSession) -> None:
+        """Until its outbox worker has looked for due rows and has no send on the wire."""
+        async def idle() -> bool:
+            async with http.get(self.url + "/healthz") as resp:
+                outbox = (await resp.json())["outbox"]
+            return bool(outbox["passes"] >= 1 and outbox["in_flight"] == 0)
+
+        await wait_until(idle, timeout=20, what="the outbox to finish its first pass")
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -195,19 +204,19 @@ async def test_killed_between_accept_and_send_loses_nothing_and_sends_once(
             procs.append(sending)
             await sending.ready()
             await asyncio.wait_for(received.arrived.wait(), 20)
-            for _ in range(100):
+
+            async def sent() -> bool:
                 state = await api(http, sending, "GET", f"/api/v1/outbox/{reply['id']}")
-                if state["status"] == "sent":
-                    break
-                await asyncio.sleep(0.05)
-            assert state["status"] == "sent"
+                return bool(state["status"] == "sent")
+
+            await wait_until(sent, what="the reply recorded as sent")
             sending.kill()
 
             # 3. Restarted again: nothing is sent twice.
             again = GatewayProcess(seed_core_db, sink_url, outbox=True)
             procs.append(again)
             await again.ready()
-            await asyncio.sleep(0.5)
+            await again.outbox_idle(http)
             assert [r["id"] for r in received.received] == [reply["id"]]
 
             # 4. Killed while the provider holds the request: in doubt, marked, never resent.
@@ -222,7 +231,7 @@ async def test_killed_between_accept_and_send_loses_nothing_and_sends_once(
             last = GatewayProcess(seed_core_db, sink_url, outbox=True)
             procs.append(last)
             await last.ready()
-            await asyncio.sleep(0.5)
+            await last.outbox_idle(http)
             state = await api(http, last, "GET", f"/api/v1/outbox/{held['id']}")
             assert state["status"] == "unknown" and "not resent" in state["last_error"]
             assert [r["id"] for r in received.received] == [reply["id"], held["id"]]
@@ -252,7 +261,7 @@ async def test_a_status_that_arrives_before_the_send_is_recorded_is_applied_afte
     first = await core.ingest(whatsapp(NUMBER, "hi"))
     reply = await core.reply(first.conversation_id, "hello", None)
     await worker.drain()
-    assert (await core.outbox_message(reply["id"]))["status"] == "delivered"
+    assert (await core.outbox_message(reply.id)).status == "delivered"
     # the provider repeats the callback: nothing moves, nothing breaks
     assert await core.delivery_status(
         DeliveryStatus("memory", "SMfast", "delivered", event_id="cb-1")) == "delivered"

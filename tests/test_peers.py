@@ -10,6 +10,7 @@ import os
 import pytest
 
 from tests.peers import (
+    SIPP_SCENARIOS,
     UAC_INVITE_THEN_CANCEL,
     UAC_WITH_CONTEXT_HEADERS,
     UAS_ANSWER_WITHOUT_RINGING,
@@ -157,23 +158,7 @@ async def test_baresip_auto_answers_and_shows_the_context_headers_it_received() 
         await phone.wait_for_log(r"Call established")
 
 
-REGISTRAR_ACCEPTING_ANYONE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="registrar without auth">
-  <recv request="REGISTER" crlf="true"/>
-  <send><![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Contact:]
-      Expires: 60
-      Content-Length: 0
-    ]]></send>
-</scenario>
-"""
+REGISTRAR_ACCEPTING_ANYONE = SIPP_SCENARIOS / "registrar_accepting_anyone.xml"
 
 
 async def test_baresip_registers_its_account_with_the_given_registrar() -> None:

@@ -1,5 +1,6 @@
 """Digest authentication for SIP (`connectors/sip/digest.py`): RFC test vectors, header
-parsing that only fails with RemoteProtocolError, self-validating and stale nonces."""
+parsing that only fails with RemoteProtocolError, self-validating and stale nonces, the
+ledger that refuses replays, and the registrar's uri check and failure throttle."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from connectors.sip.digest import (
     Challenge,
     Credentials,
     NonceIssuer,
+    NonceLedger,
     NonceStatus,
     authorize,
     check_credentials,
@@ -232,3 +234,48 @@ def test_registrar_flow_challenge_answer_stale_and_wrong_password() -> None:
     foreign = Credentials(**{**_fields(creds), "nonce": "dcd98b7102dd2f0e8b11d0f600bfb0c093"})
     assert check_credentials(foreign, issuer=issuer, realm="gateway", method="REGISTER",
                              password="s3cret", now=10) is AuthOutcome.REJECTED
+
+
+def test_nonce_ledger_wants_a_growing_count_with_qop_and_single_use_without() -> None:
+    now = [0.0]
+    ledger = NonceLedger(300.0, max_entries=3, clock=lambda: now[0])
+    assert ledger.use("n1", "00000001") and not ledger.use("n1", "00000001")  # a replay
+    assert ledger.use("n1", "00000003") and not ledger.use("n1", "00000002")  # went back
+    assert not ledger.use("n1", None)  # dropping qop does not reset it
+    assert ledger.use("n2", None) and not ledger.use("n2", None)
+    assert not ledger.use("n2", "00000009")
+    assert ledger.use("n3", "00000001") and len(ledger) == 3
+    now[0] = 301.0  # full: entries older than the lifetime go (their nonces are stale)
+    assert ledger.use("n4", "00000001") and len(ledger) == 1
+    assert ledger.use("n5", None) and ledger.use("n6", None)
+    assert ledger.use("n7", None) and len(ledger) == 3  # all young: the oldest is forgotten
+
+
+def test_digest_uri_must_name_the_request_uri() -> None:
+    from connectors.sip.registrar import same_uri
+
+    assert same_uri("sip:127.0.0.1:5060", "sip:127.0.0.1:5060")
+    assert same_uri("sip:127.0.0.1;transport=UDP", "sip:127.0.0.1")  # pyVoIP writes this
+    assert same_uri("sip:GW.example.com", "sip:gw.example.com:5060")
+    assert not same_uri("sip:127.0.0.1:9", "sip:127.0.0.1:5060")
+    assert not same_uri("sip:alice@gw", "sip:gw")
+    assert not same_uri("/dir/index.html", "sip:gw")
+
+
+def test_auth_throttle_limits_sources_and_users_but_spares_known_addresses() -> None:
+    from connectors.sip.ratelimit import AuthThrottle
+
+    now = [0.0]
+    throttle = AuthThrottle(per_minute=6.0, burst=3, clock=lambda: now[0])
+    throttle.succeeded("10.0.0.5", "alice")  # alice's phone, before the attack
+    for _ in range(3):
+        assert throttle.allowed("192.0.2.1", "alice")
+        throttle.failed("192.0.2.1", "alice")
+    assert not throttle.allowed("192.0.2.1", "alice")  # the source is limited
+    assert not throttle.allowed("192.0.2.1", "bob")  # whatever user it tries
+    assert not throttle.allowed("192.0.2.2", "alice")  # and alice from a new address
+    assert throttle.allowed("10.0.0.5", "alice")  # but not alice's own phone
+    assert throttle.allowed("192.0.2.2", "bob")
+    now[0] = 10.0  # 6 a minute: one more attempt after 10 s
+    assert throttle.allowed("192.0.2.1", "bob")
+    assert throttle.limited == 3

@@ -9,15 +9,21 @@ buckets) are tested first. Real peers (SIPp, baresip, pyVoIP) are in test_sip_pe
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 import pytest
 
-from connectors.sip.message import SipRequest, SipResponse, parse_datagram
+from connectors.sip.framing import parse_datagram
+from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.ratelimit import ScannerLimiter
-from connectors.sip.routing import ServiceUsers, caller_address, dialled
+from connectors.sip.routing import (
+    ServiceUsers,
+    TrustedPeers,
+    attestation,
+    caller_address,
+    dialled,
+)
 from gateway.clock import FrozenClock
 from tests.conftest import RunningGateway
 from tests.helpers import call, code_from, whatsapp
@@ -95,6 +101,36 @@ def test_scanner_bucket_lets_a_burst_through_then_the_rate() -> None:
     assert limiter.should_log("192.0.2.9") and not limiter.should_log("192.0.2.9")
 
 
+def test_trusted_peers_are_addresses_and_networks() -> None:
+    peers = TrustedPeers(["192.0.2.0/24", "2001:db8::1", "127.0.0.2"])
+    assert "192.0.2.77" in peers and "127.0.0.2" in peers and "[2001:db8::1]" in peers
+    assert "127.0.0.1" not in peers and "trunk.example" not in peers and None not in peers
+    assert "127.0.0.1" not in TrustedPeers([]) and not TrustedPeers([])
+
+
+def test_a_bad_trusted_peer_fails_start_naming_the_key() -> None:
+    from config.settings import ConfigError, load_settings
+
+    assert load_settings(sip_trusted_peers=[" 10.0.0.0/8", "::1"]).sip_trusted_peers == [
+        "10.0.0.0/8", "::1"]
+    with pytest.raises(ConfigError, match="GATEWAY_SIP_TRUSTED_PEERS"):
+        load_settings(sip_trusted_peers=["trunk.example"])
+
+
+@pytest.mark.parametrize(("extra", "from_", "expected"), [
+    (("P-Asserted-Identity: <sip:+14155550100;verstat=TN-Validation-Passed-A@t.example;"
+      "user=phone>",), "<sip:+14155550100@t.example>", "A"),
+    (("P-Asserted-Identity: <tel:+14155550100;verstat=TN-Validation-Passed-c>",),
+     "<sip:+14155550100@t.example>", "C"),
+    ((), "<sip:+14155550100@t.example;verstat=TN-Validation-Failed>", "TN-Validation-Failed"),
+    ((), "<sip:+14155550100@t.example>", None),
+])
+def test_verstat_attestation_is_read_from_pai_then_from(
+    extra: tuple[str, ...], from_: str, expected: str | None
+) -> None:
+    assert attestation(_invite_from(from_, *extra)) == expected
+
+
 # ---- a gateway with its SIP edge --------------------------------------------------------------
 
 
@@ -103,7 +139,7 @@ class Sip:
 
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-        self.edge = gw.gw.services["sip"]
+        self.edge = gw.gw.channels["sip"].edge
         self.port: int = self.edge.port
 
     @property
@@ -137,15 +173,7 @@ class Sip:
                          timeout: float = 5.0) -> list[str]:
         """The conversation's transcript texts, once one contains `until` (events are
         recorded in the background, after the SIP message that caused them)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            status, conv = await self.gw.api("GET", f"/api/v1/conversations/{conversation_id}")
-            assert status == 200, conv
-            texts = [e["text"] for e in conv["transcript"]]
-            if until is None or any(until in t for t in texts) or loop.time() > deadline:
-                return texts
-            await asyncio.sleep(0.02)
+        return await self.gw.conversation_texts(conversation_id, until, timeout)
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
         status, conv = await self.gw.api("GET", f"/api/v1/conversations/{conversation_id}")
@@ -159,6 +187,19 @@ async def start_sip(start_gateway: Any, **overrides: Any) -> Sip:
     overrides.setdefault("sip_timer_t1_ms", 100)  # retransmissions within a test's patience
     gw = await start_gateway(public_url=PUBLIC_URL, sip_port=0, **overrides)
     return Sip(gw)
+
+
+async def upstream_leg(sip: Sip) -> Any:
+    """A leg an upstream edge (Twilio Voice) opened after the caller's PIN, as `X-Context`
+    would name it: the core's answer, with its `context_token`."""
+    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
+    status, body = await sip.gw.api(
+        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
+        json={"channel": "voice", "mode": "dial-in"})
+    assert status == 201, body
+    sent = await sip.gw.memory.wait_for(1)
+    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
+    return await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAupstream"))
 
 
 @pytest.fixture
@@ -290,7 +331,10 @@ async def test_call_reaches_a_registered_agent_with_context_and_its_story_is_rec
         # What the agent's phone gets: its contact as Request-URI, us in Record-Route and Via,
         # the context link and conversation id, nothing personal.
         assert got.uri == f"sip:alice@127.0.0.1:{phone.port}"
-        assert got.headers.get("Record-Route") == f"<sip:127.0.0.1:{sip.port};lr>"
+        record_route = got.headers.get("Record-Route") or ""
+        # our address, loose routing, and the dialog id with its HMAC (no open relay)
+        assert re.fullmatch(rf"<sip:127\.0\.0\.1:{sip.port};lr;dlg=[0-9a-f]{{16}}\.[0-9a-f]{{16}}>",
+                            record_route), record_route
         assert got.top_via.sent_by == f"127.0.0.1:{sip.port}"
         assert got.headers.get("X-Conversation-Id") == chat.conversation_id
         assert got.headers.get("Max-Forwards") == "69"
@@ -307,10 +351,10 @@ async def test_call_reaches_a_registered_agent_with_context_and_its_story_is_rec
         assert len(ringing.vias) == 1  # our Via is gone on the way back
         phone.send(phone.answer(got, 200, to_tag="agent1", body=SDP), sip.port)
         ok = await caller.expect(200)
-        assert ok.headers.get("Record-Route") == f"<sip:127.0.0.1:{sip.port};lr>"
+        assert ok.headers.get("Record-Route") == record_route
 
         # The caller's ACK and the agent's BYE follow the Record-Route through us.
-        route = [("Route", f"<sip:127.0.0.1:{sip.port};lr>")]
+        route = [("Route", record_route)]
         dialog = dict(from_=invite.headers.get("From"), to=ok.headers.get("To"),
                       call_id=invite.call_id)
         caller.send(caller.request("ACK", got.uri, cseq=1, headers=route, **dialog), sip.port)
@@ -485,11 +529,11 @@ async def test_caller_bye_ends_the_call_and_records_duration(sip: Sip) -> None:
     assert ended[0]["author"] == "agent:12"
 
 
-async def test_in_dialog_request_without_a_dialog_or_route_is_481(sip: Sip) -> None:
+async def test_in_dialog_request_without_a_dialog_or_route_is_403(sip: Sip) -> None:
     async with await sip.client() as caller:
         bye = caller.request("BYE", sip.uri("support"), to=f"<{sip.uri('support')}>;tag=x")
         caller.send(bye, sip.port)
-        assert (await caller.expect(481)).status == 481
+        assert (await caller.expect(403)).status == 403  # CONTRACT.md: 403, reaches nobody
 
 
 async def test_call_over_tcp_reaches_a_udp_phone(sip: Sip) -> None:
@@ -584,17 +628,14 @@ async def test_trunk_caller_id_is_never_authenticated(sip: Sip) -> None:
     assert leg["binding"] == "caller-id"
 
 
-async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(sip: Sip) -> None:
+async def test_twilio_dial_to_a_registered_agent_keeps_the_verified_leg(
+    start_gateway: Any,
+) -> None:
     # Twilio Voice routed the call (PIN checked there) and dials alice through this edge
     # with X-Context: the agent's Call-Info must be that leg's link, not a new caller-ID leg.
-    chat = await sip.core.ingest(whatsapp(CALLER, "please call me"))
-    status, body = await sip.gw.api(
-        "POST", f"/api/v1/conversations/{chat.conversation_id}/escalations",
-        json={"channel": "voice", "mode": "dial-in"})
-    assert status == 201, body
-    sent = await sip.gw.memory.wait_for(1)
-    pin = code_from(next(m.text for m in sent if m.text and "PIN" in m.text))
-    upstream = await sip.core.open_call(call(CALLER, pin=pin, call_ref="CAtwilio"))
+    # X-Context is believed from trusted peers only (here the upstream edge on loopback).
+    sip = await start_sip(start_gateway, sip_trusted_peers=["127.0.0.1"])
+    upstream = await upstream_leg(sip)
     async with await sip.phone(ALICE) as phone, await sip.client() as caller:
         _, got = await call_in(sip, caller, phone, "alice",
                                headers=(("X-Context", upstream.context_token),))

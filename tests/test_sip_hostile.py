@@ -43,7 +43,7 @@ def counter(gw_or_metrics: Any, kind: str) -> float:
 async def edge_port(start_gateway: Any) -> tuple[Any, int]:
     gw = await start_gateway(public_url=PUBLIC_URL, sip_port=0,
                              agents=[{"id": "12", "contact": "sip:agent@127.0.0.1:9"}])
-    return gw, gw.gw.services["sip"].port
+    return gw, gw.gw.channels["sip"].edge.port
 
 
 async def options_answered(port: int, transport: str = "UDP") -> bool:
@@ -223,6 +223,9 @@ def _seed_messages(port: int) -> list[bytes]:
         f"Route: <sip:{me};lr>\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
         f"BYE sip:agent@127.0.0.1:5072 SIP/2.0\r\n{common}To: <sip:support@{me}>;tag=a1\r\n"
         f"Route: <sip:{me};lr>\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        f"INFO sip:agent@127.0.0.1:5072 SIP/2.0\r\n{common}To: <sip:support@{me}>;tag=a1\r\n"
+        f"Route: <sip:{me};lr;dlg=00112233aabbccdd.0123456789abcdef>\r\n"
+        "Route: <sip:127.0.0.1:5099;lr>\r\nCSeq: 3 INFO\r\nContent-Length: 0\r\n\r\n",
         f"REGISTER sip:{me} SIP/2.0\r\n{common}To: <sip:alice@{me}>\r\nCSeq: 1 REGISTER\r\n"
         'Authorization: Digest username="alice", realm="gateway", nonce="x", uri="sip:x", '
         'response="00", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="c"\r\n'

@@ -7,27 +7,18 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from connectors.sip.answers import error_response_for, make_response, salvage_request
 from connectors.sip.errors import LocalProtocolError, RemoteProtocolError
-from connectors.sip.message import (
-    CSeq,
-    Headers,
+from connectors.sip.framing import (
     KeepAlive,
     MalformedMessage,
-    NameAddr,
-    SipRequest,
-    SipResponse,
-    SipUri,
     StreamFramer,
-    Via,
-    error_response_for,
     is_keepalive,
-    make_response,
-    new_branch,
     parse_datagram,
-    salvage_request,
-    serialize,
-    split_list,
 )
+from connectors.sip.grammar import CSeq, NameAddr, SipUri, Via, new_branch, split_list
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipRequest, SipResponse, serialize
 
 SDP = (
     b"v=0\r\no=alice 2890844526 2890844526 IN IP4 pc33.atlanta.example.com\r\ns=-\r\n"
@@ -628,3 +619,20 @@ def test_a_copy_changes_apart_and_the_added_top_via_is_kept_parsed() -> None:
     assert onward.cseq == request.cseq
     assert request.top_via is via
     assert len(onward.vias) == 2 and len(request.vias) == 1
+
+
+def test_remove_all_drops_a_set_of_headers_in_one_pass_and_their_parsed_values() -> None:
+    message = parse_datagram(INVITE)
+    assert isinstance(message, SipRequest)
+    headers = message.headers.copy()
+    headers.add("X-Context", "t0ken")
+    headers.add("x-CONTEXT", "again")
+    headers.add("Route", "<sip:proxy.example.com;lr>")
+    request = SipRequest("INVITE", message.uri, headers)
+    assert len(request.routes) == 1
+    before = len(headers)
+    headers.remove_all(frozenset({"x-context", "route", "call-info"}))
+    assert len(headers) == before - 3 and "X-Context" not in headers
+    assert request.routes == ()  # the parsed Route went with its header
+    headers.remove_all(frozenset({"x-context"}))  # nothing left to drop: unchanged
+    assert len(headers) == before - 3

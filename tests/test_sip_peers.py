@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.helpers import whatsapp
+from tests.helpers import wait_until, whatsapp
 from tests.peers import (
-    UAC_INVITE_THEN_CANCEL,
+    SIPP_SCENARIOS,
     UAS_CHECK_CONTEXT_HEADERS,
     UAS_RING_UNTIL_CANCEL,
     Baresip,
@@ -35,137 +36,14 @@ CALLER = "+14155550100"
 SERVICE = "support"
 ALICE = {"id": "12", "name": "Alice", "sip_user": "alice", "sip_password": "alice-secret"}
 
-# The built-in uac with the caller's number in From (-key caller +1…); the caller hangs up.
-UAC_FROM_NUMBER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="UAC calling from a phone number">
-  <send retrans="500"><![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:[caller]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-    ]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rtd="true" rrs="true"/>
-  <send><![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      [routes]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]></send>
-  <pause/>
-  <send retrans="500"><![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      [routes]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-# The same caller, but the agent hangs up: it waits for the BYE and answers it.
-UAC_AGENT_HANGS_UP = UAC_FROM_NUMBER[: UAC_FROM_NUMBER.index("  <pause/>")] + """
-  <recv request="BYE"/>
-  <send><![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]></send>
-</scenario>
-"""
-
-# An agent's phone that answers, waits a moment and hangs up (BYE along the Record-Route).
-UAS_ANSWER_THEN_HANG_UP = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="UAS answering, then hanging up">
-  <recv request="INVITE" crlf="true" rrs="true">
-    <action>
-      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/>
-      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="callee"/>
-    </action>
-  </recv>
-  <send><![CDATA[
-      SIP/2.0 180 Ringing
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:agent@[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-    ]]></send>
-  <send retrans="500"><![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:agent@[local_ip]:[local_port];transport=[transport]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-    ]]></send>
-  <recv request="ACK" crlf="true"/>
-  <pause milliseconds="200"/>
-  <send retrans="500"><![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: [$callee];tag=[pid]SIPpTag01[call_number]
-      To: [$caller]
-      [routes]
-      Call-ID: [call_id]
-      CSeq: 1 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-
-# The peers' CANCEL scenario, calling from the caller's number.
-UAC_CANCEL_FROM_NUMBER = UAC_INVITE_THEN_CANCEL.replace("sipp <sip:sipp@", "<sip:[caller]@")
+# Scenarios in tests/sipp/: the built-in uac with the caller's number in From (-key caller
+# +1…), the caller hanging up; the same caller when the agent hangs up; an agent's phone that
+# answers, waits a moment and hangs up (BYE along the Record-Route); the peers' CANCEL
+# scenario calling from the caller's number.
+UAC_FROM_NUMBER = SIPP_SCENARIOS / "uac_from_number.xml"
+UAC_AGENT_HANGS_UP = SIPP_SCENARIOS / "uac_agent_hangs_up.xml"
+UAS_ANSWER_THEN_HANG_UP = SIPP_SCENARIOS / "uas_answer_then_hang_up.xml"
+UAC_CANCEL_FROM_NUMBER = SIPP_SCENARIOS / "uac_cancel_from_number.xml"
 
 
 class Stage:
@@ -173,7 +51,7 @@ class Stage:
 
     def __init__(self, gw: RunningGateway) -> None:
         self.gw = gw
-        self.port: int = gw.gw.services["sip"].port
+        self.port: int = gw.gw.channels["sip"].edge.port
         self.address = f"127.0.0.1:{self.port}"
 
     async def chat(self) -> str:
@@ -193,26 +71,15 @@ class Stage:
 
     async def transcript(self, conversation_id: str, until: str, timeout: float = 10.0
                          ) -> list[str]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            status, conv = await self.gw.api("GET", f"/api/v1/conversations/{conversation_id}")
-            assert status == 200, conv
-            texts = [e["text"] for e in conv["transcript"]]
-            if any(until in t for t in texts) or loop.time() > deadline:
-                return texts
-            await asyncio.sleep(0.05)
+        return await self.gw.conversation_texts(conversation_id, until, timeout)
 
     async def registered(self, user: str, timeout: float = 10.0) -> None:
         agent = self.gw.gw.agents.by_sip_user(user)
         assert agent is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not agent.registrations:
-            assert loop.time() < deadline, f"{user} never registered"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: bool(agent.registrations), timeout=timeout,
+                         what=f"{user} to register")
 
-    async def caller(self, scenario: str = UAC_FROM_NUMBER, *, target: str | None = None,
+    async def caller(self, scenario: Path = UAC_FROM_NUMBER, *, target: str | None = None,
                      calls: int = 1, call_length_ms: int = 100, transport: str = "u1") -> Any:
         return await run_sipp_uac(
             target or self.address, service=SERVICE, calls=calls, rate=10,
@@ -264,7 +131,7 @@ async def test_agent_side_bye_ends_the_call(start_gateway: Any) -> None:
         assert result.ok, result.describe()
         agent_side = await uas.wait(timeout=10)
     assert agent_side.successful == 1, agent_side.describe()
-    assert f"Route: <sip:127.0.0.1:{s.port};lr>" in agent_side.messages  # BYE came via us
+    assert f"Route: <sip:127.0.0.1:{s.port};lr;dlg=" in agent_side.messages  # BYE came via us
     story = await s.transcript(conversation_id, until="call ended")
     assert ["call ringing", "answered by agent 12"] == [
         t for t in story if t in ("call ringing", "answered by agent 12")]

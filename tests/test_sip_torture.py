@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import pytest
 
+from connectors.sip.answers import error_response_for, salvage_request
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
-    SipRequest,
-    SipResponse,
-    error_response_for,
-    parse_datagram,
-    salvage_request,
-    unescape,
-)
+from connectors.sip.framing import parse_datagram
+from connectors.sip.grammar import unescape
+from connectors.sip.message import SipRequest, SipResponse
 
 # RFC 4475 prints messages with bare line ends; on the wire they end in CRLF. Octets that
 # cannot be typed are written as placeholders.

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from connectors.sip.answers import make_response
 from connectors.sip.errors import LocalProtocolError
-from connectors.sip.message import SipRequest, SipResponse, make_response, parse_datagram
+from connectors.sip.framing import parse_datagram
+from connectors.sip.message import SipRequest, SipResponse
 from connectors.sip.transaction import (
     CLIENT_INVITE,
     CLIENT_NON_INVITE,
@@ -498,3 +500,15 @@ def test_server_key_falls_back_to_rfc_2543_matching_without_a_cookie() -> None:
         assert server_key(make_ack(invite, busy)) == key  # the ACK still matches
         assert cancel_target_key(req("CANCEL", branch=branch)) == key
         assert server_key(req("INVITE", branch=branch, cseq=2)) != key
+
+
+def test_server_key_with_the_source_keeps_strangers_out_of_a_transaction() -> None:
+    invite, cancel = req("INVITE"), req("CANCEL")
+    mine = server_key(invite, source="192.0.2.10")
+    assert mine == (*server_key(invite), "192.0.2.10")
+    assert server_key(invite, source="203.0.113.66") != mine  # the same branch copied
+    assert cancel_target_key(cancel, source="192.0.2.10") == mine
+    assert cancel_target_key(cancel, source="203.0.113.66") != mine
+    assert ServerTransaction(invite, reliable=False, source="192.0.2.10").key == mine
+    old = req("INVITE", branch="1234-old-style")
+    assert server_key(old, source="a") != server_key(old, source="b")

@@ -20,14 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import ConfigError, load_settings
-from tests.messaging_helpers import (  # noqa: F401  (fixture)
+from tests.conftest import (
     BUSINESS_SMS,
     BUSINESS_WHATSAPP,
     PUBLIC_URL,
     Gateways,
-    Gw,
-    gateways,
-    gateways_any_db,
+    RunningGateway,
 )
 from tests.standins import (  # noqa: F401  (fixture)
     TwilioStandin,
@@ -46,8 +44,8 @@ STATUS = "/webhooks/twilio/status"
 
 
 @pytest.fixture
-async def gw(gateways: Gateways, twilio_standin: TwilioStandin) -> Gw:
-    return await gateways.start(twilio=twilio_standin)
+async def gw(start_gateway: Gateways, twilio_standin: TwilioStandin) -> RunningGateway:
+    return await start_gateway(twilio=twilio_standin)
 
 
 def sms_form(standin: TwilioStandin, body: str, **kwargs: object) -> dict[str, str]:
@@ -57,7 +55,7 @@ def sms_form(standin: TwilioStandin, body: str, **kwargs: object) -> dict[str, s
 
 
 async def test_signed_sms_is_stored_and_answered_with_empty_twiml(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "My card was stolen")
     status, body, content_type = await gw.twilio(MESSAGING, form, twilio_standin.auth_token)
@@ -74,7 +72,7 @@ async def test_signed_sms_is_stored_and_answered_with_empty_twiml(
 
 
 async def test_whatsapp_through_twilio_keeps_media_profile_name_and_wa_id(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     media = [("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
               "image/jpeg"),
@@ -101,7 +99,7 @@ async def test_whatsapp_through_twilio_keeps_media_profile_name_and_wa_id(
     "loopback-url", "other-path", "garbage",
 ])
 async def test_forged_or_mutated_signatures_get_403_and_store_nothing(
-    gw: Gw, twilio_standin: TwilioStandin, forgery: str
+    gw: RunningGateway, twilio_standin: TwilioStandin, forgery: str
 ) -> None:
     form = sms_form(twilio_standin, "transfer all my money")
     signed_for, token = PUBLIC_URL + MESSAGING, twilio_standin.auth_token
@@ -131,7 +129,7 @@ async def test_forged_or_mutated_signatures_get_403_and_store_nothing(
 
 
 async def test_replayed_request_is_stored_once_and_replayed_signature_fits_no_other_body(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "first")
     signature = twilio_sign(twilio_standin.auth_token, PUBLIC_URL + MESSAGING, form)
@@ -157,7 +155,7 @@ async def test_replayed_request_is_stored_once_and_replayed_signature_fits_no_ot
     "e\u0301 (combining) and e\u0301\u0301 and 🏳️‍🌈 zero-width joiner",
 ])
 async def test_unicode_bodies_are_verified_and_stored_exactly(
-    gw: Gw, twilio_standin: TwilioStandin, text: str
+    gw: RunningGateway, twilio_standin: TwilioStandin, text: str
 ) -> None:
     form = sms_form(twilio_standin, text, from_=f"whatsapp:{CUSTOMER}", to=BUSINESS_WHATSAPP,
                     profile_name="Zoë 🌸")
@@ -168,9 +166,9 @@ async def test_unicode_bodies_are_verified_and_stored_exactly(
 
 
 async def test_same_message_sid_ten_times_concurrently_is_stored_once(
-    gateways_any_db: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, database_url: str, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways_any_db.start(twilio=twilio_standin)
+    gw = await start_gateway(database_url=database_url, twilio=twilio_standin)
     form = sms_form(twilio_standin, "only once please")
     results = await asyncio.gather(*(
         gw.twilio(MESSAGING, form, twilio_standin.auth_token,
@@ -182,7 +180,7 @@ async def test_same_message_sid_ten_times_concurrently_is_stored_once(
 
 
 async def test_parameters_twilio_adds_later_are_signed_and_accepted(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "hello")
     form["SomeFieldTwilioAddedIn2027"] = "surprise"
@@ -193,7 +191,7 @@ async def test_parameters_twilio_adds_later_are_signed_and_accepted(
 
 
 async def test_console_url_with_a_query_string_is_part_of_the_signature(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     path = MESSAGING + "?tenant=acme&note=a%20b"
     form = sms_form(twilio_standin, "hi from a tenant")
@@ -207,7 +205,7 @@ async def test_console_url_with_a_query_string_is_part_of_the_signature(
 
 
 async def test_public_url_with_or_without_the_default_port_both_verify(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     # Twilio has signed https://host/... and https://host:443/... over the years.
     form = sms_form(twilio_standin, "port 443")
@@ -225,10 +223,10 @@ def _shared_key_signature(secret: str, url: str, form: dict[str, str]) -> str:
 
 
 async def test_webhook_rule_shared_key_signatures(
-    gateways: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, twilio_standin: TwilioStandin
 ) -> None:
     """A Twilio Webhook Rule signs with a SharedKey and names the algorithm in a header."""
-    gw = await gateways.start(twilio=twilio_standin, twilio_webhook_shared_key="sk-secret")
+    gw = await start_gateway(twilio=twilio_standin, twilio_webhook_shared_key="sk-secret")
     form = sms_form(twilio_standin, "signed with a shared key")
     sig = _shared_key_signature("sk-secret", PUBLIC_URL + MESSAGING, form)
     settings = {"X-Twilio-Webhooks-Signature-Settings": "key=KSabc,algorithm=HMAC_SHA256"}
@@ -246,7 +244,7 @@ async def test_webhook_rule_shared_key_signatures(
 
 
 async def test_shared_key_signature_without_the_key_configured_stores_nothing(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "who signed this?")
     sig = _shared_key_signature("sk-secret", PUBLIC_URL + MESSAGING, form)
@@ -258,7 +256,7 @@ async def test_shared_key_signature_without_the_key_configured_stores_nothing(
 
 
 async def test_signed_but_unreadable_message_is_refused_not_acknowledged(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "hi", from_="messenger:1234567890")
     status, _, _ = await gw.twilio(MESSAGING, form, twilio_standin.auth_token)
@@ -271,9 +269,9 @@ async def test_signed_but_unreadable_message_is_refused_not_acknowledged(
 
 
 async def test_status_callbacks_out_of_order_never_move_a_message_backwards(
-    gateways_any_db: Gateways, twilio_standin: TwilioStandin
+    start_gateway: Gateways, database_url: str, twilio_standin: TwilioStandin
 ) -> None:
-    gw = await gateways_any_db.start(twilio=twilio_standin)
+    gw = await start_gateway(database_url=database_url, twilio=twilio_standin)
     await gw.twilio(MESSAGING, sms_form(twilio_standin, "hello"), twilio_standin.auth_token)
     conversation = (await gw.customer(f"sms:{CUSTOMER}"))["conversations"][0]["id"]
     status, reply = await gw.api("POST", f"/api/v1/conversations/{conversation}/messages",
@@ -302,7 +300,7 @@ async def test_status_callbacks_out_of_order_never_move_a_message_backwards(
 
 
 async def test_failed_status_callback_leaves_a_visible_error(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     await gw.twilio(MESSAGING, sms_form(twilio_standin, "hello"), twilio_standin.auth_token)
     conversation = (await gw.customer(f"sms:{CUSTOMER}"))["conversations"][0]["id"]
@@ -331,8 +329,8 @@ def test_a_twilio_account_without_an_auth_token_stops_start_up(settings_env: obj
         load_settings(twilio_account_sid="AC" + "0" * 32, twilio_auth_token="")
 
 
-async def test_without_twilio_configured_the_webhook_is_not_served(gateways: Gateways) -> None:
-    gw = await gateways.start()
+async def test_without_twilio_configured_the_webhook_is_not_served(start_gateway: Gateways) -> None:
+    gw = await start_gateway()
     form = {"MessageSid": "SM" + "0" * 32, "From": CUSTOMER, "To": BUSINESS_SMS, "Body": "x"}
     status, _, _ = await gw.post(MESSAGING, urlencode(form).encode(), {
         "X-Twilio-Signature": twilio_sign("anything", PUBLIC_URL + MESSAGING, form)})
@@ -341,7 +339,7 @@ async def test_without_twilio_configured_the_webhook_is_not_served(gateways: Gat
 
 
 async def test_metrics_count_stored_duplicate_and_rejected(
-    gw: Gw, twilio_standin: TwilioStandin
+    gw: RunningGateway, twilio_standin: TwilioStandin
 ) -> None:
     form = sms_form(twilio_standin, "count me")
     await gw.twilio(MESSAGING, form, twilio_standin.auth_token)

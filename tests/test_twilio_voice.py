@@ -9,7 +9,6 @@ TwiML answers are parsed with xml.etree and the URLs in them are followed, as Tw
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 import xml.etree.ElementTree as ET
@@ -23,11 +22,11 @@ from yarl import URL
 
 from connectors.twilio_voice import TwilioVoice
 from gateway.agents import AgentDirectory, AgentTarget, Contact
-from gateway.channels import OutboundMessage, SendError
+from gateway.channels import CallbackRequest, SendError
 from gateway.clock import FrozenClock
 from config.settings import AgentConfig
 from tests.conftest import RunningGateway
-from tests.helpers import code_from, whatsapp
+from tests.helpers import code_from, wait_until, whatsapp
 from tests.standins import (  # noqa: F401  (fixture)
     TwilioStandin,
     new_twilio_sid,
@@ -125,15 +124,14 @@ class Voice:
         WhatsApp goes out through Twilio when Meta's API is not configured; the in-memory
         channel is looked at too so the test does not depend on which sender carries it.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            sent = [m.text or "" for m in self.gw.memory.sent]
-            sent += [m.get("Body", "") for m in self.twilio.messages]
-            found = [t for t in sent if containing in t]
-            if found:
-                return found[-1]
-            assert asyncio.get_running_loop().time() < deadline, f"no {containing!r} in {sent}"
-            await asyncio.sleep(0.02)
+        def sent() -> list[str]:
+            assert self.gw.memory is not None
+            texts = [getattr(m, "text", None) or "" for m in self.gw.memory.sent]
+            return texts + [m.get("Body", "") for m in self.twilio.messages]
+
+        await wait_until(lambda: any(containing in t for t in sent()), timeout=timeout,
+                         what=f"a text with {containing!r}")
+        return [t for t in sent() if containing in t][-1]
 
     async def verify_on_whatsapp(self, number: str = NUMBER) -> str:
         """The customer proves their number with a code on WhatsApp; the conversation id."""
@@ -154,13 +152,7 @@ class Voice:
     async def outbox_row(self, message_id: str, ready: Callable[[dict[str, Any]], Any],
                          timeout: float = 5.0) -> dict[str, Any]:
         """The outbox row, once `ready` says so (the worker records a send after it returns)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            status, row = await self.gw.api("GET", f"/api/v1/outbox/{message_id}")
-            assert status == 200, row
-            if ready(row) or asyncio.get_running_loop().time() > deadline:
-                return row
-            await asyncio.sleep(0.02)
+        return await self.gw.wait_outbox(message_id, ready, timeout)
 
     async def transcript_of(self, address: str) -> list[str]:
         status, customer = await self.gw.api("GET", "/api/v1/customers",
@@ -386,7 +378,7 @@ async def test_callback_is_placed_once_and_answered_call_routes_verified_via_cal
     assert (await voice.post(VOICE_STATUS, done))[0] == 200
     row = await voice.outbox_row(escalation["outbox_id"], lambda r: True)
     assert row["status"] == "delivered"
-    await asyncio.sleep(0.2)
+    await voice.gw.settle()
     assert len(voice.twilio.calls) == 1  # sent once, never again
 
 
@@ -404,11 +396,11 @@ async def test_unanswered_callback_marks_its_outbox_row_failed(voice: Voice) -> 
     assert "not answered (no-answer)" in row["last_error"]
 
 
-def voice_message(twilio: TwilioStandin, **kwargs: Any) -> OutboundMessage:
-    defaults: dict[str, Any] = dict(id="out_1", channel="voice", kind="call",
-                                    to=f"voice:{NUMBER}", from_=None, text=None,
-                                    payload={"escalation_token": "t" * 32})
-    return OutboundMessage(**{**defaults, **kwargs})
+def voice_message(twilio: TwilioStandin, **kwargs: Any) -> CallbackRequest:
+    defaults: dict[str, Any] = dict(id="out_1", channel="voice", to=f"voice:{NUMBER}",
+                                    from_=None, escalation_token="t" * 32,
+                                    escalation_id="esc_1")
+    return CallbackRequest(**{**defaults, **kwargs})
 
 
 async def test_callback_connector_retries_only_what_may_succeed(

@@ -10,13 +10,11 @@ import json
 
 import pytest
 
-from tests.messaging_helpers import (  # noqa: F401  (fixture)
+from tests.conftest import (
     APP_SECRET,
     VERIFY_TOKEN,
     Gateways,
-    Gw,
-    gateways,
-    gateways_any_db,
+    RunningGateway,
 )
 from tests.standins import (  # noqa: F401  (fixture)
     MetaGraphStandin,
@@ -35,8 +33,8 @@ BSUID = "US.13491208655302741918"
 
 
 @pytest.fixture
-async def gw(gateways: Gateways, meta_graph_standin: MetaGraphStandin) -> Gw:
-    return await gateways.start(meta=meta_graph_standin)
+async def gw(start_gateway: Gateways, meta_graph_standin: MetaGraphStandin) -> RunningGateway:
+    return await start_gateway(meta=meta_graph_standin)
 
 
 def text_payload(standin: MetaGraphStandin, text: str, **kwargs: object) -> dict:
@@ -45,14 +43,14 @@ def text_payload(standin: MetaGraphStandin, text: str, **kwargs: object) -> dict
         standin.phone_number_id, DISPLAY, wa_id, text, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_verification_handshake_echoes_the_challenge(gw: Gw) -> None:
+async def test_verification_handshake_echoes_the_challenge(gw: RunningGateway) -> None:
     params = meta_verification_params(VERIFY_TOKEN, "1158201444")
     async with gw.http.get(gw.url + "/webhooks/whatsapp", params=params) as resp:
         assert (resp.status, await resp.text()) == (200, "1158201444")
 
 
 @pytest.mark.parametrize("change", ["wrong-token", "no-token", "wrong-mode", "no-mode"])
-async def test_verification_handshake_refuses_a_wrong_token(gw: Gw, change: str) -> None:
+async def test_verification_handshake_refuses_a_wrong_token(gw: RunningGateway, change: str) -> None:
     params = meta_verification_params(VERIFY_TOKEN, "42")
     if change == "wrong-token":
         params["hub.verify_token"] = VERIFY_TOKEN + "x"
@@ -68,7 +66,7 @@ async def test_verification_handshake_refuses_a_wrong_token(gw: Gw, change: str)
 
 
 async def test_signed_text_message_is_stored_with_an_attested_sender(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     payload = text_payload(meta_graph_standin, "Hi, my order never arrived",
                            profile_name="Ann Example", timestamp=1764072000)
@@ -88,7 +86,7 @@ async def test_signed_text_message_is_stored_with_an_attested_sender(
     "uppercase-scheme-garbage", "non-ascii-header",
 ])
 async def test_forged_and_mutated_signatures_get_403_and_store_nothing(
-    gw: Gw, meta_graph_standin: MetaGraphStandin, forgery: str
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin, forgery: str
 ) -> None:
     raw = json.dumps(text_payload(meta_graph_standin, "send me the money")).encode()
     headers = {"Content-Type": "application/json",
@@ -115,7 +113,7 @@ async def test_forged_and_mutated_signatures_get_403_and_store_nothing(
 
 @pytest.mark.parametrize("ensure_ascii", [False, True], ids=["utf8-bytes", "u-escapes"])
 async def test_emoji_and_accents_verify_over_the_raw_bytes(
-    gw: Gw, meta_graph_standin: MetaGraphStandin, ensure_ascii: bool
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin, ensure_ascii: bool
 ) -> None:
     text = "Café ☕ à São Paulo — naïve façade 👩🏽‍💻🇧🇷 ñ"
     payload = text_payload(meta_graph_standin, text, profile_name="José 🌵")
@@ -135,9 +133,9 @@ async def test_emoji_and_accents_verify_over_the_raw_bytes(
 
 
 async def test_same_wamid_ten_times_concurrently_is_stored_once(
-    gateways_any_db: Gateways, meta_graph_standin: MetaGraphStandin
+    start_gateway: Gateways, database_url: str, meta_graph_standin: MetaGraphStandin
 ) -> None:
-    gw = await gateways_any_db.start(meta=meta_graph_standin)
+    gw = await start_gateway(database_url=database_url, meta=meta_graph_standin)
     payload = text_payload(meta_graph_standin, "once", wamid=new_wamid(WA_ID))
     results = await asyncio.gather(*(gw.meta(payload) for _ in range(10)))
     assert [r[0] for r in results] == [200] * 10
@@ -145,7 +143,7 @@ async def test_same_wamid_ten_times_concurrently_is_stored_once(
 
 
 async def test_one_delivery_with_several_messages_and_entries(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     first = text_payload(meta_graph_standin, "one")
     second = text_payload(meta_graph_standin, "two", wa_id="447700900123")
@@ -162,7 +160,7 @@ async def test_one_delivery_with_several_messages_and_entries(
 
 
 async def test_media_location_and_buttons_are_kept_as_references(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     payload = text_payload(meta_graph_standin, "")
     message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
@@ -186,7 +184,7 @@ async def test_media_location_and_buttons_are_kept_as_references(
 
 
 async def test_business_scoped_user_id_alone_is_an_address_of_its_own(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     payload = text_payload(meta_graph_standin, "hi, I use a username now", wa_id=None,
                            user_id=BSUID)
@@ -207,9 +205,9 @@ async def test_business_scoped_user_id_alone_is_an_address_of_its_own(
 
 
 async def test_user_id_arriving_beside_the_number_links_both_to_one_customer(
-    gateways_any_db: Gateways, meta_graph_standin: MetaGraphStandin
+    start_gateway: Gateways, database_url: str, meta_graph_standin: MetaGraphStandin
 ) -> None:
-    gw = await gateways_any_db.start(meta=meta_graph_standin)
+    gw = await start_gateway(database_url=database_url, meta=meta_graph_standin)
     await gw.meta(text_payload(meta_graph_standin, "username only", wa_id=None, user_id=BSUID))
     await gw.meta(text_payload(meta_graph_standin, "now with my number", user_id=BSUID))
     by_number = await gw.customer(f"whatsapp:{NUMBER}")
@@ -228,7 +226,7 @@ async def test_user_id_arriving_beside_the_number_links_both_to_one_customer(
 
 
 async def test_statuses_out_of_order_never_move_a_message_backwards(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     await gw.meta(text_payload(meta_graph_standin, "hello"))
     conversation = (await gw.customer(f"whatsapp:{NUMBER}"))["conversations"][0]["id"]
@@ -253,7 +251,7 @@ async def test_statuses_out_of_order_never_move_a_message_backwards(
 
 
 async def test_failed_status_shows_meta_error(
-    gw: Gw, meta_graph_standin: MetaGraphStandin
+    gw: RunningGateway, meta_graph_standin: MetaGraphStandin
 ) -> None:
     await gw.meta(text_payload(meta_graph_standin, "hello"))
     conversation = (await gw.customer(f"whatsapp:{NUMBER}"))["conversations"][0]["id"]
@@ -272,7 +270,7 @@ async def test_failed_status_shows_meta_error(
     assert "131026" in row["last_error"]
 
 
-async def test_signed_but_unreadable_payloads_get_400(gw: Gw) -> None:
+async def test_signed_but_unreadable_payloads_get_400(gw: RunningGateway) -> None:
     for raw in (b"not json", b"[]", json.dumps({"object": "page", "entry": []}).encode()):
         status, _, _ = await gw.post("/webhooks/whatsapp", raw, {
             "X-Hub-Signature-256": sign_meta(APP_SECRET, raw)})
@@ -281,9 +279,9 @@ async def test_signed_but_unreadable_payloads_get_400(gw: Gw) -> None:
 
 
 async def test_verify_token_unset_refuses_every_handshake(
-    gateways: Gateways, meta_graph_standin: MetaGraphStandin
+    start_gateway: Gateways, meta_graph_standin: MetaGraphStandin
 ) -> None:
-    gw = await gateways.start(meta=meta_graph_standin, whatsapp_verify_token=None)
+    gw = await start_gateway(meta=meta_graph_standin, whatsapp_verify_token=None)
     params = meta_verification_params("", "7")
     params["hub.verify_token"] = ""
     async with gw.http.get(gw.url + "/webhooks/whatsapp", params=params) as resp:

@@ -2,7 +2,8 @@
 delivery status callbacks (`/webhooks/twilio/status`).
 
 The hot path is parse, verify, one durable write, answer: the raw body is parsed once
-(`signatures.parse_form`), the signature computed once, the event handed to `Core.ingest`
+(`signatures.parse_form`), the signature computed once, the event handed to the core's
+`ingest`
 (group commit; it returns after the commit that holds it), and the answer is constant TwiML
 bytes built at start-up. Nothing slow runs inside Twilio's 15-second window.
 """
@@ -18,7 +19,7 @@ from aiohttp import web
 from twilio.twiml.messaging_response import MessagingResponse
 
 from gateway.addresses import Address, AddressError, make_address
-from gateway.core import Core
+from gateway.channels import InboundSink
 from gateway.events import Attachment, DeliveryStatus, InboundMessage
 from gateway.metrics import Metrics
 from webhooks.signatures import TwilioSignature, verified_twilio_form
@@ -119,11 +120,12 @@ def status_event(params: Mapping[str, str], idempotency_token: str | None) -> De
 
 
 class TwilioMessagingWebhooks:
-    """The two routes Twilio calls for messaging; one instance per app."""
+    """The two routes Twilio calls for messaging; one instance per app, given the sink when
+    its channel starts (`connectors/twilio_channel.py`)."""
 
-    def __init__(self, core: Core, metrics: Metrics, signature: TwilioSignature,
+    def __init__(self, sink: InboundSink | None, metrics: Metrics, signature: TwilioSignature,
                  default_region: str | None = None) -> None:
-        self.core = core
+        self.sink = sink
         self.metrics = metrics
         self.signature = signature
         self.default_region = default_region
@@ -158,7 +160,10 @@ class TwilioMessagingWebhooks:
             self.metrics.webhook_rejected.labels("twilio-messaging", "unparseable").inc()
             log.warning("twilio-messaging: signed request refused, nothing stored: %s", exc)
             return web.Response(status=400, text=f"{exc}\n")
-        result = await self.core.ingest(event)
+        sink = self.sink
+        if sink is None:
+            return web.Response(status=503, text="starting\n")
+        result = await sink.ingest(event)
         channel = event.channel
         (self._duplicate if result.duplicate else self._stored)[channel].inc()
         self._latency.observe(time.perf_counter() - started)
@@ -174,7 +179,9 @@ class TwilioMessagingWebhooks:
         except BadWebhook as exc:
             log.warning("twilio-status: signed request refused: %s", exc)
             return web.Response(status=400, text=f"{exc}\n")
-        state = await self.core.delivery_status(event)
+        if self.sink is None:
+            return web.Response(status=503, text="starting\n")
+        state = await self.sink.delivery_status(event)
         if state is None:
             log.info("twilio-status: %s for %s: no outbound message has that id (yet) or a "
                      "repeated callback", event.status, event.provider_message_id)

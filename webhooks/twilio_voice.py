@@ -1,11 +1,12 @@
 """Twilio Voice webhooks: an inbound call (`/webhooks/twilio/voice`) is asked for an escalation
-PIN, routed through the core (`Core.open_call`) and bridged to an agent with `<Dial><Sip>`;
-call progress (`/webhooks/twilio/voice/status`) becomes `CallEvent`s on the call's leg.
+PIN, routed through the core (`open_call`, then `offer_call` for the agent) and bridged to the
+agent with `<Dial><Sip>`; call progress (`/webhooks/twilio/voice/status`) becomes `CallEvent`s
+on the call's leg.
 
 Provider -> this module (signature, parse) -> IncomingCall / CallEvent -> core. The SIP URI
 carries only the context token and the conversation id as `x-` headers, never the data:
-the agent fetches the bundle from the context URL. Agent choice is the shared
-`AgentDirectory`, so the SIP edge and Twilio route the same way.
+the agent fetches the bundle from the context URL. Which agent, and for how long they count
+as busy, is the core's agent router's answer; this module only translates it into TwiML.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.addresses import Address, AddressError, make_address
 from gateway.agents import AgentDirectory, AgentTarget
-from gateway.core import CallRoute, Core
+from gateway.channels import CallOffer, InboundSink
+from gateway.domain import CallRoute
 from gateway.events import CallEvent, CallEventKind, DeliveryStatus, IncomingCall
 from gateway.metrics import Metrics
 from webhooks.signatures import TwilioSignature, verified_twilio_form
@@ -33,7 +35,6 @@ VOICE_STATUS_PATH = "/webhooks/twilio/voice/status"
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 PIN_DIGITS = 6
 MAX_SIP_URI = 1024  # Twilio refuses longer <Sip> URIs
-MAX_AGENTS_PER_CALL = 3  # after this many agents did not answer, the caller is let go
 SIP_EVENTS = "initiated ringing answered completed"
 
 # What Twilio puts in From when the caller withheld their number.
@@ -88,7 +89,8 @@ def caller_address(from_: str, default_region: str | None = None) -> Address | N
         return None  # client:alice, sip:…: not a phone number we could ever call back
 
 
-def agent_sip_uri(target: AgentTarget, directory: AgentDirectory, routing: VoiceRouting) -> str:
+def agent_sip_uri(target: AgentTarget, directory: AgentDirectory, routing: VoiceRouting
+                  ) -> str:
     """The agent's SIP URI as Twilio dials it.
 
     A registered agent is reached through the gateway's SIP edge (it knows where the phone
@@ -128,33 +130,35 @@ def _seconds(value: str | None) -> float | None:
 
 
 class TwilioVoiceWebhooks:
-    """The routes Twilio Voice calls; one instance per app.
-
-    It also keeps, per call, which agent it was bridged to, so that the agent counts as busy
-    from the moment their phone rings until the first report that the call ended (the
-    `AgentDirectory` is in memory, so is this).
-    """
+    """The routes Twilio Voice calls; one instance per app, given the sink when its channel
+    starts (`connectors/twilio_channel.py`)."""
 
     def __init__(
         self,
-        core: Core,
+        sink: InboundSink | None,
         metrics: Metrics,
         agents: AgentDirectory,
         signature: TwilioSignature,
         routing: VoiceRouting,
         default_region: str | None = None,
     ) -> None:
-        self.core = core
+        self.sink = sink
         self.metrics = metrics
         self.agents = agents
         self.signature = signature
         self.routing = routing
         self.default_region = default_region
-        self._bridged: dict[str, tuple[str, float]] = {}  # CallSid -> (agent id, since)
         self._latency = metrics.http_latency.labels("twilio-voice")
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(VOICE_PATH, self.voice), web.post(VOICE_STATUS_PATH, self.status)]
+
+    @property
+    def core(self) -> InboundSink:
+        """The sink; before the channel started (or after it stopped) Twilio gets a 503."""
+        if self.sink is None:
+            raise web.HTTPServiceUnavailable(text="starting\n")
+        return self.sink
 
     # ---- signature -------------------------------------------------------------------------
 
@@ -226,24 +230,26 @@ class TwilioVoiceWebhooks:
         customer_side = params.get("To", "") if outbound else params.get("From", "")
         our_side = params.get("From", "") if outbound else params.get("To", "")
         return IncomingCall(
-            caller=caller_address(customer_side, self.default_region),  # type: ignore[arg-type]
+            caller=caller_address(customer_side, self.default_region),
             callee=our_side.strip(), call_ref=call_sid, provider="twilio", pin=pin,
             escalation_token=escalation_token,
         )
 
     async def _route(self, call_sid: str, params: Mapping[str, str], *, pin: str | None,
                      escalation_token: str | None = None) -> VoiceResponse:
+        # The PIN or token is redeemed (open_call) before anyone is asked to take the call.
         route = await self.core.open_call(
             self._incoming_call(call_sid, params, pin, escalation_token))
-        log.info("twilio-voice: %s opened leg %s (%s)", call_sid, route.leg_id, route.binding)
+        log.info("twilio-voice: %s opened leg %s of %s (%s)", call_sid, route.leg_id,
+                 route.conversation_id, route.binding)
         return await self._dial(call_sid, route, tried=())
 
     async def _dial(self, call_sid: str, route: CallRoute, tried: Sequence[str],
                     why_not: str | None = None) -> VoiceResponse:
-        """`<Dial><Sip>` to the least busy reachable agent, or sorry and hang up."""
+        """`<Dial><Sip>` to the agent the core offers the call to, or sorry and hang up."""
         response = VoiceResponse()
-        target = self.agents.pick(exclude=tried) if len(tried) < MAX_AGENTS_PER_CALL else None
-        if target is None:
+        offer = await self.core.offer_call(route, tried)
+        if offer is None:
             detail = "no agent available" if not tried else f"no agent answered; {why_not}"
             self.metrics.calls.labels("twilio", "no-agent").inc()
             log.warning("twilio-voice: %s: %s", call_sid, detail)
@@ -255,15 +261,15 @@ class TwilioVoiceWebhooks:
             response.hangup()
             return response
         try:
-            uri = with_context(agent_sip_uri(target, self.agents, self.routing),
+            uri = with_context(agent_sip_uri(offer.target, self.agents, self.routing),
                                route.context_token, route.conversation_id)
         except RouteError as exc:
             self.metrics.calls.labels("twilio", "bad-uri").inc()
             log.error("twilio-voice: %s: agent %s cannot be dialled: %s", call_sid,
-                      target.agent_id, exc)
+                      offer.agent_id, exc)
             await self.core.call_event(CallEvent(
                 call_ref=call_sid, provider="twilio", kind="failed",
-                detail=f"agent {target.agent_id} cannot be dialled",
+                detail=f"agent {offer.agent_id} cannot be dialled",
                 event_id=f"twilio-voice:{call_sid}:bad-uri",
             ))
             response.say(SORRY_TROUBLE)
@@ -272,17 +278,21 @@ class TwilioVoiceWebhooks:
         if tried:
             await self.core.call_event(CallEvent(
                 call_ref=call_sid, provider="twilio", kind="transferred",
-                detail=f"{why_not}; trying agent {target.agent_id}",
-                event_id=f"twilio-voice:{call_sid}:try:{target.agent_id}",
+                detail=f"{why_not}; trying agent {offer.agent_id}",
+                event_id=f"twilio-voice:{call_sid}:try:{offer.agent_id}",
             ))
-        self._bridge(call_sid, target.agent_id)
         self.metrics.calls.labels("twilio", "routed").inc()
+        return self._bridge(response, offer, tried, uri)
+
+    def _bridge(self, response: VoiceResponse, offer: CallOffer, tried: Sequence[str],
+                uri: str) -> VoiceResponse:
+        agent = offer.agent_id
         dial = response.dial(
             answer_on_bridge=True, timeout=self.routing.dial_timeout, method="POST",
-            action=self.routing.url(VOICE_PATH, step="dial-status", agent=target.agent_id,
-                                    tried=",".join([*tried, target.agent_id])),
+            action=self.routing.url(VOICE_PATH, step="dial-status", agent=agent,
+                                    tried=",".join([*tried, agent])),
         )
-        dial.sip(uri, status_callback=self.routing.url(VOICE_STATUS_PATH, agent=target.agent_id),
+        dial.sip(uri, status_callback=self.routing.url(VOICE_STATUS_PATH, agent=agent),
                  status_callback_event=SIP_EVENTS, status_callback_method="POST")
         return response
 
@@ -291,7 +301,7 @@ class TwilioVoiceWebhooks:
         """The `<Dial action>`: the agent's leg is over; hang up, or try the next agent."""
         agent = query.get("agent") or None
         status = params.get("DialCallStatus", "").lower()
-        self._release(call_sid, agent)
+        self.agents.release(call_sid, agent)
         if status in ("busy", "no-answer", "failed"):
             tried = [a for a in query.get("tried", agent or "").split(",") if a]
             caller_gone = params.get("CallStatus", "").lower() in ENDED
@@ -319,34 +329,6 @@ class TwilioVoiceWebhooks:
         response = VoiceResponse()
         response.hangup()
         return response
-
-    # ---- agents' load ----------------------------------------------------------------------
-
-    def _bridge(self, call_sid: str, agent_id: str) -> None:
-        current = self._bridged.get(call_sid)
-        if current is not None and current[0] == agent_id:
-            return  # a retried webhook for the same call: already counted
-        if current is not None:
-            self._release(call_sid, current[0])
-        self._forget_stale()
-        self._bridged[call_sid] = (agent_id, time.monotonic())
-        self.agents.call_started(agent_id)
-
-    def _release(self, call_sid: str, agent_id: str | None) -> None:
-        current = self._bridged.get(call_sid)
-        if current is None or (agent_id is not None and current[0] != agent_id):
-            return
-        del self._bridged[call_sid]
-        self.agents.call_ended(current[0])
-
-    def _forget_stale(self, max_age: float = 6 * 3600) -> None:
-        # Twilio ends every call within 4 hours; an entry older than that lost its end report.
-        cutoff = time.monotonic() - max_age
-        for sid, (agent_id, since) in list(self._bridged.items()):
-            if since < cutoff:
-                log.warning("twilio-voice: no end reported for %s (agent %s); freeing the agent",
-                            sid, agent_id)
-                self._release(sid, agent_id)
 
     # ---- status callbacks ------------------------------------------------------------------
 
@@ -384,11 +366,11 @@ class TwilioVoiceWebhooks:
         else:
             if status in ENDED:
                 # busy / no-answer / failed / canceled: the <Dial action> decides what next.
-                self._release(call_ref, agent)
+                self.agents.release(call_ref, agent)
             log.debug("twilio-voice: agent leg %s of %s: %s", child_sid, call_ref, status)
             return
         if kind == "ended":
-            self._release(call_ref, agent)
+            self.agents.release(call_ref, agent)
         known = await self.core.call_event(CallEvent(
             call_ref=call_ref, provider="twilio", kind=kind, agent_id=agent,
             duration_seconds=_seconds(params.get("CallDuration")) if kind == "ended" else None,
@@ -405,9 +387,7 @@ class TwilioVoiceWebhooks:
         if status not in ENDED:
             log.debug("twilio-voice: %s is %s", call_sid, status)
             return
-        bridged = self._bridged.get(call_sid)
-        agent = bridged[0] if bridged else None
-        self._release(call_sid, None)
+        agent = self.agents.release(call_sid)  # the agent it was bridged to, if any
         kind: CallEventKind = "ended" if status == "completed" else "failed"
         known = await self.core.call_event(CallEvent(
             call_ref=call_sid, provider="twilio", kind=kind, agent_id=agent,

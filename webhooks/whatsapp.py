@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.addresses import Address, AddressError, make_address
-from gateway.core import Core
+from gateway.channels import InboundSink
 from gateway.events import Attachment, DeliveryStatus, InboundMessage
 from gateway.metrics import Metrics
 from webhooks.signatures import META_SIGNATURE, MetaSignature, Verdict
@@ -204,11 +204,12 @@ def _values(payload: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 class WhatsAppWebhooks:
-    """GET handshake and POST events for Meta's Cloud API; one instance per app."""
+    """GET handshake and POST events for Meta's Cloud API; one instance per app, given the
+    sink when its channel starts (`connectors/whatsapp.py`)."""
 
-    def __init__(self, core: Core, metrics: Metrics, signature: MetaSignature,
+    def __init__(self, sink: InboundSink | None, metrics: Metrics, signature: MetaSignature,
                  verify_token: str | None, api_url: str) -> None:
-        self.core = core
+        self.sink = sink
         self.metrics = metrics
         self.signature = signature
         self.verify_token = verify_token
@@ -250,10 +251,13 @@ class WhatsAppWebhooks:
             self.metrics.webhook_rejected.labels("whatsapp", "unparseable").inc()
             log.warning("whatsapp: signed delivery refused, nothing stored: %s", exc)
             return web.Response(status=400, text="unreadable payload\n")
+        sink = self.sink
+        if sink is None:
+            return web.Response(status=503, text="starting\n")
         # Together, so one delivery's events share one group commit.
         results = await asyncio.gather(
-            *(self.core.ingest(m) for m in messages),
-            *(self.core.delivery_status(s) for s in statuses),
+            *(sink.ingest(m) for m in messages),
+            *(sink.delivery_status(s) for s in statuses),
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]

@@ -28,6 +28,7 @@ __all__ = [
     "Challenge",
     "Credentials",
     "NonceIssuer",
+    "NonceLedger",
     "NonceStatus",
     "authorize",
     "check_credentials",
@@ -307,9 +308,8 @@ class NonceStatus(StrEnum):
 class NonceIssuer:
     """Issues nonces = base64url(timestamp, 8 random octets, HMAC-SHA256 of both).
 
-    Any process holding `secret` can check a nonce without remembering it. Not tracked:
-    nonce counts, so a captured Authorization can be replayed within `lifetime`; keep the
-    lifetime short and use TLS where that matters.
+    Any process holding `secret` can check a nonce without remembering it; whether it was
+    used already is the `NonceLedger`'s business (per process).
     """
 
     __slots__ = ("_secret", "lifetime", "max_skew")
@@ -357,6 +357,56 @@ class NonceIssuer:
             realm=realm, nonce=self.issue(now), algorithm=algorithm, qop=("auth",),
             opaque=opaque, stale=stale,
         )
+
+
+class NonceLedger:
+    """The nonces that authenticated a request, and the highest nonce count of each, so a
+    captured Authorization cannot be replayed (RFC 7616 3.3, RFC 3261 22.4).
+
+    With qop the nonce count must grow with every request that uses the nonce; without qop
+    (RFC 2069 answers carry no count) a nonce works once. Entries are kept for the nonce
+    lifetime (a nonce older than that is stale anyway) and at most `max_entries` of them:
+    only requests whose digest was right are recorded, so strangers cannot fill it.
+    """
+
+    __slots__ = ("lifetime", "max_entries", "_clock", "_seen")
+
+    def __init__(self, lifetime: float, *, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lifetime = lifetime
+        self.max_entries = max_entries
+        self._clock = clock
+        self._seen: dict[str, tuple[int | None, float]] = {}  # nonce -> (last nc, first use)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def use(self, nonce: str, nc: str | None) -> bool:
+        """Record one use of `nonce` with count `nc` (hex, or None without qop); False when
+        it is a replay (the nonce was used without a count, or with this count or a higher
+        one)."""
+        count = int(nc, 16) if nc is not None else None
+        seen = self._seen
+        known = seen.get(nonce)
+        now = self._clock()
+        if known is not None:
+            last, first = known
+            if count is None or last is None or count <= last:
+                return False
+            seen[nonce] = (count, first)
+            return True
+        if len(seen) >= self.max_entries:
+            self._prune(now)
+        seen[nonce] = (count, now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        seen = self._seen
+        deadline = now - self.lifetime
+        for nonce in [n for n, (_, first) in seen.items() if first < deadline]:
+            del seen[nonce]
+        while len(seen) >= self.max_entries:  # all young: forget the oldest first uses
+            del seen[next(iter(seen))]
 
 
 class AuthOutcome(StrEnum):

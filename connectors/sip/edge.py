@@ -4,13 +4,18 @@ Messages arrive from `SipTransport` with their source; the edge matches them to 
 (`server_key`, `client_key`, `cancel_target_key`), feeds the sans-IO state machines and does
 what they say (send, start or cancel a timer with `loop.call_later`, hand a message to the
 TU). REGISTER goes to the `Registrar`, OPTIONS is answered here, everything else goes to the
-`Proxy`. Scanners are throttled before any state is made. Transaction timers share one loop timer
-(`TimerWheel`); every timer and task is owned here and cancelled (or awaited) by `aclose()`.
+`Proxy`. Scanners, and sources that collected too many refusals (the probe throttle), are
+throttled before any state is made. Transaction keys hold the source address, so nobody can
+match another caller's transaction. Transaction timers share one loop timer (`TimerWheel`);
+every timer and task is owned here and cancelled (or awaited) by `aclose()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import itertools
 import logging
 import secrets
@@ -18,13 +23,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from connectors.sip.digest import NonceIssuer
+from connectors.sip.answers import make_response
+from connectors.sip.digest import NonceIssuer, NonceLedger
 from connectors.sip.errors import LocalProtocolError, RemoteProtocolError, SipProtocolError
-from connectors.sip.message import SipMessage, SipRequest, SipResponse, make_response
-from connectors.sip.proxy import ALLOW, CallSink, Proxy
-from connectors.sip.ratelimit import ScannerLimiter
-from connectors.sip.registrar import DigestAuth, Registrar, RegistrarPolicy
-from connectors.sip.routing import ServiceUsers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
+from connectors.sip.proxy import ALLOW, CallSink, Forward, Proxy
+from connectors.sip.ratelimit import AuthThrottle, LogGate, ScannerLimiter, TokenBuckets
+from connectors.sip.registrar import TOO_MANY_ATTEMPTS, DigestAuth, Registrar, RegistrarPolicy
+from connectors.sip.routing import ServiceUsers, TrustedPeers
 from connectors.sip.timers import TimerWheel
 from connectors.sip.transaction import (
     Action,
@@ -50,6 +56,7 @@ from connectors.sip.transaction import (
     server_key,
 )
 from connectors.sip.transport import Peer, SipTransport
+from connectors.sip.txn import ClientTxn, ServerTxn
 from gateway.agents import AgentDirectory
 from gateway.clock import Clock
 from gateway.metrics import Metrics
@@ -57,13 +64,18 @@ from gateway.metrics import Metrics
 if TYPE_CHECKING:
     from config.settings import Settings
 
-__all__ = ["ClientTxn", "ServerTxn", "SipConfig", "SipEdge"]
+__all__ = ["SipConfig", "SipEdge"]
 
 log = logging.getLogger("gateway.sip")
 
 _KINDS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "response",
                  "other", "scanner-dropped", "malformed-answered", "malformed-dropped",
-                 "keepalive", "internal-error")
+                 "keepalive", "internal-error", "probe-limited", "auth-limited", "tcp-refused",
+                 "tcp-timeout", "relay-refused")
+# Answers that tell a prober something (a user exists or not, a password is wrong, a route
+# is refused): each takes a token from the source's probe bucket.
+_REFUSALS: Final = frozenset({401, 403, 404, 407, 416, 481})
+TOO_MANY_REFUSALS: Final = "Too Many Failed Requests"
 _STOP_GRACE: Final = 5.0  # how long aclose() lets call events reach the database
 
 
@@ -86,6 +98,13 @@ class SipConfig:
     scanner_burst: int = 5
     timers: TimerConfig = TimerConfig()
     default_region: str | None = None
+    trusted_peers: tuple[str, ...] = ()
+    auth_failure_burst: int = 10
+    auth_failures_per_minute: float = 6.0
+    probe_burst: int = 30
+    probes_per_minute: float = 60.0
+    tcp_max_per_source: int = 32
+    tcp_message_timeout: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SipConfig:
@@ -103,6 +122,12 @@ class SipConfig:
             timers=TimerConfig(t1=t1, t2=settings.sip_timer_t2_ms / 1000,
                                t4=settings.sip_timer_t4_ms / 1000, timer_d=64 * t1),
             default_region=settings.default_region,
+            trusted_peers=tuple(settings.sip_trusted_peers),
+            auth_failure_burst=settings.sip_auth_failure_burst,
+            auth_failures_per_minute=settings.sip_auth_failures_per_minute,
+            probe_burst=settings.sip_probe_burst, probes_per_minute=settings.sip_probes_per_minute,
+            tcp_max_per_source=settings.sip_tcp_max_connections_per_source,
+            tcp_message_timeout=settings.sip_tcp_message_timeout_seconds,
         )
 
     @property
@@ -111,35 +136,6 @@ class SipConfig:
         if self.domain:
             return self.domain
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-
-
-class ServerTxn:
-    """A server transaction and what the edge keeps beside it."""
-
-    __slots__ = ("txn", "source", "peer", "timers", "ctx")
-
-    def __init__(self, txn: ServerTransaction, source: Peer, peer: Peer) -> None:
-        self.txn = txn
-        self.source = source  # where the request came from (the caller's flow)
-        self.peer = peer  # where responses go (RFC 3261 18.2.2, RFC 3581)
-        self.timers: dict[Timer, int] = {}  # running timers -> the token their firing carries
-        self.ctx: object = None  # the TU's state for this request
-
-    @property
-    def request(self) -> SipRequest:
-        return self.txn.request
-
-
-class ClientTxn:
-    """A client transaction and what the edge keeps beside it."""
-
-    __slots__ = ("txn", "peer", "timers", "ctx")
-
-    def __init__(self, txn: ClientTransaction, peer: Peer, ctx: object) -> None:
-        self.txn = txn
-        self.peer = peer
-        self.timers: dict[Timer, int] = {}
-        self.ctx = ctx
 
 
 def _response_peer(request: SipRequest, source: Peer) -> Peer:
@@ -169,12 +165,19 @@ class SipEdge:
         self.config = config
         self.metrics = metrics
         self.timers = config.timers
+        self.trusted = TrustedPeers(config.trusted_peers)
         self.transport = SipTransport(
             config.host, config.port, self._receive, count=self._count,
-            on_send_failed=self._send_failed,
+            on_send_failed=self._send_failed, max_per_source=config.tcp_max_per_source,
+            message_timeout=config.tcp_message_timeout, exempt=self.trusted.__contains__,
         )
-        issuer = NonceIssuer(config.nonce_secret or secrets.token_bytes(32))
-        self.auth = DigestAuth(issuer, config.realm, config.algorithms)
+        secret = config.nonce_secret or secrets.token_bytes(32)
+        issuer = NonceIssuer(secret)
+        self.auth = DigestAuth(
+            issuer, config.realm, config.algorithms,
+            throttle=AuthThrottle(config.auth_failures_per_minute, config.auth_failure_burst),
+            ledger=NonceLedger(issuer.lifetime + issuer.max_skew),
+        )
         self.registrar = Registrar(
             agents, self.auth,
             RegistrarPolicy(config.min_expires, config.max_expires, min(3600, config.max_expires)),
@@ -184,9 +187,13 @@ class SipEdge:
             self, sink=sink, agents=agents, auth=self.auth, clock=clock, metrics=metrics,
             service_users=ServiceUsers(config.service_users), retry_after=config.retry_after,
             ring_timeout=config.ring_timeout, cancel_grace=64 * config.timers.t1,
-            default_region=config.default_region,
+            default_region=config.default_region, trusted=self.trusted,
+            dialog_secret=hmac.new(secret, b"record-route", hashlib.sha256).digest(),
         )
         self.limiter = ScannerLimiter(config.scanner_rate, config.scanner_burst)
+        # Refusals per source, whatever the User-Agent says (a scanner that hides its name).
+        self.probes = TokenBuckets(config.probes_per_minute / 60.0, config.probe_burst)
+        self._log_probe = LogGate()
         self._servers: dict[TransactionKey, ServerTxn] = {}
         self._clients: dict[TransactionKey, ClientTxn] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -241,7 +248,7 @@ class SipEdge:
             self._wheel.close()
         for entry in (*self._servers.values(), *self._clients.values()):
             entry.timers.clear()
-            entry.ctx = None
+            entry.forward = None
         self._servers.clear()
         self._clients.clear()
 
@@ -262,7 +269,7 @@ class SipEdge:
         if isinstance(message, SipResponse):
             self._count("response")
             try:
-                self._on_response(message)
+                self._on_response(message, source)
             except RemoteProtocolError as exc:  # a header read on demand was malformed
                 log.debug("SIP: dropped a malformed response from %s: %s", source, exc)
             return
@@ -275,6 +282,17 @@ class SipEdge:
                                 user_agent[:60], source.host)
                 return
         method = message.method
+        host = source.host
+        if self.probes.exhausted(host) and host not in self.trusted:
+            self._count("probe-limited")
+            if self._log_probe(host):
+                log.warning("SIP: %s collected too many refusals; answering it 403 %s",
+                            host, TOO_MANY_REFUSALS)
+            if method != "ACK":
+                with contextlib.suppress(SipProtocolError):
+                    answer = make_response(message, 403, TOO_MANY_REFUSALS)
+                    self.transport.send(answer.to_bytes(), _response_peer(message, source))
+            return
         self._count(method if method in self._counters else "other")
         try:
             self._on_request(message, source)
@@ -289,7 +307,7 @@ class SipEdge:
     def _refuse(self, request: SipRequest, source: Peer, exc: SipProtocolError) -> None:
         if request.method == "ACK":
             return
-        entry = self._servers.get(_safe_server_key(request) or ("",))
+        entry = self._servers.get(_safe_server_key(request, source.host) or ("",))
         try:
             if entry is not None:
                 self.reply(entry, exc.status_hint, _reason(exc))
@@ -302,18 +320,19 @@ class SipEdge:
     def _on_request(self, request: SipRequest, source: Peer) -> None:
         method = request.method
         if method == "ACK":
-            entry = self._servers.get(server_key(request))
+            entry = self._servers.get(server_key(request, source=source.host))
             if entry is not None:
                 self._run_server(entry, entry.txn.handle(MessageReceived(request)))
             else:
                 self.proxy.on_ack(request, source)
             return
-        key = server_key(request)
+        key = server_key(request, source=source.host)
         entry = self._servers.get(key)
         if entry is not None:  # a retransmission: the transaction answers it again
             self._run_server(entry, entry.txn.handle(MessageReceived(request)))
             return
-        txn = ServerTransaction(request, reliable=source.reliable, timers=self.timers)
+        txn = ServerTransaction(request, reliable=source.reliable, timers=self.timers,
+                                source=source.host)
         entry = ServerTxn(txn, source, _response_peer(request, source))
         self._servers[key] = entry
         self._run_server(entry, txn.start())
@@ -325,20 +344,21 @@ class SipEdge:
             return
         method = request.method
         if method == "CANCEL":
-            self.proxy.on_cancel(entry, self._servers.get(cancel_target_key(request)))
+            self.proxy.on_cancel(entry, self._servers.get(
+                cancel_target_key(request, source=entry.source.host)))
         elif method == "REGISTER":
             self.respond(entry, self.registrar.handle(request, entry.source))
-        elif method == "OPTIONS" and (request.to_addr.tag is None or not request.routes):
+        elif method == "OPTIONS" and request.to_addr.tag is None and "Route" not in request.headers:
             self.reply(entry, 200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en"),
             ])
         else:
             self.proxy.on_request(entry)
 
-    def _on_response(self, response: SipResponse) -> None:
+    def _on_response(self, response: SipResponse, source: Peer) -> None:
         entry = self._clients.get(client_key(response))
         if entry is None:
-            self.proxy.on_stray_response(response)
+            self.proxy.on_stray_response(response, source)
             return
         self._run_client(entry, entry.txn.handle(MessageReceived(response)))
 
@@ -419,7 +439,7 @@ class SipEdge:
         entry.timers.clear()  # pending firings find no token and do nothing
         # The TU's state points back at its transactions: dropping the link here lets
         # reference counting free the pair, so the garbage collector has less to walk.
-        entry.ctx = None
+        entry.forward = None
         if table.get(entry.txn.key) is entry:
             del table[entry.txn.key]
 
@@ -433,6 +453,13 @@ class SipEdge:
             actions = server.txn.handle(TuSend(response))
         except LocalProtocolError:
             return False
+        if response.status in _REFUSALS and (host := server.source.host) not in self.trusted:
+            self.probes.take(host)
+            if response.reason == TOO_MANY_ATTEMPTS:
+                self._count("auth-limited")
+                if self._log_probe("auth " + host):
+                    log.warning("SIP: failed authentications from %s (or for the user it "
+                                "names) are limited; answering 403 %s", host, TOO_MANY_ATTEMPTS)
         self._run_server(server, actions)
         return True
 
@@ -441,9 +468,9 @@ class SipEdge:
         return self.respond(server, make_response(server.request, status, reason,
                                                   extra_headers=headers))
 
-    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn:
+    def forward(self, request: SipRequest, peer: Peer, forward: Forward | None) -> ClientTxn:
         txn = ClientTransaction(request, reliable=peer.reliable, timers=self.timers)
-        entry = ClientTxn(txn, peer, ctx)
+        entry = ClientTxn(txn, peer, forward)
         self._clients[txn.key] = entry
         self._run_client(entry, txn.start())
         return entry
@@ -474,9 +501,9 @@ class SipEdge:
         return self.transport.connected(peer)
 
 
-def _safe_server_key(request: SipRequest) -> TransactionKey | None:
+def _safe_server_key(request: SipRequest, source: str) -> TransactionKey | None:
     try:
-        return server_key(request)
+        return server_key(request, source=source)
     except SipProtocolError:
         return None
 

@@ -8,7 +8,15 @@ CANCEL, ACK, BYE and re-INVITE follow the Record-Route (loose routing) through u
 events (ringing, answered by whom, ended, duration) go to the core in tasks the edge owns, so
 the relay of a response never waits for a database write.
 
-Per live dialog we keep one small `Call` (Call-ID -> agent, tags and the two flows); every
+No open relay (CONTRACT.md "SIP"): an in-dialog request goes on only when it belongs to a
+call we routed, and then only to that call's other party as we recorded it, never to a host
+the request names. It belongs when its top Route is our Record-Route, whose `dlg` parameter
+is a random dialog id with an HMAC over it, the Call-ID and the caller's tag; or, for
+route-less peers (SIPp's built-in uac, pyVoIP), when its Call-ID and tags match a call and it
+comes from that party's address. Everything else is refused and sent nowhere. Context headers
+only we may set are stripped from every request we forward.
+
+Per live call we keep one small `Call` (dialog id -> agent, tags and the two flows); every
 other piece of state lives in transactions, which the edge removes when they terminate.
 The edge (`connectors/sip/edge.py`) does all I/O; this module decides.
 """
@@ -17,29 +25,33 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
+from connectors.sip.grammar import (
     MAGIC_COOKIE,
-    Headers,
-    SipMessage,
-    SipRequest,
-    SipResponse,
+    NameAddr,
     SipUri,
     Via,
     new_branch,
     split_list,
     unescape,
 )
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 from connectors.sip.registrar import AuthResult, DigestAuth
 from connectors.sip.routing import (
     PIN_HEADER,
     ServiceUsers,
+    TrustedPeers,
+    attestation,
     caller_address,
     dialled,
     pin_from_header,
@@ -52,9 +64,10 @@ from gateway.events import CallEvent, CallEventKind, IncomingCall
 from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
-    from connectors.sip.edge import ClientTxn, ServerTxn
+    from connectors.sip.txn import ClientTxn, ServerTxn
 
-__all__ = ["Call", "CallSink", "Proxy", "ProxyIO", "RoutedCall"]
+__all__ = ["Call", "CallSink", "CallState", "Forward", "Forwarding", "Proxy", "ProxyIO",
+           "RoutedCall"]
 
 log = logging.getLogger("gateway.sip.proxy")
 
@@ -65,10 +78,14 @@ _OUT_OF_DIALOG_ELSEWHERE: Final = frozenset(
 # Twilio's `<Dial><Sip>` passes the context token it got from the core as `X-Context`; the
 # core keeps that call's leg when the token is live (and ignores it otherwise).
 CONTEXT_HEADER: Final = "X-Context"
-# Never forwarded to an agent: context headers only we may set (a caller could point an
-# agent at a page of its own), the PIN (a secret), and credentials meant for us.
-_STRIP_ON_INVITE: Final = ("Call-Info", "X-Conversation-Id", PIN_HEADER, "Proxy-Authorization",
-                           "Route", CONTEXT_HEADER)
+# Never forwarded, in any request, either way: context headers only we may set (a caller
+# could point an agent at a page of its own, or claim a leg with X-Context) and the PIN.
+_STRIP_ALWAYS: Final = frozenset(
+    n.lower() for n in ("Call-Info", "X-Conversation-Id", PIN_HEADER, CONTEXT_HEADER))
+_STRIP_WITH_ROUTE: Final = _STRIP_ALWAYS | {"route"}  # in-dialog, when our Route led
+# From an initial INVITE also its credentials (meant for us) and its Route (we choose).
+_STRIP_ON_INVITE: Final = _STRIP_ALWAYS | {"proxy-authorization", "route"}
+_DIALOG_PARAM: Final = "dlg"  # in our Record-Route: <sip:host:port;lr;dlg=ID.MAC>
 MAX_DIALOG_SECONDS: Final = 12 * 3600.0  # a dialog with no BYE after this is forgotten
 _SWEEP_EVERY: Final = 60.0
 
@@ -96,7 +113,8 @@ class ProxyIO(Protocol):
     def reply(self, server: ServerTxn, status: int, reason: str | None = None,
               headers: Iterable[tuple[str, str]] = ()) -> bool: ...
 
-    def forward(self, request: SipRequest, peer: Peer, ctx: object) -> ClientTxn: ...
+    def forward(self, request: SipRequest, peer: Peer, forward: Forward | None
+                ) -> ClientTxn: ...
 
     def abandon(self, client: ClientTxn) -> None: ...
 
@@ -110,40 +128,90 @@ class ProxyIO(Protocol):
     def connected(self, peer: Peer) -> bool: ...
 
 
+class CallState(Enum):
+    """Where a call stands, as the call events record it."""
+
+    OFFERED = "offered"  # the INVITE is on its way to (or at) the agent's phone
+    RINGING = "ringing"  # the phone sent 180 or 183 (recorded once)
+    ANSWERED = "answered"  # a 2xx: from here on the Call is a dialog record
+    ENDED = "ended"  # BYE, failure, cancel or sweep: recorded, the agent freed
+
+
 class Call:
     """One call from INVITE to BYE; from the 2xx on, the dialog record (kept small)."""
 
     __slots__ = ("call_id", "agent_id", "caller_tag", "caller_peer", "agent_peer",
-                 "answered_at", "ringing", "ended")
+                 "answered_at", "state", "dialog_id")
 
     def __init__(self, call_id: str, agent_id: str, caller_tag: str | None,
                  caller_peer: Peer) -> None:
         self.call_id = call_id
         self.agent_id = agent_id
         self.caller_tag = caller_tag
-        self.caller_peer = caller_peer
-        self.agent_peer: Peer | None = None
+        self.caller_peer = caller_peer  # the caller's flow (where its INVITE came from)
+        self.agent_peer: Peer | None = None  # where its INVITE went, then where the 2xx came from
+        self.dialog_id = secrets.token_hex(8)  # in our Record-Route: the key of self.dialogs
         self.answered_at: float | None = None
-        self.ringing = False
-        self.ended = False
+        self.state = CallState.OFFERED
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
 
 
-class _Forward:
+class Forwarding(Enum):
+    """Where the relay of one request stands, upstream (the caller's answer) and downstream
+    (the branch we sent). Transitions, all in `Proxy`:
+
+        ROUTING -> RELAYING                    sent on (an INVITE once routed, others at once)
+        ROUTING -> ANSWERED                    CANCEL, failure or no route: we answer ourselves
+        RELAYING -> ANSWERED                   a final answer went up (relayed or ours)
+        RELAYING -> CANCEL_WAITING -> CANCEL_SENT    the caller cancelled; the CANCEL waits
+                                               for the branch's first provisional (RFC 3261 9.1)
+        CANCEL_* -> ANSWERED                   the branch's 487 (or a crossing 2xx) went up
+        RELAYING -> GIVING_UP -> GAVE_UP       ring timeout: 480 went up, CANCEL waits / went
+    """
+
+    ROUTING = "routing"  # an INVITE waiting for the core and the agent's address
+    RELAYING = "relaying"  # sent on; answers are relayed up
+    CANCEL_WAITING = "cancel-waiting"  # cancelled by the caller; CANCEL on the next 1xx
+    CANCEL_SENT = "cancel-sent"  # cancelled by the caller; the branch's final goes up
+    GIVING_UP = "giving-up"  # we answered up ourselves; CANCEL on the next 1xx
+    GAVE_UP = "gave-up"  # we answered up ourselves and CANCELled the branch
+    ANSWERED = "answered"  # a final answer went (or is going) up
+
+
+# A final answer went upstream: later 1xx are not relayed, a late 2xx is hung up on.
+_FINAL: Final = frozenset({Forwarding.ANSWERED, Forwarding.GIVING_UP, Forwarding.GAVE_UP})
+# A CANCEL is due on the branch's first provisional answer.
+_CANCEL_DUE: Final = {Forwarding.CANCEL_WAITING: Forwarding.CANCEL_SENT,
+                      Forwarding.GIVING_UP: Forwarding.GAVE_UP}
+
+
+class Outcome(Enum):
+    """Why we ended an unanswered call ourselves (None: the agent's phone ended it)."""
+
+    CANCELLED = "cancelled"  # the caller CANCELled (or hung up while we routed)
+    NO_ANSWER = "no-answer"  # ring timeout
+
+
+class Forward:
     """A request being relayed: its server transaction, its client transaction (None while
     an INVITE is being routed) and, for an initial INVITE, its Call."""
 
-    __slots__ = ("server", "client", "call", "cancelled", "cancel_sent", "final", "timer",
-                 "outcome")
+    __slots__ = ("server", "client", "call", "state", "timer", "outcome")
 
     def __init__(self, server: ServerTxn, call: Call | None = None) -> None:
         self.server = server
         self.client: ClientTxn | None = None
         self.call = call
-        self.cancelled = False  # the caller CANCELled, or we gave up ringing
-        self.cancel_sent = False
-        self.final = False  # a final response went (or is going) upstream
+        self.state = Forwarding.ROUTING
         self.timer: asyncio.TimerHandle | None = None
-        self.outcome: str | None = None  # why we ended it ourselves: "cancelled", "no-answer"
+        self.outcome: Outcome | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in _FINAL
 
 
 class Proxy:
@@ -163,6 +231,8 @@ class Proxy:
         ring_timeout: float,
         cancel_grace: float,
         default_region: str | None = None,
+        trusted: TrustedPeers | None = None,
+        dialog_secret: bytes | None = None,
     ) -> None:
         self.io = io
         self.sink = sink
@@ -175,24 +245,32 @@ class Proxy:
         self.ring_timeout = ring_timeout
         self.cancel_grace = cancel_grace
         self.default_region = default_region
+        self.trusted = trusted if trusted is not None else TrustedPeers(())
+        # HMAC-SHA256 keyed once; each MAC copies it (a third of the cost of hmac.digest)
+        self._dialog_hmac = hmac.new(dialog_secret or secrets.token_bytes(32),
+                                     digestmod=hashlib.sha256)
+        # Every call from the moment its INVITE goes on until it ends, by dialog id; and the
+        # same calls by Call-ID, for peers that send in-dialog requests without our Route.
         self.dialogs: dict[str, Call] = {}
+        self._by_call_id: dict[str, list[Call]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.sent_by = ""
         self._own_via = Via(transport="UDP", host="")
-        self.record_route = ""
+        self._rr_prefix = ""
         self._hosts: frozenset[str] = frozenset()
         self._port = 0
         self._me: dict[str, bool] = {}
         self._answered = metrics.calls.labels("sip", "answered")
         self._routed = metrics.calls.labels("sip", "routed")
+        self._relay_refused = metrics.sip_messages.labels("relay-refused")
 
     def bind(self, host: str, port: int, aliases: Iterable[str] = ()) -> None:
         """Where we are, once the transport is bound: our Via, Record-Route and own hosts."""
         self._port = port
         self.sent_by = f"{host}:{port}".lower()
         self._own_via = Via.parse(f"SIP/2.0/UDP {self.sent_by}")  # our host and port, parsed
-        self.record_route = f"<sip:{host}:{port};lr>"
+        self._rr_prefix = f"<sip:{host}:{port};lr;{_DIALOG_PARAM}="
         self._hosts = frozenset(h.lower() for h in (host, *aliases))
         self._sweeper = self.io.later(_SWEEP_EVERY, self._sweep)
 
@@ -203,6 +281,73 @@ class Proxy:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.dialogs.clear()
+        self._by_call_id.clear()
+
+    # ---- our Record-Route: which dialog a request belongs to ----------------------------------
+
+    def _dialog_mac(self, dialog_id: str, call_id: str, caller_tag: str | None) -> str:
+        mac = self._dialog_hmac.copy()
+        mac.update(f"{dialog_id}\0{call_id}\0{caller_tag or ''}".encode("utf-8", "surrogateescape"))
+        return mac.digest()[:8].hex()
+
+    def record_route(self, call: Call) -> str:
+        """Our Record-Route for `call`: `dlg` names the call and proves we wrote it."""
+        mac = self._dialog_mac(call.dialog_id, call.call_id, call.caller_tag)
+        return f"{self._rr_prefix}{call.dialog_id}.{mac}>"
+
+    def _remember(self, call: Call) -> None:
+        self.dialogs[call.dialog_id] = call
+        self._by_call_id.setdefault(call.call_id, []).append(call)
+
+    def _forget_call(self, call: Call) -> None:
+        if self.dialogs.pop(call.dialog_id, None) is None:
+            return
+        same = self._by_call_id.get(call.call_id)
+        if same is not None:
+            if call in same:
+                same.remove(call)
+            if not same:
+                del self._by_call_id[call.call_id]
+
+    def _dialog_of(self, request: SipRequest, source: Peer, routes: tuple[NameAddr, ...]
+                   ) -> tuple[Call, bool] | int:
+        """The call an in-dialog request belongs to and whether it comes from the caller's
+        side, or the status to refuse it with (403: not ours; 481: ours, but over)."""
+        from_tag = request.from_addr.tag
+        to_tag = request.to_addr.tag
+        if routes and (dlg := self._our_dialog_param(routes[0].uri)) is not None:
+            dialog_id, _, mac = dlg.partition(".")
+            call_id = request.call_id
+            for tag, from_caller in ((from_tag, True), (to_tag, False)):
+                if hmac.compare_digest(self._dialog_mac(dialog_id, call_id, tag), mac):
+                    call = self.dialogs.get(dialog_id)
+                    if call is None or call.ended:
+                        return 481  # a dialog we record-routed, gone (ended, or a restart)
+                    return call, from_caller
+            return 403  # a Route that claims to be ours for a dialog it is not
+        # No Route of ours (a peer that ignored the route set): the Call-ID and tags must
+        # match a call, and the request must come from that side's own address.
+        for call in self._by_call_id.get(request.call_id, ()):
+            if call.ended:
+                continue
+            if from_tag == call.caller_tag and source.host == call.caller_peer.host:
+                return call, True
+            agent = call.agent_peer
+            if to_tag == call.caller_tag and agent is not None and source.host == agent.host:
+                return call, False
+        return 403
+
+    def _our_dialog_param(self, uri_text: str) -> str | None:
+        """The `dlg` of a Route URI that names us, else None."""
+        prefix = self._rr_prefix[1:]  # without the "<"
+        if uri_text.startswith(prefix):  # our own text, copied back as peers should
+            return uri_text[len(prefix):].split(";", 1)[0]
+        if not self._is_me(uri_text):
+            return None
+        try:
+            return SipUri.parse(uri_text).param(_DIALOG_PARAM)
+        except RemoteProtocolError:
+            return None
 
     # ---- out-of-dialog requests ------------------------------------------------------------
 
@@ -213,8 +358,12 @@ class Proxy:
             self._in_dialog(server, request)
         elif request.method == "INVITE":
             self._invite(server, request)
+        elif not self._is_me(request.uri) or not all(self._is_me(r.uri) for r in request.routes):
+            self._refused(server, 403, "Forbidden (not relaying)")  # we serve only ourselves
         elif request.method == "BYE":
             self.io.reply(server, 481)
+        elif request.method == "OPTIONS":  # to us, through our own Route
+            self.io.reply(server, 200, headers=[("Allow", ALLOW)])
         elif request.method in _OUT_OF_DIALOG_ELSEWHERE:
             self.io.reply(server, 405, headers=[("Allow", ALLOW)])
         else:
@@ -240,14 +389,11 @@ class Proxy:
             io.reply(server, 404)
             return
         caller_agent = self._claimed_agent(request)
+        source = server.source.host
         if caller_agent is not None:
-            result = self.auth.check(request, "Proxy-Authorization", caller_agent)
+            result = self.auth.check(request, "Proxy-Authorization", caller_agent, source)
             if result is not AuthResult.OK:
-                if result is AuthResult.FORBIDDEN:
-                    io.reply(server, 403)
-                else:
-                    challenges = self.auth.challenges(stale=result is AuthResult.STALE)
-                    io.reply(server, 407, headers=[("Proxy-Authenticate", c) for c in challenges])
+                io.respond(server, self.auth.refusal(request, result, "Proxy-Authenticate", 407))
                 return
         if agent is not None:
             target = self._target_of(agent)
@@ -260,8 +406,11 @@ class Proxy:
             return
         self.agents.call_started(target.agent_id)  # now, so concurrent calls spread out
         call = Call(request.call_id, target.agent_id, request.from_addr.tag, server.source)
-        forward = _Forward(server, call)
-        server.ctx = forward
+        forward = Forward(server, call)
+        server.forward = forward
+        # X-Context (a leg an upstream edge opened) and caller-ID attestation are believed
+        # only from the trunks and edges we were told to trust.
+        trusted = source in self.trusted
         incoming = IncomingCall(
             caller=caller_address(request, self.default_region),
             callee=wanted.user or "pin",
@@ -269,11 +418,13 @@ class Proxy:
             provider="sip",
             pin=pin,
             caller_authenticated=caller_agent is not None,
-            context_token=request.headers.get(CONTEXT_HEADER),
+            context_token=request.headers.get(CONTEXT_HEADER) if trusted else None,
+            source=source,
+            attestation=attestation(request) if trusted else None,
         )
         io.spawn(self._route(forward, request, target, incoming), "sip-route")
 
-    async def _route(self, forward: _Forward, request: SipRequest, target: AgentTarget,
+    async def _route(self, forward: Forward, request: SipRequest, target: AgentTarget,
                      incoming: IncomingCall) -> None:
         call = forward.call
         assert call is not None
@@ -281,17 +432,17 @@ class Proxy:
             route = await self.sink.open_call(incoming)
         except Exception:
             log.exception("SIP: the core could not open call %s; answering 500", call.call_id)
-            call.ended = True
+            call.state = CallState.ENDED
             self.agents.call_ended(call.agent_id)
             self._count("error")
             if not forward.final:
                 self._final(forward, 500)
             return
-        if forward.cancelled:  # CANCEL arrived while the core was working: 487 already sent
+        if forward.state is not Forwarding.ROUTING:  # CANCEL came meanwhile: 487 was sent
             self._unanswered(forward, 487)
             return
         peer = await self._peer_of_contact(target.contact)
-        if forward.cancelled:
+        if forward.state is not Forwarding.ROUTING:
             self._unanswered(forward, 487)
             return
         if peer is None:
@@ -301,11 +452,14 @@ class Proxy:
             self._unanswered(forward, 480)
             return
         headers = self._headers_onward(request, forward.server.source, peer, _STRIP_ON_INVITE)
-        headers.add("Record-Route", self.record_route, first=True)
+        headers.add("Record-Route", self.record_route(call), first=True)
         headers.add("Call-Info", f"<{route.context_url}>;purpose=info")
         headers.add("X-Conversation-Id", route.conversation_id)
         onward = SipRequest("INVITE", target.contact.uri, headers, request.body)
         self._routed.inc()
+        forward.state = Forwarding.RELAYING
+        call.agent_peer = peer
+        self._remember(call)
         forward.client = self.io.forward(onward, peer, forward)
         forward.timer = self._later(self.ring_timeout, self._ring_timeout, forward)
 
@@ -330,7 +484,13 @@ class Proxy:
 
     async def _peer_of_contact(self, contact: Contact) -> Peer | None:
         """Where to send a call for `contact`: the flow its REGISTER came from (NAT-proof, and
-        the open connection for TCP), else the contact URI's host (resolved when a name)."""
+        the open connection for TCP), else the contact URI's host. Only a configured static
+        contact's host name is resolved (off the loop, with a timeout); a registered one
+        names whatever the phone wrote, so its host is used only when it is an address."""
+        try:
+            uri = SipUri.parse(contact.uri)
+        except RemoteProtocolError:
+            uri = None
         if contact.source is not None:
             host, port = contact.source
             if contact.transport != "tcp":
@@ -338,9 +498,10 @@ class Proxy:
             flow = Peer("TCP", host, port)
             if self.io.connected(flow):  # a TCP flow is only good while its connection is
                 return flow
-        try:
-            uri = SipUri.parse(contact.uri)
-        except RemoteProtocolError:
+            literal = _peer_of(uri) if uri is not None else None
+            # the phone's listening port at the address it registered from
+            return literal or Peer("TCP", host, (uri.port if uri else None) or 5060)
+        if uri is None:
             return None
         peer = _peer_of(uri)
         if peer is not None or uri.scheme != "sip":
@@ -363,18 +524,17 @@ class Proxy:
         if max_forwards is not None and max_forwards <= 0:
             self.io.reply(server, 483)
             return
-        headers, peer = self._next_hop(request, server.source)
-        if peer is None:
-            self.io.reply(server, 481)
+        found = self._onward_in_dialog(request, server.source, stateless=False)
+        if isinstance(found, int):
+            reason = "Forbidden (no such dialog here)" if found == 403 else None
+            self._refused(server, found, reason)
             return
+        onward, peer, call, from_caller = found
         if request.method == "BYE":
-            call = self.dialogs.get(request.call_id)
-            if call is not None:
-                who = "caller" if request.from_addr.tag == call.caller_tag else "agent"
-                self._end(call, f"{who} hung up")
-        onward = SipRequest(request.method, request.uri, headers, request.body)
-        forward = _Forward(server)
-        server.ctx = forward
+            self._end(call, f"{'caller' if from_caller else 'agent'} hung up")
+        forward = Forward(server)
+        forward.state = Forwarding.RELAYING
+        server.forward = forward
         forward.client = self.io.forward(onward, peer, forward)
 
     def on_ack(self, request: SipRequest, source: Peer) -> None:
@@ -384,43 +544,44 @@ class Proxy:
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
             return
-        headers, peer = self._next_hop(request, source, stateless_branch=True)
-        if peer is not None:
-            self.io.send(SipRequest("ACK", request.uri, headers, request.body), peer)
+        found = self._onward_in_dialog(request, source, stateless=True)
+        if isinstance(found, int):
+            log.debug("SIP: dropped an ACK for no dialog of ours from %s", source)
+            return
+        onward, peer, _, _ = found
+        self.io.send(onward, peer)
 
-    def _next_hop(self, request: SipRequest, source: Peer, *, stateless_branch: bool = False
-                  ) -> tuple[Headers, Peer | None]:
-        """Loose routing (RFC 3261 16.4, 16.12): drop our own Route entries, then send to the
-        next Route, else to the other party of a dialog we know, else to the Request-URI."""
+    def _onward_in_dialog(self, request: SipRequest, source: Peer, *, stateless: bool
+                          ) -> tuple[SipRequest, Peer, Call, bool] | int:
+        """Loose routing (RFC 3261 16.4, 16.12) inside a dialog we record-routed: our own
+        Route entries dropped, the rest kept, and the request sent to the call's other party
+        as recorded (never to a host the request names). Or the status to refuse it with."""
         routes = request.routes
+        found = self._dialog_of(request, source, routes)
+        if isinstance(found, int):
+            if found == 403 and request.uri.partition(":")[0].lower() not in ("sip", "sips"):
+                return 416
+            return found
+        call, from_caller = found
+        peer = call.agent_peer if from_caller else call.caller_peer
+        if peer is None:
+            return 481
         ours = 0
         while ours < len(routes) and self._is_me(routes[ours].uri):
             ours += 1
-        drop: tuple[str, ...] = ("Route",) if ours else ()
-        if stateless_branch:  # RFC 3261 16.11: the same branch for every retransmission
+        drop = _STRIP_WITH_ROUTE if ours else _STRIP_ALWAYS
+        if stateless:  # RFC 3261 16.11: the same branch for every retransmission
             branch = MAGIC_COOKIE + hashlib.sha1(
                 (request.top_via.branch or request.call_id).encode(), usedforsecurity=False
             ).hexdigest()[:16]
         else:
             branch = new_branch()
-        peer: Peer | None = None
-        rest = routes[ours:]
-        if rest:
-            peer = _peer_of_text(rest[0].uri)
-        else:
-            call = self.dialogs.get(request.call_id)
-            if call is not None:
-                peer = call.agent_peer if request.from_addr.tag == call.caller_tag \
-                    else call.caller_peer
-            elif not self._is_me(request.uri):
-                peer = _peer_of_text(request.uri)
-        if peer is None:
-            return request.headers, None
         headers = self._headers_onward(request, source, peer, drop, branch)
         if ours:
-            for route in rest:
+            for route in routes[ours:]:
                 headers.add("Route", str(route))
-        return headers, peer
+        return SipRequest(request.method, request.uri, headers, request.body), peer, call, \
+            from_caller
 
     def _looped(self, request: SipRequest) -> bool:
         """Our own Via in the request: it went round to us again (RFC 3261 16.3 step 4)."""
@@ -430,7 +591,10 @@ class Proxy:
         return any(v.sent_by.lower() == sent_by for v in request.vias)
 
     def _is_me(self, uri_text: str) -> bool:
-        """Whether a Route or Request-URI names us (remembered: it is mostly our own RR)."""
+        """Whether a Route or Request-URI names us (remembered, but for our own Record-Route
+        texts, which differ per call and are recognised by their prefix)."""
+        if uri_text.startswith(self._rr_prefix[1:]):
+            return True
         known = self._me.get(uri_text)
         if known is not None:
             return known
@@ -445,13 +609,12 @@ class Proxy:
         return me
 
     def _headers_onward(self, request: SipRequest, source: Peer, peer: Peer,
-                        drop: Iterable[str], branch: str | None = None) -> Headers:
-        """The request's headers for the next hop (RFC 3261 16.6): `drop` removed, the
-        sender's Via marked with received/rport (RFC 3581), Max-Forwards less one, our Via."""
+                        drop: frozenset[str], branch: str | None = None) -> Headers:
+        """The request's headers for the next hop (RFC 3261 16.6): `drop` (lower-case names)
+        removed, the sender's Via marked with received/rport (RFC 3581), Max-Forwards less
+        one, our Via."""
         headers = request.headers.copy()
-        for name in drop:
-            if name in headers:
-                headers.remove(name)
+        headers.remove_all(drop)
         via = request.top_via
         if via.wants_rport or via.host != source.host:
             marked = via.with_param("received", source.host)
@@ -473,18 +636,18 @@ class Proxy:
     # ---- responses ----------------------------------------------------------------------------
 
     def on_response(self, client: ClientTxn, response: SipResponse) -> None:
-        forward = client.ctx
-        if not isinstance(forward, _Forward):
+        forward = client.forward
+        if forward is None:
             return  # the answer to a CANCEL or BYE we sent ourselves
         status = response.status
         if status == 100:
             return  # hop by hop: we sent our own
         call = forward.call
         if status < 200:
-            if forward.cancelled and not forward.cancel_sent:
+            if forward.state in _CANCEL_DUE:
                 self._send_cancel(forward)  # the CANCEL that waited for a provisional
-            if call is not None and not call.ringing and status in (180, 183):
-                call.ringing = True
+            if call is not None and call.state is CallState.OFFERED and status in (180, 183):
+                call.state = CallState.RINGING
                 self._event(call, "ringing")
             if not forward.final:
                 self.io.respond(forward.server, self._dialog_response(client, response))
@@ -494,7 +657,7 @@ class Proxy:
                 self._answered_call(forward, call, client, response)
             if forward.final and forward.server.txn.state is not State.ACCEPTED:
                 return
-            forward.final = True
+            forward.state = Forwarding.ANSWERED
             upstream = self._dialog_response(client, response)
             if not self.io.respond(forward.server, upstream):
                 self.io.send(upstream, forward.server.peer)
@@ -504,7 +667,7 @@ class Proxy:
         if call is not None:
             self._unanswered(forward, status, response.reason)
         if not forward.final:
-            forward.final = True
+            forward.state = Forwarding.ANSWERED
             self.io.respond(forward.server, _upstream(response, final_error=True))
 
     def _dialog_response(self, client: ClientTxn, response: SipResponse) -> SipResponse:
@@ -519,7 +682,7 @@ class Proxy:
                 upstream.headers.add("Record-Route", value)
         return upstream
 
-    def _answered_call(self, forward: _Forward, call: Call, client: ClientTxn,
+    def _answered_call(self, forward: Forward, call: Call, client: ClientTxn,
                        response: SipResponse) -> None:
         self._stop_timer(forward)
         if forward.final or call.ended:
@@ -527,8 +690,8 @@ class Proxy:
             self._hang_up_late_answer(client, response)
             return
         call.answered_at = time.monotonic()
+        call.state = CallState.ANSWERED
         call.agent_peer = client.peer
-        self.dialogs[call.call_id] = call
         self.metrics.dialogs.inc()
         self._answered.inc()
         self._event(call, "answered", agent_id=call.agent_id)
@@ -536,8 +699,8 @@ class Proxy:
     def on_client_timeout(self, client: ClientTxn, reason: str | None = None) -> None:
         """Timer B/F fired, or the transport failed: treat it as 408 (RFC 3261 16.7 step 2)
         and, for a call, as the agent being unreachable (480 with Retry-After)."""
-        forward = client.ctx
-        if not isinstance(forward, _Forward):
+        forward = client.forward
+        if forward is None:
             return
         self._stop_timer(forward)
         call = forward.call
@@ -548,45 +711,53 @@ class Proxy:
         elif not forward.final:
             self._final(forward, 408 if reason is None else 503)
 
-    def on_stray_response(self, response: SipResponse) -> None:
+    def on_stray_response(self, response: SipResponse, source: Peer) -> None:
         """A response no client transaction took (a 2xx retransmitted after Timer M):
-        forward it statelessly along the Via when the top Via is ours (RFC 3261 16.11)."""
+        forward it statelessly along the Via when the top Via is ours (RFC 3261 16.11), but
+        only for a call we routed, from its agent's side, to its caller's address."""
         vias = response.vias
         if len(vias) < 2 or vias[0].sent_by.lower() != self.sent_by:
             return
-        peer = _peer_of_via(vias[1])
-        if peer is not None:
-            self.io.send(_upstream(response), peer)
+        tag = response.from_addr.tag
+        for call in self._by_call_id.get(response.call_id, ()):
+            agent = call.agent_peer
+            if call.caller_tag == tag and agent is not None and agent.host == source.host:
+                peer = _peer_of_via(vias[1])
+                if peer is not None and peer.host == call.caller_peer.host:
+                    self.io.send(_upstream(response), peer)
+                return
 
     # ---- CANCEL and giving up ---------------------------------------------------------------
 
     def on_cancel(self, cancel: ServerTxn, target: ServerTxn | None) -> None:
         """RFC 3261 16.10: 200 to the CANCEL, CANCEL the branch; the branch's 487 goes up."""
-        if target is None or not isinstance(target.ctx, _Forward):
+        forward = target.forward if target is not None else None
+        if forward is None:
             self.io.reply(cancel, 481)
             return
         self.io.reply(cancel, 200)
-        forward = target.ctx
-        if forward.final or forward.cancelled or target.txn.state is not State.PROCEEDING:
+        if (forward.state not in (Forwarding.ROUTING, Forwarding.RELAYING)
+                or target.txn.state is not State.PROCEEDING):  # type: ignore[union-attr]
             return
-        forward.cancelled = True
-        forward.outcome = "cancelled"
+        forward.outcome = Outcome.CANCELLED
         if forward.client is None:  # still being routed: answer for the branch that never was
             self._final(forward, 487)
             return
+        forward.state = Forwarding.CANCEL_WAITING
         self._send_cancel(forward)
         # A branch that never answers the CANCEL must not keep the caller waiting.
         self._stop_timer(forward)
         forward.timer = self._later(self.cancel_grace, self._cancel_expired, forward)
 
-    def _send_cancel(self, forward: _Forward) -> None:
+    def _send_cancel(self, forward: Forward) -> None:
         """CANCEL the branch (RFC 3261 9.1), or wait for its first provisional response."""
         client = forward.client
-        if client is None or forward.cancel_sent:
+        sent = _CANCEL_DUE.get(forward.state)
+        if client is None or sent is None:
             return
         if client.txn.state is not State.PROCEEDING:
             return  # no provisional yet (sent on the first one) or already final
-        forward.cancel_sent = True
+        forward.state = sent
         invite = client.txn.request
         h = invite.headers
         entries = [("Via", split_list(h.get("Via") or "")[0])]
@@ -597,7 +768,7 @@ class Proxy:
         ]
         self.io.forward(SipRequest("CANCEL", invite.uri, Headers(entries)), client.peer, None)
 
-    def _cancel_expired(self, forward: _Forward) -> None:
+    def _cancel_expired(self, forward: Forward) -> None:
         self._timers.discard(forward.timer)  # type: ignore[arg-type]
         forward.timer = None
         if forward.final:
@@ -607,17 +778,19 @@ class Proxy:
         self._unanswered(forward, 487)
         self._final(forward, 487)
 
-    def _ring_timeout(self, forward: _Forward) -> None:
+    def _ring_timeout(self, forward: Forward) -> None:
         self._timers.discard(forward.timer)  # type: ignore[arg-type]
         forward.timer = None
         call = forward.call
-        if forward.final or call is None or call.answered_at is not None:
+        if forward.state is not Forwarding.RELAYING or call is None \
+                or call.answered_at is not None:
             return
-        forward.cancelled = True
-        forward.outcome = "no-answer"
+        forward.outcome = Outcome.NO_ANSWER
+        forward.state = Forwarding.GIVING_UP
         self._send_cancel(forward)
         self._unanswered(forward, 480, f"no answer within {self.ring_timeout:g} s")
-        self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+        self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))],
+                    then=forward.state)
 
     def _hang_up_late_answer(self, client: ClientTxn, response: SipResponse) -> None:
         """ACK and BYE a 2xx that arrived after we answered the caller ourselves."""
@@ -644,17 +817,18 @@ class Proxy:
 
     # ---- call records --------------------------------------------------------------------------
 
-    def _unanswered(self, forward: _Forward, status: int, reason: str | None = None) -> None:
+    def _unanswered(self, forward: Forward, status: int, reason: str | None = None) -> None:
         """The call ends before anyone answered: free the agent, record why."""
         call = forward.call
         if call is None or call.ended or call.answered_at is not None:
             return
-        call.ended = True
+        call.state = CallState.ENDED
+        self._forget_call(call)
         self.agents.call_ended(call.agent_id)
-        if forward.outcome == "cancelled":
+        if forward.outcome is Outcome.CANCELLED:
             self._count("cancelled")
             self._event(call, "ended", detail="caller hung up before answer")
-        elif forward.outcome == "no-answer":
+        elif forward.outcome is Outcome.NO_ANSWER:
             self._count("no-answer")
             self._event(call, "failed", agent_id=call.agent_id, detail=reason)
         else:
@@ -666,8 +840,8 @@ class Proxy:
         """A BYE (either side) or the sweep ends an answered call."""
         if call.ended:
             return
-        call.ended = True
-        self.dialogs.pop(call.call_id, None)
+        call.state = CallState.ENDED
+        self._forget_call(call)
         self.metrics.dialogs.dec()
         self.agents.call_ended(call.agent_id)
         duration = time.monotonic() - (call.answered_at or time.monotonic())
@@ -675,7 +849,8 @@ class Proxy:
 
     def _sweep(self) -> None:
         deadline = time.monotonic() - MAX_DIALOG_SECONDS
-        for call in [c for c in self.dialogs.values() if (c.answered_at or 0) < deadline]:
+        for call in [c for c in self.dialogs.values()
+                     if c.answered_at is not None and c.answered_at < deadline]:
             self._end(call, "no BYE seen; forgotten")
         self._sweeper = self.io.later(_SWEEP_EVERY, self._sweep)
 
@@ -698,19 +873,26 @@ class Proxy:
 
     # ---- small helpers ------------------------------------------------------------------------
 
-    def _final(self, forward: _Forward, status: int,
-               headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _final(self, forward: Forward, status: int,
+               headers: Iterable[tuple[str, str]] = (), *,
+               then: Forwarding = Forwarding.ANSWERED) -> None:
+        """Answer the caller ourselves (`then`: the state after, a final one)."""
         self._stop_timer(forward)
-        forward.final = True
+        forward.state = then
         self.io.reply(forward.server, status, headers=headers)
 
-    def _later(self, delay: float, callback: Callable[[_Forward], None],
-               forward: _Forward) -> asyncio.TimerHandle:
+    def _refused(self, server: ServerTxn, status: int, reason: str | None = None) -> None:
+        """Refuse a request that would take us somewhere we do not relay to."""
+        self._relay_refused.inc()
+        self.io.reply(server, status, reason)
+
+    def _later(self, delay: float, callback: Callable[[Forward], None],
+               forward: Forward) -> asyncio.TimerHandle:
         handle = self.io.later(delay, callback, forward)
         self._timers.add(handle)
         return handle
 
-    def _stop_timer(self, forward: _Forward) -> None:
+    def _stop_timer(self, forward: Forward) -> None:
         if forward.timer is not None:
             forward.timer.cancel()
             self._timers.discard(forward.timer)
@@ -740,13 +922,6 @@ def _peer_of(uri: SipUri) -> Peer | None:
     if maddr:
         host = maddr
     return Peer("TCP" if uri.transport == "tcp" else "UDP", host, uri.port or 5060)
-
-
-def _peer_of_text(uri_text: str) -> Peer | None:
-    try:
-        return _peer_of(SipUri.parse(uri_text))
-    except RemoteProtocolError:
-        return None
 
 
 def _peer_of_via(via: Via) -> Peer | None:

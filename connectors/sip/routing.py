@@ -3,21 +3,25 @@
 Pure functions used by the SIP proxy before it hands the core an `IncomingCall`. The caller
 comes from P-Asserted-Identity, else From, and is an identification only (caller ID never
 verifies, CONTRACT.md); the dialled user may carry an escalation PIN (`support*123456`,
-`pin-123456`) because a call without media has no DTMF to type one with.
+`pin-123456`) because a call without media has no DTMF to type one with. What only a trusted
+peer may tell us (`TrustedPeers`: X-Context, the STIR/SHAKEN `verstat`) is read here too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import NameAddr, SipRequest, SipUri, split_list, unescape
+from connectors.sip.grammar import NameAddr, SipUri, split_list, unescape
+from connectors.sip.message import SipRequest
 from gateway.addresses import Address, AddressError, make_address
 
-__all__ = ["Dialled", "ServiceUsers", "caller_address", "dialled", "pin_from_header"]
+__all__ = ["Dialled", "ServiceUsers", "TrustedPeers", "attestation", "caller_address", "dialled",
+           "pin_from_header"]
 
 PIN_HEADER: Final = "X-Escalation-Pin"
 _PIN: Final = r"(?P<pin>[0-9]{4,12})"
@@ -86,6 +90,17 @@ class ServiceUsers:
         return digits is not None and digits in self._numbers
 
 
+def _identities(request: SipRequest) -> list[str]:
+    """The caller's identities, most trusted first: P-Asserted-Identity values, then From."""
+    candidates: list[str] = []
+    for value in request.headers.get_all("P-Asserted-Identity"):
+        candidates.extend(split_list(value))
+    from_ = request.headers.get("From")
+    if from_ is not None:
+        candidates.append(from_)
+    return candidates
+
+
 def caller_address(request: SipRequest, default_region: str | None = None) -> Address | None:
     """Who is calling, as an address to identify (never verify) a customer by.
 
@@ -93,13 +108,7 @@ def caller_address(request: SipRequest, default_region: str | None = None) -> Ad
     URI or a number in the user part is `voice:+E164`; another sip: user is `sip:user@host`;
     anonymous callers and unreadable values are None.
     """
-    candidates: list[str] = []
-    for value in request.headers.get_all("P-Asserted-Identity"):
-        candidates.extend(split_list(value))
-    from_ = request.headers.get("From")
-    if from_ is not None:
-        candidates.append(from_)
-    for text in candidates:
+    for text in _identities(request):
         try:
             found, address = _address_of(NameAddr.parse(text).uri, default_region)
         except RemoteProtocolError:
@@ -139,3 +148,56 @@ def _phone(number: str, default_region: str | None) -> tuple[bool, Address | Non
         return True, make_address("voice", number, default_region)
     except AddressError:
         return False, None
+
+
+class TrustedPeers:
+    """The addresses (IPs and CIDRs, `GATEWAY_SIP_TRUSTED_PEERS`) whose X-Context and caller-ID
+    attestation the gateway believes: its trunks and upstream edges. `host in peers`."""
+
+    __slots__ = ("_networks", "_known")
+
+    def __init__(self, peers: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(p, strict=False) for p in peers)
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def __contains__(self, host: object) -> bool:
+        if not self._networks or not isinstance(host, str):
+            return False
+        known = self._known.get(host)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self._networks)
+            if len(self._known) >= 4096:
+                self._known.clear()
+            self._known[host] = known
+        return known
+
+
+_VERSTAT: Final = re.compile(r"[;?&]verstat=([A-Za-z0-9\-]{1,40})", re.IGNORECASE)
+_PASSED: Final = re.compile(r"TN-Validation-Passed-([ABC])", re.IGNORECASE)
+
+
+def attestation(request: SipRequest) -> str | None:
+    """The caller-ID attestation a trunk put in the `verstat` parameter (3GPP TS 24.229,
+    ATIS-1000074) of P-Asserted-Identity or From: "A", "B" or "C" for
+    `TN-Validation-Passed-A/B/C`, else the verstat value as written (`TN-Validation-Passed`,
+    `TN-Validation-Failed`, `No-TN-Validation`); None without one. Believe it only from a
+    trusted peer: anyone can write it."""
+    for text in _identities(request):
+        try:
+            uri = NameAddr.parse(text).uri
+        except RemoteProtocolError:
+            continue
+        found = _VERSTAT.search(unescape(uri))
+        if found is not None:
+            value = found.group(1)
+            passed = _PASSED.fullmatch(value)
+            return passed.group(1).upper() if passed else value
+    return None

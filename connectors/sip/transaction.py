@@ -27,16 +27,11 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import ClassVar, Final, TypeAlias
 
+from connectors.sip.answers import make_response
 from connectors.sip.errors import LocalProtocolError
-from connectors.sip.message import (
-    MAGIC_COOKIE,
-    Headers,
-    SipMessage,
-    SipRequest,
-    SipResponse,
-    make_response,
-    split_list,
-)
+from connectors.sip.grammar import MAGIC_COOKIE, split_list
+from connectors.sip.headers import Headers
+from connectors.sip.message import SipMessage, SipRequest, SipResponse
 
 __all__ = [
     "Action",
@@ -345,8 +340,8 @@ def _status_class(status: int) -> str:
 class _Transaction:
     _is_server: ClassVar[bool]
     __slots__ = (
-        "request", "reliable", "timers", "state", "key", "_table", "_compiled", "_running", "_intervals",
-        "_request_data", "_last", "_ack", "_send_trying",
+        "request", "reliable", "timers", "state", "key", "_table", "_compiled", "_running",
+        "_intervals", "_request_data", "_last", "_ack", "_send_trying",
     )
 
     def __init__(
@@ -584,13 +579,14 @@ class ServerTransaction(_Transaction):
         reliable: bool,
         timers: TimerConfig = TimerConfig(),
         send_trying: bool = True,
+        source: str | None = None,
     ) -> None:
         if request.method == "ACK":
             raise LocalProtocolError("ACK creates no server transaction (RFC 3261 17.2)")
         table = SERVER_INVITE if request.method == "INVITE" else SERVER_NON_INVITE
         super().__init__(request, table, reliable=reliable, timers=timers)
         self._send_trying = send_trying
-        self.key = server_key(request)
+        self.key = server_key(request, source=source)
 
     def _classify(self, message: SipMessage) -> str | None:
         if isinstance(message, SipRequest):
@@ -636,26 +632,35 @@ def _has_rfc3261_branch(branch: str | None) -> bool:
     return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > 7
 
 
-def server_key(request: SipRequest, *, method: str | None = None) -> TransactionKey:
+def server_key(request: SipRequest, *, method: str | None = None, source: str | None = None
+               ) -> TransactionKey:
     """Key of the server transaction `request` belongs to (RFC 3261 17.2.3).
 
     With an RFC 3261 branch: branch, sent-by and method, where an ACK counts as INVITE (so
     the ACK for a non-2xx response finds its INVITE transaction). Without one, the RFC 2543
     fields: Request-URI, From tag, Call-ID, CSeq number, top Via and method (the To tag is
     left out, since the ACK's differs from the INVITE's).
+
+    With `source` (the IP address the request came from) the key holds it too: the branch
+    and sent-by are whatever the sender wrote, so without it a stranger who copies them
+    could match another caller's transaction (a CANCEL that ends someone else's call). A
+    retransmission, its ACK and its CANCEL come from the same previous hop.
     """
     via = request.top_via
     if method is None:
         method = "INVITE" if request.method == "ACK" else request.method
     if _has_rfc3261_branch(via.branch):
+        if source is not None:
+            return ("server", via.branch or "", via.sent_by.lower(), method, source)
         return ("server", via.branch or "", via.sent_by.lower(), method)
     return (
         "server-2543", request.uri, request.from_addr.tag or "", request.call_id,
-        str(request.cseq.number), str(via), method,
+        str(request.cseq.number), str(via), method, source or "",
     )
 
 
-def cancel_target_key(cancel_request: SipRequest) -> TransactionKey:
+def cancel_target_key(cancel_request: SipRequest, *, source: str | None = None
+                      ) -> TransactionKey:
     """Key of the INVITE server transaction a CANCEL cancels (RFC 3261 9.2): the CANCEL
     copies the INVITE's top Via, Request-URI, Call-ID, From and CSeq number."""
-    return server_key(cancel_request, method="INVITE")
+    return server_key(cancel_request, method="INVITE", source=source)

@@ -5,6 +5,11 @@ Datagrams and stream bytes come in here, become typed messages through the sans-
 Malformed input is answered 400 (`error_response_for`) when an answer can be formed and is
 dropped otherwise; nothing a peer sends raises out of this module. Sending is synchronous for
 UDP and open TCP connections; a connection to a new TCP peer is opened by a task owned here.
+
+TCP slots are limited: at most `max_per_source` accepted connections per source IP (peers
+`exempt` says so, the trusted trunks, are not counted), and a connection that takes longer
+than `message_timeout` to send a complete message (its first one, or one it has begun) is
+closed, so idle or trickling connections cannot hold the slots.
 """
 
 from __future__ import annotations
@@ -17,16 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from connectors.sip.answers import error_response_for
 from connectors.sip.errors import RemoteProtocolError
-from connectors.sip.message import (
+from connectors.sip.framing import (
     KeepAlive,
     MalformedMessage,
-    SipMessage,
     StreamFramer,
-    error_response_for,
     is_keepalive,
     parse_datagram,
 )
+from connectors.sip.message import SipMessage
 
 __all__ = ["Peer", "SipTransport"]
 
@@ -34,6 +39,8 @@ log = logging.getLogger("gateway.sip.transport")
 
 SOCKET_BUFFER: Final = 4 * 1024 * 1024  # bursts of thousands of datagrams must not be dropped
 MAX_TCP_CONNECTIONS: Final = 4096
+MAX_TCP_PER_SOURCE: Final = 32
+TCP_MESSAGE_TIMEOUT: Final = 10.0
 TCP_IDLE_SECONDS: Final = 600.0  # RFC 5626 keep-alives come every ~2 min; silence is a leak
 CONNECT_TIMEOUT: Final = 5.0
 
@@ -70,6 +77,9 @@ class SipTransport:
         count: Callable[[str], None] = lambda kind: None,
         on_send_failed: SendFailed = lambda peer, reason: None,
         tcp_idle_seconds: float = TCP_IDLE_SECONDS,
+        max_per_source: int = MAX_TCP_PER_SOURCE,
+        message_timeout: float = TCP_MESSAGE_TIMEOUT,
+        exempt: Callable[[str], bool] = lambda host: False,
     ) -> None:
         self.host = host
         self.port = port
@@ -77,6 +87,11 @@ class SipTransport:
         self._count = count
         self._on_send_failed = on_send_failed
         self._tcp_idle = tcp_idle_seconds
+        self.max_per_source = max_per_source
+        self.message_timeout = message_timeout
+        self._exempt = exempt
+        self._per_source: dict[str, int] = {}  # accepted connections open, by source IP
+        self._refused_logged: dict[str, float] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._conns: dict[tuple[str, int], _TcpConnection] = {}
@@ -172,7 +187,8 @@ class SipTransport:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self), peer.host, peer.port),
+                loop.create_connection(lambda: _TcpConnection(self, outbound=True),
+                                       peer.host, peer.port),
                 CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
@@ -252,32 +268,73 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _TcpConnection(asyncio.Protocol):
     """One TCP connection, accepted or opened; frames messages by Content-Length."""
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, *, outbound: bool = False) -> None:
         self._owner = owner
         self._framer = StreamFramer()
         self._transport: asyncio.Transport | None = None
         self.peer = Peer("TCP", "", 0)
         self.closing = False
         self.last_active = 0.0
+        self._outbound = outbound
+        self._counted = False  # in the owner's per-source count
+        self._deadline: asyncio.TimerHandle | None = None  # for the message being awaited
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer("TCP", host, port)
-        self.last_active = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
         owner = self._owner
         if owner._closing or len(owner._conns) >= MAX_TCP_CONNECTIONS:
             log.warning("SIP: refusing TCP connection from %s (limit or closing)", self.peer)
             self.close()
             return
+        if not self._outbound and not owner._exempt(host):
+            count = owner._per_source.get(host, 0)
+            if count >= owner.max_per_source:
+                owner._count("tcp-refused")
+                last = owner._refused_logged.get(host)
+                if last is None or self.last_active - last >= 60.0:
+                    if len(owner._refused_logged) >= 10_000:
+                        owner._refused_logged.clear()
+                    owner._refused_logged[host] = self.last_active
+                    log.warning("SIP: refusing TCP connections from %s beyond %d at once",
+                                host, owner.max_per_source)
+                self.close()
+                return
+            owner._per_source[host] = count + 1
+            self._counted = True
         owner._conns[(host, port)] = self
+        if not self._outbound:  # a caller that connects must say something soon
+            self._deadline = loop.call_later(owner.message_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.closing:
+            self._owner._count("tcp-timeout")
+            log.info("SIP: closing TCP connection %s: no complete message within %g s",
+                     self.peer, self._owner.message_timeout)
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        owner = self._owner
+        if self._counted:
+            self._counted = False
+            host = self.peer.host
+            left = owner._per_source.get(host, 1) - 1
+            if left > 0:
+                owner._per_source[host] = left
+            else:
+                owner._per_source.pop(host, None)
         key = (self.peer.host, self.peer.port)
-        if self._owner._conns.get(key) is self:
-            del self._owner._conns[key]
+        if owner._conns.get(key) is self:
+            del owner._conns[key]
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self.closing:
@@ -288,22 +345,37 @@ class _TcpConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def _rearm(self, complete: bool) -> None:
+        """After a read: a complete message stops the clock; bytes of the next one (or the
+        first one still not complete) keep it running, never extended by a trickle."""
+        deadline = self._deadline
+        if complete and deadline is not None:
+            deadline.cancel()
+            self._deadline = deadline = None
+        if self._framer.buffered and deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._owner.message_timeout, self._expire)
+
     def data_received(self, data: bytes) -> None:
         owner = self._owner
         self.last_active = asyncio.get_running_loop().time()
         framer = self._framer
         try:
             framer.feed(data)
+            complete = False
             while (event := framer.next_event()) is not None:
                 if isinstance(event, KeepAlive):
                     owner._count("keepalive")
                     self.write(b"\r\n")  # RFC 5626 3.5.1: pong
-                elif isinstance(event, MalformedMessage):
-                    owner._malformed(event.raw, event.error, self.peer, self.write)
                 else:
-                    owner._deliver(event, self.peer)
+                    complete = True
+                    if isinstance(event, MalformedMessage):
+                        owner._malformed(event.raw, event.error, self.peer, self.write)
+                    else:
+                        owner._deliver(event, self.peer)
                 if self.closing:
                     return
+            self._rearm(complete)
         except RemoteProtocolError as exc:
             # Framing is lost (no or bad Content-Length, oversized): nothing after this point
             # can be trusted to start a message, so the connection goes.

@@ -1,0 +1,22 @@
+"""The core's knobs, read once from Settings by the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    public_url: str
+    conversation_idle: timedelta = timedelta(hours=72)
+    context_token_ttl: timedelta = timedelta(minutes=15)
+    verification_ttl: timedelta = timedelta(hours=1)
+    otp_ttl: timedelta = timedelta(minutes=10)
+    otp_max_attempts: int = 5
+    escalation_ttl: timedelta = timedelta(minutes=15)
+    dial_in_number: str | None = None
+    max_agents_per_call: int = 3  # after this many agents did not answer, the caller is let go
+
+    def context_url(self, token: str) -> str:
+        return f"{self.public_url}/api/v1/contexts/{token}"

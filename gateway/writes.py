@@ -1,0 +1,67 @@
+"""One command, one transaction: `Writes.run` hands a write a `Tx` and publishes what it did.
+
+A write is a synchronous function of a `Tx` (the connection, the time, and the list of
+domain events it records). It runs inside a group commit (`gateway/batching.py`); the events
+go on the bus (`gateway/bus.py`) only after the commit that holds the write succeeded, in
+commit order, and never for a write that failed or was rolled back (a retried write records
+its events afresh). A write that queued outbound messages wakes the outbox worker then too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy.engine import Connection
+
+from gateway.batching import WriteBatcher
+from gateway.bus import DomainEvent, EventBus
+from gateway.clock import Clock
+
+T = TypeVar("T")
+
+
+class Tx:
+    """What a write sees: its connection, its moment, and what it has to tell."""
+
+    __slots__ = ("conn", "now", "events", "queued_outbound", "result")
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.events: list[DomainEvent] = []
+        self.queued_outbound = False  # an outbound message was written: wake the outbox
+        self.result: object = None  # what the write returned
+
+    def publish(self, event: DomainEvent) -> None:
+        """Say `event` once the transaction commits."""
+        self.events.append(event)
+
+
+class Writes:
+    """The core's way to the store: group-committed writes, events after the commit."""
+
+    def __init__(self, batcher: WriteBatcher, bus: EventBus, clock: Clock,
+                 on_outbox: Callable[[], None]) -> None:
+        self.batcher = batcher
+        self.bus = bus
+        self._clock = clock
+        self._on_outbox = on_outbox
+
+    async def run(self, write: Callable[[Tx], T]) -> T:
+        """Run `write` in a shared transaction; return its result after the commit."""
+        tx: Tx = await self.batcher.run(partial(self._in_transaction, write), self._committed)
+        return tx.result  # type: ignore[no-any-return]
+
+    def _in_transaction(self, write: Callable[[Tx], object], conn: Connection) -> Tx:
+        tx = Tx(conn, self._clock.now())
+        tx.result = write(tx)
+        return tx
+
+    def _committed(self, tx: Tx) -> None:
+        if tx.events:
+            self.bus.publish(tx.events)
+        if tx.queued_outbound:
+            self._on_outbox()
