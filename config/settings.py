@@ -307,6 +307,10 @@ class XmppSettings(BaseModel):
     # An agent whose last resource went offline gets their conversations back to the queue
     # after this long (a phone switching networks comes back within it).
     xmpp_agent_release_after_seconds: float = Field(60.0, ge=0)
+    # After the gateway's session starts (start-up, or the server forgot our session), an
+    # agent not seen yet keeps their conversations for at least this long: their presence
+    # is on its way.
+    xmpp_presence_grace_seconds: float = Field(10.0, ge=0)
     # With no stored archive position (first start), catch up this many hours of the archive.
     xmpp_archive_backfill_hours: float = Field(0.0, ge=0)
 

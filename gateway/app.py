@@ -22,6 +22,7 @@ from config.settings import Settings
 from connectors.sip.channel import SipChannel
 from connectors.twilio_channel import TwilioChannel
 from connectors.whatsapp import WhatsAppChannel
+from connectors.xmpp import XmppChannel
 from gateway.agents import AgentDirectory
 from gateway.api import AgentApi, bearer_auth, errors_as_json
 from gateway.batching import WriteBatcher
@@ -37,7 +38,8 @@ log = logging.getLogger("gateway.app")
 
 # Every channel the gateway knows, in start order (SIP last: first to stop, so calls end
 # before the store closes). A new channel adds one line here.
-CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, SipChannel)
+CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, XmppChannel,
+                                        SipChannel)
 
 
 @dataclass(frozen=True, slots=True)

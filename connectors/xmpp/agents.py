@@ -9,8 +9,11 @@ answering); the core decides and stores everything else, and says what happened 
 - `EntryAdded` in a conversation an XMPP agent has: the entry, unless they wrote it;
 - back to the queue: available agents are told; closed: the agent who had it is told;
 - `CallOffered` to an XMPP agent: the context link beside their ringing phone.
-An agent whose last resource goes offline (or whom the gateway loses sight of) gets their
-conversations returned to the queue after a grace period (`desk.release_all`).
+An agent whose last resource goes offline gets their conversations returned to the queue
+after a grace period (`desk.release_all`). Presence is only known while the gateway has a
+session: at start-up and after the server forgot our session, an agent not seen yet counts
+offline for the router, but their conversations stay theirs until the session has been up
+for the presence grace (their presence normally arrives within a round trip of ours).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from gateway.bus import (
     SubscriptionLost,
 )
 from gateway.channels import InboundSink, Presence
+from gateway.domain import Conflict, NotFound
 
 log = logging.getLogger("gateway.connectors.xmpp")
 
@@ -69,19 +73,6 @@ class AgentState:
         return ref
 
 
-def conversation_id_of(result: Any) -> str | None:
-    """The conversation a desk command's result names (a str, a mapping or a typed result)."""
-    if result is None or isinstance(result, bool):
-        return None
-    if isinstance(result, str):
-        return result
-    for key in ("conversation_id", "id"):
-        value = result.get(key) if isinstance(result, Mapping) else getattr(result, key, None)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 class AgentHub:
     def __init__(
         self,
@@ -89,11 +80,14 @@ class AgentHub:
         *,
         send_text: Callable[[str, str], None],
         release_after: float,
+        presence_grace: float,
     ) -> None:
         self._by_jid = {jid: AgentState(agent_id, jid) for jid, agent_id in agents.items()}
         self._by_id = {state.agent_id: state for state in self._by_jid.values()}
         self._send_text = send_text
         self._release_after = release_after
+        self._presence_grace = presence_grace
+        self._watching = False  # a session is up and its presence grace has begun
         self._sink: InboundSink | None = None
         self._lanes = Lanes("xmpp-agent")
         self._bus_task: asyncio.Task[None] | None = None
@@ -119,21 +113,15 @@ class AgentHub:
         subscription = sink.bus.subscribe(self._wanted)
         self._bus_task = asyncio.create_task(self._follow_bus(subscription), name="xmpp-bus")
         await self._restore()
-        for state in self._by_jid.values():
-            self._schedule_release(state)  # offline until their presence says otherwise
 
     async def _restore(self) -> None:
-        """Conversations agents had before a restart (`desk.assigned`, when the core has it)."""
+        """Conversations agents had before a restart: theirs again, in their chat."""
         assert self._sink is not None
-        assigned = getattr(self._sink.desk, "assigned", None)
-        if assigned is None:
-            return
         for state in self._by_jid.values():
             try:
-                conversation_ids = list(await assigned(state.agent_id))
-            except Exception as exc:
-                log.warning("xmpp: could not read the conversations of %s: %r",
-                            state.agent_id, exc)
+                conversation_ids = await self._sink.desk.assigned(state.agent_id)
+            except Exception:
+                log.exception("xmpp: could not read the conversations of %s", state.agent_id)
                 continue
             for conversation_id in conversation_ids:
                 state.assigned.add(conversation_id)
@@ -165,9 +153,22 @@ class AgentHub:
             state.resources[resource] = presence
         self._set(state, aggregate_presence(state.resources.values()))
 
-    def lost_sight(self) -> None:
-        """Our session ended: we no longer know anyone's presence until the next one."""
+    def watching(self) -> None:
+        """Our session is up and we asked for the agents' presence: whoever is still not
+        seen after the grace (at least `release_after`) is offline for their conversations."""
+        if self._watching:
+            return
+        self._watching = True
         for state in self._by_jid.values():
+            self._schedule_release(state, max(self._release_after, self._presence_grace))
+
+    def lost_sight(self) -> None:
+        """The server forgot our session: nobody's presence is known until the next one.
+        The router hears offline (nobody can be reached now); nobody's conversations move
+        because of our own outage."""
+        self._watching = False
+        for state in self._by_jid.values():
+            self._cancel_release(state)
             state.resources.clear()
             self._set(state, Presence.OFFLINE)
 
@@ -182,35 +183,36 @@ class AgentHub:
             except Exception:
                 log.exception("xmpp: the router refused the presence of %s", state.agent_id)
         if presence is Presence.OFFLINE:
-            self._schedule_release(state)
-        elif state.release is not None:
+            self._schedule_release(state, self._release_after)
+        else:
+            self._cancel_release(state)
+
+    def _schedule_release(self, state: AgentState, after: float) -> None:
+        if (not self._watching or state.release is not None
+                or state.presence is not Presence.OFFLINE):
+            return
+        state.release = asyncio.create_task(self._release_later(state, after),
+                                            name=f"xmpp-release:{state.agent_id}")
+
+    def _cancel_release(self, state: AgentState) -> None:
+        if state.release is not None:
             state.release.cancel()
             state.release = None
 
-    def _schedule_release(self, state: AgentState) -> None:
-        if state.release is not None or state.presence is not Presence.OFFLINE:
-            return
-        state.release = asyncio.create_task(self._release_later(state),
-                                            name=f"xmpp-release:{state.agent_id}")
-
-    async def _release_later(self, state: AgentState) -> None:
-        await asyncio.sleep(self._release_after)
+    async def _release_later(self, state: AgentState, after: float) -> None:
+        await asyncio.sleep(after)
         state.release = None
         if state.presence is not Presence.OFFLINE or self._sink is None:
             return
-        release_all = getattr(self._sink.desk, "release_all", None)
-        if release_all is None:
-            log.warning("xmpp: the desk cannot return %s's conversations (no release_all)",
-                        state.agent_id)
-            return
         try:
-            await release_all(state.agent_id)
+            released = await self._sink.desk.release_all(state.agent_id)
         except Exception:
             log.exception("xmpp: returning %s's conversations to the queue failed",
                           state.agent_id)
             return
-        log.info("xmpp: agent %s offline for %gs: their conversations are back in the queue",
-                 state.agent_id, self._release_after)
+        if released:
+            log.info("xmpp: agent %s offline for %gs: %d conversations back in the queue",
+                     state.agent_id, after, len(released))
 
     # ---- messages from agents -----------------------------------------------------------
 
@@ -234,6 +236,7 @@ class AgentHub:
             return
         desk = sink.desk
         agent_id = state.agent_id
+        what = "reply" if isinstance(parsed, Reply) else f"/{getattr(parsed, 'name', 'help')}"
         try:
             if isinstance(parsed, Help):
                 self._tell(state, parsed.text)
@@ -260,21 +263,21 @@ class AgentHub:
                     await desk.close(agent_id, current)
                     self._tell(state, f"#{number} closed.")
                 elif parsed.name == "call":
-                    result = await desk.escalate(agent_id, current, parsed.arg or "callback")
-                    self._tell(state, agentview.result_text(
-                        f"#{number}: {parsed.arg} escalation to a call started", result))
+                    issued = await desk.escalate(agent_id, current, parsed.arg or "callback")
+                    self._tell(state, agentview.escalation_text(number, issued))
                 elif parsed.name == "verify":
-                    result = await desk.verify(agent_id, current, parsed.arg)
-                    self._tell(state, agentview.result_text(
-                        f"#{number}: a one-time code was sent", result))
+                    started = await desk.verify(agent_id, current, parsed.arg)
+                    self._tell(state, agentview.verification_text(number, started))
                 elif parsed.name == "who":
                     await self._send_context(state, current, refresh=True)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            what = "reply" if isinstance(parsed, Reply) else f"/{getattr(parsed, 'name', '?')}"
-            log.warning("xmpp: %s of agent %s failed: %r", what, agent_id, exc)
-            self._tell(state, f"{what} did not work: {exc or type(exc).__name__}")
+        except (Conflict, NotFound, ValueError) as exc:  # the core's answer, for a person
+            self._tell(state, f"{what}: {exc}")
+        except Exception:
+            log.exception("xmpp: %s of agent %s failed", what, agent_id)
+            self._tell(state, f"{what} did not work: the gateway failed and logged why; try "
+                       "again in a moment.")
 
     async def _take(self, state: AgentState, ref: str | None) -> None:
         assert self._sink is not None
@@ -289,11 +292,12 @@ class AgentHub:
                 self._tell(state, f"Now answering #{state.handle(conversation_id)} "
                            f"{state.labels.get(conversation_id, '')}".rstrip() + ".")
                 return
-        result = await self._sink.desk.take(state.agent_id, conversation_id)
-        taken = conversation_id_of(result) or conversation_id
+        taken = await self._sink.desk.take(state.agent_id, conversation_id)
         if taken is None:
             self._tell(state, "Nobody is waiting.")
-        # The context message comes with the core's ConversationAssigned event.
+        elif taken.previous_agent_id == state.agent_id:  # theirs already (another device)
+            await self._send_context(state, taken.conversation_id, refresh=True)
+        # Otherwise the context message comes with the core's ConversationAssigned event.
 
     # ---- the bus ------------------------------------------------------------------------
 
@@ -350,7 +354,7 @@ class AgentHub:
             await self._assigned(event)
         elif isinstance(event, EntryAdded):
             for state in self._holders(event.conversation_id):
-                self._forward(state, event)
+                await self._forward(state, event)
         elif isinstance(event, ConversationClosed):
             for state in self._holders(event.conversation_id):
                 number = state.handle(event.conversation_id)
@@ -410,7 +414,7 @@ class AgentHub:
         assert self._sink is not None
         try:
             return agentview.brief_from(
-                await self._sink.desk.summary(conversation_id), conversation_id).customer_label
+                await self._sink.desk.summary(conversation_id)).customer_label
         except Exception as exc:
             log.warning("xmpp: no summary for %s: %r", conversation_id, exc)
             return "a customer"
@@ -420,15 +424,11 @@ class AgentHub:
         assert self._sink is not None
         number = state.handle(conversation_id)
         try:
-            summary = await self._sink.desk.summary(conversation_id)
-            brief = agentview.brief_from(summary, conversation_id)
-            if brief.context_url is None and brief.leg_id:
-                link = await self._sink.issue_context(brief.leg_id)
-                brief = agentview.Brief(**{**_fields(brief), "context_url": link.url})
+            brief = agentview.brief_from(await self._sink.desk.summary(conversation_id))
         except Exception as exc:
             log.warning("xmpp: no summary for %s: %r", conversation_id, exc)
             self._tell(state, f"#{number}: conversation {conversation_id} is yours "
-                       f"(its summary could not be read: {exc}). /who tries again.")
+                       "(its summary could not be read just now). /who tries again.")
             return
         state.labels[conversation_id] = brief.customer_label
         ids = [e.get("id") for e in brief.last if isinstance(e.get("id"), int)]
@@ -436,7 +436,7 @@ class AgentHub:
             state.seen_upto[conversation_id] = max(ids)
         self._tell(state, agentview.context_text(brief, number))
 
-    def _forward(self, state: AgentState, event: EntryAdded) -> None:
+    async def _forward(self, state: AgentState, event: EntryAdded) -> None:
         entry = event.entry
         entry_id = entry.get("id")
         if isinstance(entry_id, int) and entry_id <= state.seen_upto.get(event.conversation_id,
@@ -446,7 +446,10 @@ class AgentHub:
                 state.agent_id, f"agent:{state.agent_id}"):
             return  # they wrote it
         number = state.handle(event.conversation_id)
-        label = state.labels.get(event.conversation_id, "customer")
+        label = state.labels.get(event.conversation_id)
+        if label is None:  # a conversation restored after a restart: no context shown yet
+            label = state.labels[event.conversation_id] = await self._label(
+                event.conversation_id)
         self._tell(state, agentview.entry_text(entry, number, label))
 
     # ---- what the customer side needs ---------------------------------------------------
@@ -456,6 +459,3 @@ class AgentHub:
         return [s.jid for s in self._holders(conversation_id)
                 if s.presence is not Presence.OFFLINE]
 
-
-def _fields(brief: agentview.Brief) -> dict[str, Any]:
-    return {name: getattr(brief, name) for name in agentview.Brief.__slots__}

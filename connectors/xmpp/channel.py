@@ -57,11 +57,15 @@ from connectors.xmpp.session import (
 from connectors.xmpp.stanzas import Bounce, Chat, ChatState, Inbound, Receipt, Unusable
 from gateway.addresses import Address, AddressError, normalise_jid, parse_address
 from gateway.channels import (
+    CallbackRequest,
+    ChannelDeps,
     ChannelInfo,
+    CodeMessage,
     InboundSink,
     OutboundMessage,
     SendError,
     SendReceipt,
+    TextMessage,
 )
 from gateway.events import Attachment, DeliveryStatus, InboundMessage
 
@@ -86,6 +90,7 @@ class XmppOptions:
     flood_rate: float = 1.0
     flood_burst: int = 20
     agent_release_after: float = 60.0
+    presence_grace: float = 10.0  # after a fresh session, before unseen agents count as gone
     archive_backfill: timedelta = timedelta(0)
     archive_page: int = 100
     high_water: int = 2_000  # messages being stored before we stop reading the socket
@@ -129,7 +134,8 @@ class XmppChannel:
         self._sink: InboundSink | None = None
         self._live: XmppSession | None = None  # made in start(): slixmpp binds the loop
         self._agents = AgentHub(agents or {}, send_text=self._send_text,
-                                release_after=options.agent_release_after)
+                                release_after=options.agent_release_after,
+                                presence_grace=options.presence_grace)
         self._work = Lanes("xmpp-inbound", depth=options.pipeline)
         self._cursor = ArchiveCursor()
         self._checkpoint_key = f"xmpp:archive:{self._jid}"
@@ -153,7 +159,8 @@ class XmppChannel:
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Settings, deps: object = None) -> XmppChannel | None:
+    def from_settings(cls, settings: Settings, deps: ChannelDeps | None = None
+                      ) -> XmppChannel | None:
         if settings.xmpp_jid is None:
             return None
         try:
@@ -162,7 +169,7 @@ class XmppChannel:
             raise ConfigError(f"configuration error: GATEWAY_XMPP_JID: {exc}") from None
         agents: dict[str, str] = {}
         for index, agent in enumerate(settings.agents):
-            raw = getattr(agent, "xmpp", None)
+            raw = agent.xmpp
             if not raw:
                 continue
             key = f"GATEWAY_AGENTS[{index}].xmpp"
@@ -197,8 +204,13 @@ class XmppChannel:
             session=session, max_body_chars=settings.xmpp_max_body_chars,
             flood_rate=settings.xmpp_flood_rate, flood_burst=settings.xmpp_flood_burst,
             agent_release_after=settings.xmpp_agent_release_after_seconds,
+            presence_grace=settings.xmpp_presence_grace_seconds,
             archive_backfill=timedelta(hours=settings.xmpp_archive_backfill_hours),
         ), agents)
+
+    @classmethod
+    def why_off(cls, settings: Settings) -> str:
+        return "set GATEWAY_XMPP_JID and GATEWAY_XMPP_PASSWORD (the gateway's own account)"
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return ()
@@ -282,6 +294,7 @@ class XmppChannel:
         try:
             self._session.announce("Support")
             await self._session.follow(self._agents.jids)
+            self._agents.watching()  # their presence is on its way from now
             self._archive_ok = await self._session.supports_archive()
             if self._archive_ok:
                 await self._catch_up()
@@ -458,13 +471,11 @@ class XmppChannel:
                                 chat.sender.bare, exc)
                     await asyncio.sleep(self.options.store_retry * 2 ** attempt)
             self._cursor.done(ticket)
-            conversation_id = getattr(result, "conversation_id", None)
-            if isinstance(conversation_id, str):
-                _bounded_put(self._conversation_of, chat.sender.bare, conversation_id)
+            if result.conversation_id is not None:
+                _bounded_put(self._conversation_of, chat.sender.bare, result.conversation_id)
             # Live: every copy that asks gets its receipt (a resend wants one too). From the
             # archive: only a message stored just now (its live copy never got one).
-            first_time = not getattr(result, "duplicate", False)
-            if chat.wants_receipt and chat.message_id and (live or first_time):
+            if chat.wants_receipt and chat.message_id and (live or not result.duplicate):
                 receipt = self._session.make_message(chat.sender.full, None)
                 ET.SubElement(receipt.xml, f"{{{stanzas.RECEIPTS}}}received",
                               {"id": chat.message_id})
@@ -560,8 +571,11 @@ class XmppChannel:
     # ---- outbound -----------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
-        if message.kind == "call":
-            raise SendError("xmpp cannot place calls", permanent=True)
+        if not isinstance(message, (TextMessage, CodeMessage)):
+            raise SendError(f"xmpp cannot send a {message.kind.value}: it carries text only"
+                            + (" (it cannot place calls)"
+                               if isinstance(message, CallbackRequest) else ""),
+                            permanent=True)
         if not message.text:
             raise SendError("nothing to send: the message has no text", permanent=True)
         try:
@@ -579,6 +593,8 @@ class XmppChannel:
         ET.SubElement(xml, f"{{{stanzas.MARKERS}}}markable")
         ET.SubElement(xml, f"{{{stanzas.SID}}}origin-id", {"id": stanza_id})
         ET.SubElement(xml, f"{{{stanzas.CHATSTATES}}}active")
+        if isinstance(message, CodeMessage):  # delivered (offline too), never archived
+            ET.SubElement(xml, "{urn:xmpp:hints}no-permanent-store")
         try:
             await self._session.send_confirmed(stanza)
         except NotConnected as exc:

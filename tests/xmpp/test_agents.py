@@ -1,13 +1,16 @@
-"""Agents on XMPP against a real Prosody: presence reaches the router, going offline returns
-their conversations to the queue, a conversation taken from any channel opens with its
-context, the customer's messages follow, replies and commands go to the core's desk."""
+"""Agents on XMPP against a real Prosody and the real core: presence reaches the router,
+going offline returns their conversations to the queue (not before their presence has had a
+chance to arrive), a conversation taken from any channel opens with its context, the
+customer's messages follow, replies and commands go to the core's desk."""
 
 from __future__ import annotations
 
+from gateway.bus import ConversationAssigned
 from gateway.channels import Presence
-from tests.xmpp.fakes import eventually
+from tests.helpers import wait_until
 
 CHATSTATES = "{http://jabber.org/protocol/chatstates}"
+BODY = "{jabber:client}body"
 
 
 async def _gateway_with_agents(prosody, core, start_channel, *names, **settings):
@@ -17,28 +20,29 @@ async def _gateway_with_agents(prosody, core, start_channel, *names, **settings)
     return gw, channel, agents
 
 
-def presence(core, agent_id):
-    return core.router.presence.get((agent_id, "xmpp"))
+async def _agent_of(core, conversation_id):
+    return (await core.conversation(conversation_id))["agent_id"]
 
 
 async def test_agent_presence_changes_reach_the_router(prosody, core, start_channel, client):
     gw, channel, agents = await _gateway_with_agents(
         prosody, core, start_channel, "alice", xmpp_agent_release_after_seconds=60)
     phone = await client(agents["alice"], resource="phone")
-    await eventually(lambda: presence(core, "alice") is Presence.AVAILABLE, what="available")
+    await wait_until(lambda: core.presence("alice") is Presence.AVAILABLE, what="available")
 
     for show, expected in [("away", Presence.AWAY), ("xa", Presence.AWAY),
                            ("dnd", Presence.DND), (None, Presence.AVAILABLE)]:
         phone.set_presence(show)
-        await eventually(lambda e=expected: presence(core, "alice") is e, what=f"{expected}")
+        await wait_until(lambda e=expected: core.presence("alice") is e, what=f"{expected}")
     phone.set_presence("dnd")
-    await eventually(lambda: presence(core, "alice") is Presence.DND, what="dnd")
+    await wait_until(lambda: core.presence("alice") is Presence.DND, what="dnd")
     desk = await client(agents["alice"], resource="desk")  # a second device, available
-    await eventually(lambda: presence(core, "alice") is Presence.AVAILABLE, what="any available")
+    await wait_until(lambda: core.presence("alice") is Presence.AVAILABLE,
+                     what="any available")
     await desk.disconnect()
-    await eventually(lambda: presence(core, "alice") is Presence.DND, what="back to dnd")
+    await wait_until(lambda: core.presence("alice") is Presence.DND, what="back to dnd")
     await phone.disconnect()
-    await eventually(lambda: presence(core, "alice") is Presence.OFFLINE, what="offline")
+    await wait_until(lambda: core.presence("alice") is Presence.OFFLINE, what="offline")
     assert ("release_all", "alice") not in core.desk.calls  # within the grace period
 
 
@@ -48,48 +52,91 @@ async def test_agent_going_offline_returns_their_conversations_to_the_queue(
         prosody, core, start_channel, "alice", "bob")
     alice = await client(agents["alice"])
     bob = await client(agents["bob"])
-    await eventually(lambda: presence(core, "bob") is Presence.AVAILABLE, what="bob online")
-    conversation = core.customer_writes("whatsapp:+14155550100", "hello?", name="Ann")
+    await wait_until(lambda: core.presence("bob") is Presence.AVAILABLE, what="bob online")
+    ann = await core.customer_writes("whatsapp:+14155550100", "hello?", name="Ann")
     alice.send(gw, "/next")
     await alice.wait_for_body("Ann")
-    assert conversation.agent_id == "alice"
+    assert await _agent_of(core, ann.conversation_id) == "alice"
+    events = core.core.bus.subscribe(lambda e: isinstance(e, ConversationAssigned))
 
     await alice.disconnect()
 
-    await eventually(lambda: conversation.agent_id is None, what="the release")
-    assert ("release_all", "alice") in core.desk.calls
-    notice = await bob.wait_for_body("waiting in the queue")
-    assert "Ann" in notice.findtext("{jabber:client}body")
-    assert "(was with alice)" in notice.findtext("{jabber:client}body")
+    released = await events.get(timeout=10)
+    assert released is not None
+    assert (released.event.conversation_id, released.event.agent_id,
+            released.event.previous_agent_id) == (ann.conversation_id, None, "alice")
+    assert await _agent_of(core, ann.conversation_id) is None
+    notice = (await bob.wait_for_body("waiting in the queue")).findtext(BODY)
+    assert "Ann" in notice and "(was with alice)" in notice
+    bob.send(gw, "/take 1")  # the number bob was shown
+    await bob.wait_for_body("hello?")
+    assert await _agent_of(core, ann.conversation_id) == "bob"
+
+
+async def test_at_start_up_agents_keep_their_conversations_until_presence_could_arrive(
+        prosody, core, start_channel, client):
+    """A restart must not hand everyone's customers back to the queue because the gateway
+    has not heard anyone's presence yet."""
+    gw, alice_jid, bob_jid = await prosody.accounts("gw", "alice", "bob")
+    agents = {"alice": alice_jid, "bob": bob_jid}
+    first = await start_channel(core, gw, agents, xmpp_agent_release_after_seconds=0)
+    alice = await client(alice_jid)
+    bob = await client(bob_jid)
+    ann = await core.customer_writes("whatsapp:+14155550100", "for alice", name="Ann")
+    alice.send(gw, "/next")
+    await alice.wait_for_body("for alice")
+    cy = await core.customer_writes("whatsapp:+14155550111", "for bob", name="Cy")
+    bob.send(gw, "/next")
+    await bob.wait_for_body("for bob")
+    await first.aclose()
+    await bob.disconnect()  # bob does not come back
+    events = core.core.bus.subscribe(lambda e: isinstance(e, ConversationAssigned))
+
+    await start_channel(core, gw, agents, xmpp_agent_release_after_seconds=0,
+                        xmpp_presence_grace_seconds=3)
+
+    # alice was online all along: her presence arrives within the grace, she keeps Ann.
+    await wait_until(lambda: core.presence("alice") is Presence.AVAILABLE, what="alice seen")
+    # bob never shows up: after the grace his conversation goes back to the queue.
+    released = await events.get(timeout=15)
+    assert released is not None and released.event.conversation_id == cy.conversation_id
+    assert await _agent_of(core, cy.conversation_id) is None
+    assert await _agent_of(core, ann.conversation_id) == "alice"
+    assert ("release_all", "alice") not in core.desk.calls
+    await core.customer_writes("whatsapp:+14155550100", "still there?")
+    await alice.wait_for_body("[#1 Ann · whatsapp] still there?")  # restored after restart
 
 
 async def test_whatsapp_customer_reaches_an_xmpp_agent_with_the_context_and_the_reply_goes_back(
         prosody, core, start_channel, client):
     gw, channel, agents = await _gateway_with_agents(prosody, core, start_channel, "alice")
     alice = await client(agents["alice"])
-    conversation = core.customer_writes("whatsapp:+14155550100",
-                                        "my card was charged twice", name="Ann")
+    ann = await core.customer_writes("whatsapp:+14155550100", "my card was charged twice",
+                                     name="Ann")
 
     alice.send(gw, "/next")
 
-    context = (await alice.wait_for_body("verification:")).findtext("{jabber:client}body")
-    assert "#1 Ann" in context
+    context = (await alice.wait_for_body("verification:")).findtext(BODY)
+    assert context.startswith(f"#1 Ann — conversation {ann.conversation_id}")
     assert "whatsapp:+14155550100" in context
-    assert "not verified" in context
-    assert "my card was charged twice" in context
-    assert f"context: http://gw.test/api/v1/contexts/tok-{conversation.leg_id}" in context
-    core.customer_writes("whatsapp:+14155550100", "any news?")
+    assert "verification: not verified" in context
+    assert "whatsapp customer: my card was charged twice" in context
+    assert "context: http://127.0.0.1:8080/api/v1/contexts/" in context
+    await core.customer_writes("whatsapp:+14155550100", "any news?")
     follow = await alice.wait_for_body("any news?")
-    assert follow.findtext("{jabber:client}body") == "[#1 Ann · whatsapp] any news?"
+    assert follow.findtext(BODY) == "[#1 Ann · whatsapp] any news?"
 
     alice.send(gw, "We refunded the second charge.")
-    await eventually(lambda: any(c[0] == "reply" for c in core.desk.calls), what="the reply")
-    assert ("reply", "alice", conversation.id, "We refunded the second charge.") \
+    await wait_until(lambda: any(c[0] == "reply" for c in core.desk.calls), what="the reply")
+    assert ("reply", "alice", ann.conversation_id, "We refunded the second charge.") \
         in core.desk.calls
-    assert conversation.entries[-1]["text"] == "We refunded the second charge."
+    view = await core.conversation(ann.conversation_id)
+    reply = view["transcript"][-1]
+    assert (reply["text"], reply["direction"], reply["author"], reply["channel"]) == (
+        "We refunded the second charge.", "out", "agent:alice", "whatsapp")
     alice.send(gw, "/who")  # the agent's own reply was not echoed back to them
-    await alice.wait_for(lambda m: (m.findtext("{jabber:client}body") or "").count("#1 Ann") and
-                         "We refunded" in (m.findtext("{jabber:client}body") or ""))
+    await alice.wait_for(lambda m: "#1 Ann" in (m.findtext(BODY) or "")
+                         and "We refunded" in (m.findtext(BODY) or ""))
     assert not any(b.startswith("[#1") and "We refunded" in b for b in alice.bodies())
 
 
@@ -100,20 +147,26 @@ async def test_xmpp_customer_and_xmpp_agent_chat_through_the_gateway(
     alice = await client(agents["alice"])
     customer = await client(ann)
     customer.send(gw, "is anyone there?")
-    await eventually(lambda: core.messages, what="the customer's message")
+    await wait_until(lambda: core.stored, what="the customer's message")
     alice.send(gw, "/take")
     await alice.wait_for_body("is anyone there?")
 
     customer.send_raw(f"<message to='{gw}' type='chat'><composing "
                       "xmlns='http://jabber.org/protocol/chatstates'/></message>")
     typing = await alice.wait_for(lambda m: m.find(f"{CHATSTATES}composing") is not None)
-    assert typing.find("{jabber:client}body") is None
+    assert typing.find(BODY) is None
     alice.send(gw, "Yes, how can I help?")
 
     answer = await customer.wait_for_body("how can I help")
     assert answer.find("{urn:xmpp:receipts}request") is not None
-    sent = await eventually(lambda: core.sent, what="the send's receipt")
-    assert sent[0][1].provider_id == answer.get("id")
+    queued = next(r for name, r in core.desk.results if name == "reply")
+    row = await core.outbox_when(queued.id, lambda r: r.provider_id)
+    assert row.provider_id == answer.get("id")
+    customer.send_raw(f"<message to='{gw}'><received xmlns='urn:xmpp:receipts' "
+                      f"id='{answer.get('id')}'/></message>")
+    assert (await core.outbox_when(queued.id, lambda r: r.status == "delivered")).status \
+        == "delivered"
+
 
 
 async def test_agent_commands_and_help(prosody, core, start_channel, client):
@@ -125,33 +178,44 @@ async def test_agent_commands_and_help(prosody, core, start_channel, client):
     await alice.wait_for_body("Nobody is waiting")
     alice.send(gw, "/frobnicate now")
     assert "/take [id]" in (await alice.wait_for_body("Unknown command /frobnicate"))\
-        .findtext("{jabber:client}body")
+        .findtext(BODY)
     alice.send(gw, "/take 7")
     await alice.wait_for_body("There is no #7 here")
+    alice.send(gw, "/take conv_nonexistent")
+    await alice.wait_for_body("/take: no conversation conv_nonexistent")
 
-    conversation = core.customer_writes("sms:+14155550100", "call me please", name="Bo")
-    alice.send(gw, f"/take {conversation.id}")
+    bo = await core.customer_writes("whatsapp:+14155550100", "call me please", name="Bo")
+    alice.send(gw, f"/take {bo.conversation_id}")
     await alice.wait_for_body("#1 Bo")
     alice.send(gw, "/verify")
-    verified = (await alice.wait_for_body("a one-time code was sent")).findtext("{jabber:client}body")
-    assert "sms:+14155550100" in verified and "654321" not in verified  # never the code
+    verified = (await alice.wait_for_body("a one-time code went to")).findtext(BODY)
+    assert "whatsapp:+14155550100" in verified
+    code = next(r for name, r in core.desk.results if name == "verify")
+    sent = await core.core.outbox_message(code.outbox_id)
+    assert sent.kind == "otp" and sent.to == "whatsapp:+14155550100"
+    alice.send(gw, "/verify sms:+14155550199")  # not this customer's
+    await alice.wait_for_body("/verify: sms:+14155550199 is not an address of this customer")
     alice.send(gw, "/call")
-    called = (await alice.wait_for_body("callback escalation")).findtext("{jabber:client}body")
-    assert "123456" not in called  # the PIN is the customer's, not the chat's
+    called = (await alice.wait_for_body("#1: calling the customer back")).findtext(BODY)
+    assert "voice:+14155550100" in called and "is not verified" in called
     alice.send(gw, "/call dial-in")
-    await alice.wait_for_body("dial-in escalation")
+    pin = (await alice.wait_for_body("#1: the dial-in PIN went to")).findtext(BODY)
+    assert "whatsapp:+14155550100" in pin
     alice.send(gw, "//etc/hosts is a file")
-    await eventually(lambda: ("reply", "alice", conversation.id, "/etc/hosts is a file")
+    await wait_until(lambda: ("reply", "alice", bo.conversation_id, "/etc/hosts is a file")
                      in core.desk.calls, what="the escaped reply")
     alice.send(gw, "/close")
     await alice.wait_for_body("#1 closed.")
 
-    calls = [c for c in core.desk.calls if c[0] != "release_all"]  # at start: not yet online
-    assert [c[0] for c in calls] == [
-        "take", "take", "verify", "escalate", "escalate", "reply", "close"]
-    assert calls[3] == ("escalate", "alice", conversation.id, "callback")
-    assert calls[4] == ("escalate", "alice", conversation.id, "dial-in")
-    assert conversation.status == "closed"
+    assert [c[0] for c in core.desk.calls if c[0] not in ("summary", "assigned")] == [
+        "take", "take", "take", "verify", "verify", "escalate", "escalate", "reply", "close"]
+    assert ("escalate", "alice", bo.conversation_id, "callback") in core.desk.calls
+    assert ("escalate", "alice", bo.conversation_id, "dial-in") in core.desk.calls
+    view = await core.conversation(bo.conversation_id)
+    assert view["status"] == "closed"
+    texts = [e["text"] or "" for e in view["transcript"]]
+    assert not any("Your verification code is" in t for t in texts)  # never in clear
+    assert "[dial-in PIN sent]" in texts
 
 
 async def test_what_an_agent_wrote_while_the_gateway_was_away_is_not_run(
@@ -162,5 +226,5 @@ async def test_what_an_agent_wrote_while_the_gateway_was_away_is_not_run(
     await start_channel(core, gw, {"alice": alice_jid})
 
     notice = await alice.wait_for_body("While the gateway was offline you wrote")
-    assert "/next" in notice.findtext("{jabber:client}body")
+    assert "/next" in notice.findtext(BODY)
     assert not any(c[0] == "take" for c in core.desk.calls)

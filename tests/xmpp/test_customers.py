@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.channels import OutboundMessage, SendError
-from tests.xmpp.fakes import eventually
+from gateway.addresses import Address
+from gateway.channels import CallbackRequest, CodeMessage, SendError, TextMessage
+from tests.helpers import wait_until
 
 
 async def test_customer_message_is_ingested_once_and_acknowledged_after_commit(
@@ -21,8 +22,9 @@ async def test_customer_message_is_ingested_once_and_acknowledged_after_commit(
         lambda m: m.find("{urn:xmpp:receipts}received") is not None)
 
     assert receipt.find("{urn:xmpp:receipts}received").get("id") == message_id
-    assert core.texts() == ["my parcel never arrived"]
-    stored = core.messages[0]
+    assert core.texts() == ["my parcel never arrived"]  # committed before the receipt
+    assert await core.transcript_texts(f"xmpp:{ann}") == ["my parcel never arrived"]
+    stored = core.stored[0]
     assert str(stored.sender) == f"xmpp:{ann}"
     assert stored.attested is True and stored.provider == "xmpp"
     assert stored.provider_id == f"origin:{ann}:o-1"
@@ -32,31 +34,34 @@ async def test_customer_message_is_ingested_once_and_acknowledged_after_commit(
 async def test_reply_reaches_the_customer_with_a_receipt_request_and_receipts_become_statuses(
         prosody, core, start_channel, client):
     gw, ann, mallory = await prosody.accounts("gw", "ann", "mallory")
-    channel = await start_channel(core, gw)
+    await start_channel(core, gw)
     customer = await client(ann)
     stranger = await client(mallory)
+    customer.send(gw, "where is my parcel?")
+    await wait_until(lambda: core.stored, what="the customer's message")
+    conversation_id = (await core.core.customer_by_address(Address("xmpp", ann)))["conversations"][0]["id"]
 
-    receipt = await channel.send(OutboundMessage(
-        id="out_0001", channel="xmpp", kind="message", to=f"xmpp:{ann}", from_=None,
-        text="We are sending a new parcel today."))
+    queued = await core.core.reply(conversation_id, "We are sending a new parcel today.", "bob")
 
     got = await customer.wait_for_body("new parcel")
-    assert receipt.provider == "xmpp" and receipt.provider_id == got.get("id")
+    sent = await core.outbox_when(queued.id, lambda r: r.provider_id)
+    assert (sent.channel, sent.to, sent.provider_id) == ("xmpp", f"xmpp:{ann}", got.get("id"))
     assert got.get("type") == "chat"
     assert got.find("{urn:xmpp:receipts}request") is not None
     # A stranger who learns (or guesses) the id cannot move the message's status.
     stranger.send_raw(f"<message to='{gw}'><received xmlns='urn:xmpp:receipts' "
-                      f"id='{receipt.provider_id}'/></message>")
+                      f"id='{sent.provider_id}'/></message>")
     customer.send_raw(f"<message to='{gw}'><received xmlns='urn:xmpp:receipts' "
-                      f"id='{receipt.provider_id}'/></message>")
-    await eventually(lambda: core.statuses, what="a delivery status")
+                      f"id='{sent.provider_id}'/></message>")
+    assert (await core.outbox_when(queued.id, lambda r: r.status == "delivered")).status \
+        == "delivered"
     customer.send_raw(f"<message to='{gw}'><displayed xmlns='urn:xmpp:chat-markers:0' "
-                      f"id='{receipt.provider_id}'/></message>")
-    await eventually(lambda: len(core.statuses) == 2, what="the read marker")
+                      f"id='{sent.provider_id}'/></message>")
+    assert (await core.outbox_when(queued.id, lambda r: r.status == "read")).status == "read"
 
-    assert [(s.provider_message_id, s.status) for s in core.statuses] == [
-        (receipt.provider_id, "delivered"), (receipt.provider_id, "read")]
-    assert core.messages == []  # receipts are statuses, never transcript entries
+    assert [(s.provider_message_id, s.status) for s, _ in core.statuses] == [
+        (sent.provider_id, "delivered"), (sent.provider_id, "read")]
+    assert core.texts() == ["where is my parcel?"]  # receipts are statuses, never entries
 
 
 async def test_message_to_an_address_that_does_not_exist_becomes_undelivered(
@@ -64,11 +69,11 @@ async def test_message_to_an_address_that_does_not_exist_becomes_undelivered(
     (gw,) = await prosody.accounts("gw")
     channel = await start_channel(core, gw)
 
-    receipt = await channel.send(OutboundMessage(
-        id="out_0002", channel="xmpp", kind="message", to="xmpp:nobody@localhost",
-        from_=None, text="hello?"))
+    receipt = await channel.send(TextMessage(
+        id="out_0002", channel="xmpp", to="xmpp:nobody@localhost", text="hello?"))
 
-    status = await eventually(lambda: core.statuses and core.statuses[0], what="a bounce")
+    await wait_until(lambda: core.statuses, what="a bounce")
+    status, _ = core.statuses[0]
     assert status.provider_message_id == receipt.provider_id
     assert status.status == "undelivered"
     assert "service-unavailable" in (status.error or "")
@@ -79,10 +84,11 @@ async def test_send_refuses_what_xmpp_cannot_carry(prosody, core, start_channel)
     channel = await start_channel(core, gw)
 
     for message, why in [
-        (OutboundMessage("out_1", "xmpp", "call", "xmpp:ann@localhost", None, None), "calls"),
-        (OutboundMessage("out_2", "xmpp", "message", "xmpp:ann@localhost", None, ""), "no text"),
-        (OutboundMessage("out_3", "xmpp", "message", "sms:+14155550100", None, "x"), "XMPP"),
-        (OutboundMessage("out_4", "xmpp", "message", f"xmpp:{gw}", None, "x"), "customer"),
+        (CallbackRequest(id="out_1", channel="xmpp", to="xmpp:ann@localhost",
+                         escalation_token="t", escalation_id="e"), "calls"),
+        (TextMessage(id="out_2", channel="xmpp", to="xmpp:ann@localhost", text=""), "no text"),
+        (CodeMessage(id="out_3", channel="xmpp", to="sms:+14155550100", text="x"), "XMPP"),
+        (TextMessage(id="out_4", channel="xmpp", to=f"xmpp:{gw}", text="x"), "customer"),
     ]:
         with pytest.raises(SendError) as caught:
             await channel.send(message)
@@ -98,22 +104,23 @@ async def test_chat_states_are_kept_in_memory_not_in_the_transcript(
 
     customer.send_raw(f"<message to='{gw}' type='chat'>"
                       "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
-    await eventually(lambda: channel.chat_state(ann) == "composing", what="the chat state")
+    await wait_until(lambda: channel.chat_state(ann) == "composing", what="the chat state")
     customer.send(gw, "hello", extra="<active xmlns='http://jabber.org/protocol/chatstates'/>")
-    await eventually(lambda: core.messages, what="the message")
+    await wait_until(lambda: core.stored, what="the message")
 
-    assert core.texts() == ["hello"]
+    assert await core.transcript_texts() == ["hello"]
 
 
 async def test_a_burst_from_one_customer_is_stored_in_the_order_sent(
         prosody, core, start_channel, client):
     gw, ann = await prosody.accounts("gw", "ann")
-    core.ingest_delay = 0.005  # a store that takes a while: the burst overlaps it
     await start_channel(core, gw, xmpp_flood_burst=100)
     customer = await client(ann)
 
     for n in range(40):
         customer.send(gw, f"part {n}", origin_id=f"p{n}")
-    await eventually(lambda: len(core.messages) == 40, what="the burst")
+    await wait_until(lambda: len(core.stored) == 40, what="the burst")
 
-    assert core.texts() == [f"part {n}" for n in range(40)]
+    assert await core.transcript_texts() == [f"part {n}" for n in range(40)]
+    assert core.core.batcher.batches < core.core.batcher.writes  # commits were shared
+

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from tests.xmpp.fakes import eventually
+from gateway.addresses import Address
+from tests.helpers import wait_until
 
 STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
 
@@ -20,7 +21,7 @@ def _errors(client, condition):
 async def _settled(core, channel, customer, gw):
     """Everything sent before this has been handled: a last message comes through."""
     customer.send(gw, "last one", origin_id="settle")
-    await eventually(lambda: "last one" in core.texts() and channel.idle, what="the last one")
+    await wait_until(lambda: "last one" in core.texts() and channel.idle, what="the last one")
 
 
 async def test_empty_and_odd_messages_are_logged_and_skipped_never_stored(
@@ -42,7 +43,7 @@ async def test_empty_and_odd_messages_are_logged_and_skipped_never_stored(
                       "</message>")
     await _settled(core, channel, customer, gw)
 
-    assert core.texts() == ["with odd children", "hi there", "last one"]
+    assert await core.transcript_texts() == ["with odd children", "hi there", "last one"]
     logged = caplog.text
     assert "empty message from" in logged
     assert "groupchat" in logged and "headline" in logged
@@ -63,7 +64,7 @@ async def test_huge_message_is_refused_with_an_error_stanza_that_names_the_limit
     assert "the limit is 1000" in error.findtext(f"{{jabber:client}}error/{STANZAS}text")
     assert core.texts() == ["last one"]
     customer.send(gw, "y" * 1000, origin_id="fits")
-    await eventually(lambda: len(core.messages) == 2, what="a message at the limit")
+    await wait_until(lambda: len(core.stored) == 2, what="a message at the limit")
 
 
 async def test_a_flood_from_one_jid_is_throttled_and_nothing_is_stored_twice(
@@ -82,7 +83,7 @@ async def test_a_flood_from_one_jid_is_throttled_and_nothing_is_stored_twice(
     assert core.texts(f"xmpp:{ann}") == [f"spam {n}" for n in range(5)]
     assert channel.refused >= 7
     assert 1 <= len(_errors(flooder, "resource-constraint")) <= 4  # errors are throttled too
-    assert len({m.provider_id for m in core.messages}) == len(core.messages)
+    assert len({m.provider_id for m in core.stored}) == len(core.stored)
 
 
 async def test_a_resent_message_is_stored_once(prosody, core, start_channel, client):
@@ -96,7 +97,7 @@ async def test_a_resent_message_is_stored_once(prosody, core, start_channel, cli
     customer.send(gw, "plain id", message_id="legacy-7")  # a legacy client: same full JID
     await _settled(core, channel, customer, gw)
 
-    assert core.texts() == ["hello", "plain id", "last one"]
+    assert await core.transcript_texts() == ["hello", "plain id", "last one"]
     assert len(core.duplicates) == 2
 
 
@@ -120,6 +121,8 @@ async def test_a_stranger_cannot_inject_archive_results_carbons_or_statuses(
     stranger.send(gw, "/next")  # a customer is not an agent, whatever they type
     await _settled(core, channel, stranger, gw)
 
-    assert [str(m.sender) for m in core.messages] == [f"xmpp:{mallory}"] * 2
-    assert core.texts() == ["/next", "last one"]
+    assert [str(m.sender) for m in core.stored] == [f"xmpp:{mallory}"] * 2
+    assert await core.transcript_texts() == ["/next", "last one"]
     assert core.statuses == [] and core.desk.calls == []
+    customer = await core.core.customer_by_address(Address("xmpp", victim))
+    assert customer is None  # nobody spoke as the victim
