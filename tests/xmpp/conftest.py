@@ -228,8 +228,10 @@ async def core(sqlite_url: str) -> AsyncIterator[Harness]:
         await harness.aclose()
 
 
-def channel_settings(prosody: Any, jid: str, agents: dict[str, str] | None = None,
-                     **overrides: Any) -> Settings:
+def xmpp_values(prosody: Any, jid: str, agents: dict[str, str] | None = None,
+                **overrides: Any) -> dict[str, Any]:
+    """Settings for a gateway whose XMPP account `jid` is on the test Prosody (plain text on
+    loopback), with `agents` (agent id -> JID) as XMPP agents."""
     values: dict[str, Any] = {
         "xmpp_jid": jid, "xmpp_password": PASSWORD, "xmpp_host": "127.0.0.1",
         "xmpp_port": prosody.port, "xmpp_security": "none", **FAST,
@@ -237,7 +239,12 @@ def channel_settings(prosody: Any, jid: str, agents: dict[str, str] | None = Non
                    for agent_id, agent_jid in (agents or {}).items()],
     }
     values.update(overrides)
-    return Settings(**values)
+    return values
+
+
+def channel_settings(prosody: Any, jid: str, agents: dict[str, str] | None = None,
+                     **overrides: Any) -> Settings:
+    return Settings(**xmpp_values(prosody, jid, agents, **overrides))
 
 
 @pytest_asyncio.fixture

@@ -127,7 +127,8 @@ async def test_whatsapp_customer_reaches_an_xmpp_agent_with_the_context_and_the_
     assert follow.findtext(BODY) == "[#1 Ann · whatsapp] any news?"
 
     alice.send(gw, "We refunded the second charge.")
-    await wait_until(lambda: any(c[0] == "reply" for c in core.desk.calls), what="the reply")
+    await wait_until(lambda: any(name == "reply" for name, _ in core.desk.results),
+                     what="the reply committed")
     assert ("reply", "alice", ann.conversation_id, "We refunded the second charge.") \
         in core.desk.calls
     view = await core.conversation(ann.conversation_id)
