@@ -74,6 +74,9 @@ class SessionConfig:
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
     keepalive: float = 60.0
+    # DNS servers ("host:port") to find the server by SRV with, instead of the system's
+    # resolver configuration (tests run their own; not a setting today).
+    nameservers: tuple[str, ...] = ()
 
     @property
     def domain(self) -> str:
@@ -128,8 +131,15 @@ async def shut_down(client: slixmpp.ClientXMPP, wait: float = 1.0) -> None:
 class _Client(slixmpp.ClientXMPP):
     """slixmpp's client, with its handler of uncaught exceptions kept to one log line."""
 
+    nameservers: tuple[str, ...] = ()
+
     def exception(self, exception: Exception) -> None:
         log.error("xmpp: handler failed: %r", exception, exc_info=exception)
+
+    def configure_dns(self, resolver: Any, domain: str | None = None,
+                      port: int | None = None) -> None:
+        if self.nameservers and resolver is not None:
+            resolver.nameservers = list(self.nameservers)
 
 
 class XmppSession:
@@ -161,6 +171,7 @@ class XmppSession:
         client.enable_plaintext = cfg.security == "none"
         client.enable_starttls = cfg.security == "starttls"
         client.enable_direct_tls = cfg.security == "tls"
+        client.nameservers = cfg.nameservers
         if cfg.ca_file:
             client.ca_certs = Path(cfg.ca_file)
         client.whitespace_keepalive = False  # our ping notices a dead link; spaces do not

@@ -250,14 +250,18 @@ def channel_settings(prosody: Any, jid: str, agents: dict[str, str] | None = Non
 @pytest_asyncio.fixture
 async def start_channel(prosody: Prosody) -> AsyncIterator[Any]:
     """`await start_channel(core, jid, agents={"alice": jid}, **settings)`: a channel on the
-    real core, sending the core's outbox, closed at the end of the test."""
+    real core, sending the core's outbox, closed at the end of the test. `nameservers=`
+    ("host:port", …) makes it find the server through those DNS servers."""
     started: list[XmppChannel] = []
 
     async def start(core: Harness, jid: str, agents: dict[str, str] | None = None,
-                    **overrides: Any) -> XmppChannel:
+                    nameservers: tuple[str, ...] = (), **overrides: Any) -> XmppChannel:
         settings = channel_settings(prosody, jid, agents, **overrides)
         channel = XmppChannel.from_settings(settings)
         assert channel is not None
+        if nameservers:
+            channel.options = replace(channel.options, session=replace(
+                channel.options.session, nameservers=nameservers))
         started.append(channel)
         sink = await core.build(settings)
         assert core.outbox is not None

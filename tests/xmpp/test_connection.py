@@ -1,5 +1,6 @@
-"""Logging in: TLS by default (STARTTLS or direct TLS, the server's certificate verified), and
-a clear error naming the key to fix when the login cannot work."""
+"""Logging in: the server found by the DNS SRV records of the JID's domain, TLS by default
+(STARTTLS or direct TLS, the server's certificate verified), and a clear error naming the key
+to fix when the login cannot work."""
 
 from __future__ import annotations
 
@@ -7,6 +8,25 @@ import pytest
 
 from connectors.xmpp import XmppStartError
 from tests.helpers import wait_until
+from tests.xmpp.dns import SRV, SrvServer
+
+
+@pytest.mark.parametrize("security, service", [("starttls", "_xmpp-client._tcp"),
+                                               ("tls", "_xmpps-client._tcp")])
+async def test_without_a_host_the_server_is_found_by_the_srv_records_of_the_domain(
+        prosody, core, start_channel, client, security, service):
+    gw, ann = await prosody.accounts("gw", "ann")
+    port = prosody.tls_port if security == "tls" else prosody.port
+    # The domain's SRV record names the server's port; nothing listens on the default one.
+    async with SrvServer({f"{service}.localhost": ("localhost", port)}) as dns:
+        channel = await start_channel(core, gw, xmpp_host=None, xmpp_port=None,
+                                      xmpp_security=security, xmpp_ca_file=prosody.ca_file,
+                                      nameservers=(dns.address,))
+    assert (f"{service}.localhost", SRV) in dns.asked
+    assert channel.session._client.socket.version().startswith("TLS")
+    customer = await client(ann)
+    customer.send(gw, "found you")
+    await wait_until(lambda: core.texts() == ["found you"], what="the message")
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
