@@ -27,7 +27,7 @@ import hashlib
 import ipaddress
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -430,9 +430,19 @@ class XmppChannel:
                         len(chat.body), bare, limit)
             return
         event = self._event(chat, ticket.checkpoint)
-        self._work.run(bare, lambda: self._store(chat, event, ticket, live))
+        self._accept(bare, lambda: self._store(chat, event, ticket, live))
         if len(self._work) > self.options.high_water:
             self._session.pause_reading()
+
+    def _accept(self, sender: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Work on what `sender` sent, in their order; reading resumes at low water."""
+        self._work.run(sender, work).add_done_callback(self._drained)
+
+    def _drained(self, _done: asyncio.Future[Any]) -> None:
+        # A done callback, so the work has left the count: when a group commit answers many
+        # stores at once, each one's own code would still count them all, and nobody resumes.
+        if len(self._work) <= self.options.high_water // 2:
+            self._session.resume_reading()
 
     def _event(self, chat: Chat, checkpoint: ArchivePosition | None) -> InboundMessage:
         bare = chat.sender.bare
@@ -454,35 +464,31 @@ class XmppChannel:
 
     async def _store(self, chat: Chat, event: InboundMessage, ticket: Any, live: bool) -> None:
         assert self._sink is not None
-        try:
-            for attempt in range(_STORE_ATTEMPTS):
-                try:
-                    result = await self._sink.ingest(event)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if attempt == _STORE_ATTEMPTS - 1:
-                        log.error("xmpp: could not store the message %s from %s (%r); the "
-                                  "archive catch-up of the next session tries again",
-                                  event.provider_id, chat.sender.bare, exc)
-                        return
-                    log.warning("xmpp: storing a message from %s failed (%r); retrying",
-                                chat.sender.bare, exc)
-                    await asyncio.sleep(self.options.store_retry * 2 ** attempt)
-            self._cursor.done(ticket)
-            if result.conversation_id is not None:
-                _bounded_put(self._conversation_of, chat.sender.bare, result.conversation_id)
-            # Live: every copy that asks gets its receipt (a resend wants one too). From the
-            # archive: only a message stored just now (its live copy never got one).
-            if chat.wants_receipt and chat.message_id and (live or not result.duplicate):
-                receipt = self._session.make_message(chat.sender.full, None)
-                ET.SubElement(receipt.xml, f"{{{stanzas.RECEIPTS}}}received",
-                              {"id": chat.message_id})
-                self._session.send(receipt)  # only now: the message is committed
-        finally:
-            if len(self._work) <= self.options.high_water // 2:
-                self._session.resume_reading()
+        for attempt in range(_STORE_ATTEMPTS):
+            try:
+                result = await self._sink.ingest(event)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == _STORE_ATTEMPTS - 1:
+                    log.error("xmpp: could not store the message %s from %s (%r); the "
+                              "archive catch-up of the next session tries again",
+                              event.provider_id, chat.sender.bare, exc)
+                    return
+                log.warning("xmpp: storing a message from %s failed (%r); retrying",
+                            chat.sender.bare, exc)
+                await asyncio.sleep(self.options.store_retry * 2 ** attempt)
+        self._cursor.done(ticket)
+        if result.conversation_id is not None:
+            _bounded_put(self._conversation_of, chat.sender.bare, result.conversation_id)
+        # Live: every copy that asks gets its receipt (a resend wants one too). From the
+        # archive: only a message stored just now (its live copy never got one).
+        if chat.wants_receipt and chat.message_id and (live or not result.duplicate):
+            receipt = self._session.make_message(chat.sender.full, None)
+            ET.SubElement(receipt.xml, f"{{{stanzas.RECEIPTS}}}received",
+                          {"id": chat.message_id})
+            self._session.send(receipt)  # only now: the message is committed
 
     def _refuse(self, chat: Chat, condition: str, kind: str, text: str) -> None:
         """An error stanza (RFC 6120 8.3) to the sender. Built by hand: slixmpp's error
@@ -500,7 +506,7 @@ class XmppChannel:
                            "not one of ours sent to them; ignored", receipt.sender.bare)
             return
         status = DeliveryStatus("xmpp", receipt.ref_id, receipt.status, at=self._clock())
-        self._work.run(receipt.sender.bare, lambda: self._status(status))
+        self._accept(receipt.sender.bare, lambda: self._status(status))
 
     def _bounce(self, bounce: Bounce) -> None:
         if bounce.ref_id is None or not self._ids.verify(bounce.ref_id, bounce.sender.bare):
@@ -511,7 +517,7 @@ class XmppChannel:
         error = bounce.condition + (f": {bounce.text}" if bounce.text else "")
         status = DeliveryStatus("xmpp", bounce.ref_id, "undelivered", at=self._clock(),
                                 error=error)
-        self._work.run(bounce.sender.bare, lambda: self._status(status))
+        self._accept(bounce.sender.bare, lambda: self._status(status))
 
     async def _status(self, status: DeliveryStatus) -> None:
         assert self._sink is not None

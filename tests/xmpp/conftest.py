@@ -89,6 +89,7 @@ class Sink:
     duplicates: list[InboundMessage] = field(default_factory=list)
     statuses: list[tuple[DeliveryStatus, str | None]] = field(default_factory=list)
     fail_next_ingests: int = 0  # the next stores fail before reaching the database
+    hold: asyncio.Event | None = None  # while set and not yet fired, stores wait for it
 
     def __post_init__(self) -> None:
         self.desk = RecordingDesk(self.core.desk)
@@ -100,6 +101,8 @@ class Sink:
         if self.fail_next_ingests:
             self.fail_next_ingests -= 1
             raise ConnectionError("database unavailable (injected)")
+        if self.hold is not None:
+            await self.hold.wait()  # a slow database
         result = await self.core.ingest(event)
         (self.duplicates if result.duplicate else self.stored).append(event)
         return result
@@ -251,17 +254,21 @@ def channel_settings(prosody: Any, jid: str, agents: dict[str, str] | None = Non
 async def start_channel(prosody: Prosody) -> AsyncIterator[Any]:
     """`await start_channel(core, jid, agents={"alice": jid}, **settings)`: a channel on the
     real core, sending the core's outbox, closed at the end of the test. `nameservers=`
-    ("host:port", …) makes it find the server through those DNS servers."""
+    ("host:port", …) makes it find the server through those DNS servers; `options=` sets
+    XmppOptions fields that are not settings."""
     started: list[XmppChannel] = []
 
     async def start(core: Harness, jid: str, agents: dict[str, str] | None = None,
-                    nameservers: tuple[str, ...] = (), **overrides: Any) -> XmppChannel:
+                    nameservers: tuple[str, ...] = (), options: dict[str, Any] | None = None,
+                    **overrides: Any) -> XmppChannel:
         settings = channel_settings(prosody, jid, agents, **overrides)
         channel = XmppChannel.from_settings(settings)
         assert channel is not None
         if nameservers:
             channel.options = replace(channel.options, session=replace(
                 channel.options.session, nameservers=nameservers))
+        if options:  # XmppOptions that are not settings (high_water, pipeline, …)
+            channel.options = replace(channel.options, **options)
         started.append(channel)
         sink = await core.build(settings)
         assert core.outbox is not None

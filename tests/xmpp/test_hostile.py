@@ -5,6 +5,7 @@ server authenticated it)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from gateway.addresses import Address
@@ -126,3 +127,38 @@ async def test_a_stranger_cannot_inject_archive_results_carbons_or_statuses(
     assert core.statuses == [] and core.desk.calls == []
     customer = await core.core.customer_by_address(Address("xmpp", victim))
     assert customer is None  # nobody spoke as the victim
+
+
+async def test_many_customers_at_once_on_a_slow_database_are_held_at_the_socket_not_in_memory(
+        prosody, core, start_channel, client):
+    gw, *jids = await prosody.accounts("gw", "c1", "c2", "c3", "c4")
+    channel = await start_channel(core, gw, xmpp_flood_burst=1000, xmpp_flood_rate=1000,
+                                  options={"high_water": 8})
+    core.sink.hold = asyncio.Event()  # the database stalls
+    customers = [await client(jid) for jid in jids]
+    pad = "x" * 9_000  # large enough that no single read of the socket holds them all
+    for n in range(50):
+        for index, customer in enumerate(customers):
+            customer.send(gw, f"{index}/{n} {pad}", origin_id=f"m{n}")
+
+    await wait_until(lambda: channel.session._paused, what="reading paused")
+    await _quiet(channel)  # whatever was already read is handed over
+    assert len(channel._work) < 100  # of 200: the rest waits in the server, not here
+    assert core.stored == []
+
+    core.sink.hold.set()  # the database is back
+    await wait_until(lambda: len(core.stored) == 200, timeout=30, what="all 200 stored")
+    assert not channel.session._paused
+    assert core.duplicates == []
+    for index, jid in enumerate(jids):  # each customer's messages in the order sent
+        texts = [t.partition(" ")[0] for t in await core.transcript_texts(f"xmpp:{jid}")]
+        assert texts == [f"{index}/{n}" for n in range(50)]
+
+
+async def _quiet(channel) -> None:
+    """The channel accepted nothing new for a few loop turns (nothing read is pending)."""
+    seen = -1
+    while seen != len(channel._work):
+        seen = len(channel._work)
+        for _ in range(20):
+            await asyncio.sleep(0)
