@@ -162,3 +162,27 @@ async def _quiet(channel) -> None:
         seen = len(channel._work)
         for _ in range(20):
             await asyncio.sleep(0)
+
+
+async def test_a_flood_sent_while_the_gateway_was_away_is_throttled_on_catch_up_too(
+        prosody, core, start_channel, client):
+    gw, ann, bob = await prosody.accounts("gw", "ann", "bob")
+    limits = {"xmpp_flood_burst": 5, "xmpp_flood_rate": 0.2}
+    first = await start_channel(core, gw, **limits)
+    flooder = await client(ann)
+    other = await client(bob)
+    other.send(gw, "before", origin_id="b0")  # the archive position is stored
+    await wait_until(lambda: core.texts() == ["before"], what="the first message")
+    await first.aclose()
+
+    for n in range(12):  # while the gateway is away: offline storage and the archive
+        flooder.send(gw, f"spam {n}", origin_id=f"s{n}")
+    other.send(gw, "meanwhile", origin_id="b1")
+    second = await start_channel(core, gw, **limits)
+    await _settled(core, second, other, gw)
+
+    # Offline copies arrive as live messages, archive copies by their own timestamps: both
+    # are limited per sender, so the flood does not get in through the back door.
+    assert core.texts(f"xmpp:{ann}") == [f"spam {n}" for n in range(5)]
+    assert core.texts(f"xmpp:{bob}") == ["before", "meanwhile", "last one"]
+    assert len({m.provider_id for m in core.stored}) == len(core.stored)
