@@ -9,6 +9,7 @@ the end releases the agent. The edges (Twilio Voice, the SIP proxy) only transla
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,6 +143,8 @@ class Calls:
         )
         token = context.issue_token(conn, leg_id=leg_id, conversation_id=conversation_id,
                                     now=now, ttl=self._policy.context_token_ttl)
+        tx.log(logging.INFO, "call %s from %s (%s, %s): conversation %s, leg %s",
+               call.call_ref, address, call.provider, binding.value, conversation_id, leg_id)
         return CallRoute(customer_id, conversation_id, leg_id, token.token,
                          self._policy.context_url(token.token), token.expires_at,
                          binding.value, escalation.id if escalation else None, call.call_ref)

@@ -109,8 +109,13 @@ class Conversation(Base):
     last_activity_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     agent_id: Mapped[str | None] = mapped_column(String(100))  # who took it; None: queued
-    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),
-                      Index("ix_conversations_agent", "agent_id", "status"))
+    __table_args__ = (
+        Index("ix_conversations_customer_status", "customer_id", "status"),
+        Index("ix_conversations_agent", "agent_id", "status"),
+        # the agent inbox's keyset order (workspace, #11; migration 0004)
+        Index("ix_conversations_status_activity", "status", "last_activity_at", "id"),
+        Index("ix_conversations_activity", "last_activity_at", "id"),
+    )
 
 
 class Leg(Base):

@@ -240,8 +240,7 @@ class TwilioVoiceWebhooks:
         # The PIN or token is redeemed (open_call) before anyone is asked to take the call.
         route = await self.core.open_call(
             self._incoming_call(call_sid, params, pin, escalation_token))
-        log.info("twilio-voice: %s opened leg %s of %s (%s)", call_sid, route.leg_id,
-                 route.conversation_id, route.binding)
+        # (the core logs the call's line: call ref, caller, binding, conversation, leg)
         return await self._dial(call_sid, route, tried=())
 
     async def _dial(self, call_sid: str, route: CallRoute, tried: Sequence[str],
