@@ -6,7 +6,8 @@ real Prosody, real slixmpp customers and agents, the Twilio stand-in, a pyVoIP p
 - an XMPP customer verifies, and an agent escalates them to a call: the PIN arrives over
   XMPP, the call with it rings the agent's registered phone, and its bundle says verified via
   the escalation; a callback without a phone number is refused in words;
-- an agent who goes offline hands their conversations back to the queue (API and bus);
+- an agent who goes offline hands their conversations back to the queue (the API, the event
+  stream the console reads, and the other XMPP agent);
 - Prosody restarted mid-conversation: nothing lost, nothing doubled.
 """
 
@@ -19,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from gateway.bus import ConversationAssigned
 from gateway.channels import Presence
 from tests.conftest import BUSINESS_WHATSAPP, PUBLIC_URL, RunningGateway
+from tests.console.test_event_stream import stream
 from tests.helpers import wait_until
 from tests.peers import SIPP_SCENARIOS, run_sipp_uac
 from tests.standins import TwilioStandin, twilio_sms_form, twilio_standin  # noqa: F401
@@ -197,16 +198,23 @@ async def test_an_agent_going_offline_hands_their_conversations_back_to_the_queu
     ann = await client(ann_jid)
     conversation_id = await taken(gw, gw_jid, alice, ann, "hello, anyone?")
     assert await agent_of(gw, conversation_id) == "alice"
-    events = gw.gw.bus.subscribe(lambda e: isinstance(e, ConversationAssigned))
 
-    await alice.disconnect()
-
-    record = await events.get(timeout=10)
-    assert record is not None
-    assert (record.event.conversation_id, record.event.agent_id,
-            record.event.previous_agent_id) == (conversation_id, None, "alice")
+    async with stream(gw) as events:  # the service token's stream: what the console sees
+        await alice.disconnect()
+        seen: dict[str, Any] = {}  # alice's presence, and her conversation back in the queue
+        while len(seen) < 2:
+            event = await events.until(lambda e: e.event == "assigned" or (
+                e.event == "presence" and e.data["agent_id"] == "alice"), timeout=10)
+            seen[event.event] = event
+    offline, back = seen["presence"], seen["assigned"]
+    assert offline.data["presence"] == "offline"
+    assert (back.data["conversation_id"], back.data["agent_id"],
+            back.data["previous_agent_id"]) == (conversation_id, None, "alice")
     assert await agent_of(gw, conversation_id) is None
-    assert gw.gw.agents.presence("alice") is Presence.OFFLINE
+    status, inbox = await gw.api("GET", "/api/v1/conversations", params={"status": "open"})
+    assert status == 200
+    [item] = [i for i in inbox["items"] if i["id"] == conversation_id]
+    assert item["assigned_agent_id"] is None
     notice = body(await bob.wait_for_body("waiting in the queue"))
     assert f"xmpp:{ann_jid}" in notice and "(was with alice)" in notice
     bob.send(gw_jid, "/next")
