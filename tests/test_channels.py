@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from config.settings import Settings, load_settings
+from connectors.email import EmailChannel
 from gateway.app import CHANNELS, GATEWAY, build_app, setup_runner
 from gateway.batching import BatcherClosed
 from gateway.channels import (
@@ -130,8 +131,9 @@ async def test_the_start_up_report_names_each_channel_its_urls_and_what_turns_th
     assert "https://gw.example.com/webhooks/twilio/voice" in report
     assert "whatsapp   off  set GATEWAY_WHATSAPP_APP_SECRET" in report
     assert "sip        on" in report
+    assert "email      off  set GATEWAY_EMAIL_ADDRESS" in report
     assert "xmpp       off  set GATEWAY_XMPP_JID" in report
-    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "xmpp", "sip"]
+    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "email", "xmpp", "sip"]
 
 
 def test_gateway_serve_prints_the_channels_with_their_webhook_urls(tmp_path: Path) -> None:
@@ -186,5 +188,6 @@ async def test_a_registry_without_sip_mounts_only_the_callers_channels(
     assert gw.gw.off == {"twilio": "set GATEWAY_TWILIO_ACCOUNT_SID and GATEWAY_TWILIO_AUTH_TOKEN",
                          "whatsapp": "set GATEWAY_WHATSAPP_APP_SECRET (and the verify and "
                                      "access tokens)",
+                         "email": EmailChannel.why_off(gw.gw.settings),
                          "xmpp": "set GATEWAY_XMPP_JID and GATEWAY_XMPP_PASSWORD (the "
                                  "gateway's own account)"}
