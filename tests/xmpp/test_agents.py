@@ -194,8 +194,10 @@ async def test_agent_commands_and_help(prosody, core, start_channel, client):
     code = next(r for name, r in core.desk.results if name == "verify")
     sent = await core.core.outbox_message(code.outbox_id)
     assert sent.kind == "otp" and sent.to == "whatsapp:+14155550100"
-    alice.send(gw, "/verify sms:+14155550199")  # not this customer's
-    await alice.wait_for_body("/verify: sms:+14155550199 is not an address of this customer")
+    await core.customer_writes("whatsapp:+14155550199", "hi", name="Cy")  # someone else
+    alice.send(gw, "/verify whatsapp:+14155550199")  # another customer's address
+    await alice.wait_for_body(
+        "/verify: whatsapp:+14155550199 is not an address of this customer")
     alice.send(gw, "/call")
     called = (await alice.wait_for_body("#1: calling the customer back")).findtext(BODY)
     assert "voice:+14155550100" in called and "is not verified" in called
