@@ -270,3 +270,29 @@ async def _line(events: SseReader) -> None:
     line = (await asyncio.wait_for(events.response.content.readline(), 10)).decode().strip()
     if line.startswith(":"):
         events.comments.append(line[1:].strip())
+
+
+def test_an_event_travels_whole_when_small_and_as_its_entry_id_when_too_large() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.bus import DeliveryUpdated, EntryAdded
+    from gateway.instances import MAX_PAYLOAD, decode_event, encode_event
+
+    at = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+
+    def entry(text: str) -> EntryAdded:
+        return EntryAdded("cus_1", (7, "conv_1", "leg_1", at, "sms", "in", "message",
+                                    "sms:+14155550100", text, None, {"k": "é"}))
+
+    small = encode_event("gw-a", 1, entry("hé"))
+    assert small is not None and len(small.encode()) <= MAX_PAYLOAD
+    heard = decode_event(small)
+    assert heard is not None and heard.origin == "gw-a" and heard.event == entry("hé")
+    large = encode_event("gw-a", 2, entry("x" * 9000))
+    assert large is not None and len(large.encode()) <= MAX_PAYLOAD
+    heard = decode_event(large)
+    assert heard is not None and heard.event is None and heard.entry_ref == (7, "cus_1")
+    delivery = DeliveryUpdated("conv_1", "out_1", "sent", None)
+    heard = decode_event(encode_event("gw-b", 3, delivery) or "")
+    assert heard is not None and heard.event == delivery
+    assert decode_event("not json") is None and decode_event('{"o": "x"}') is None
