@@ -20,6 +20,7 @@ from tests.conftest import (
     Gateways,
     RunningGateway,
 )
+from tests.helpers import wait_until
 from tests.standins import (  # noqa: F401  (fixtures)
     MetaGraphStandin,
     TwilioStandin,
@@ -366,6 +367,8 @@ async def test_message_in_flight_when_the_process_died_is_marked_unknown_not_res
     twilio_standin.delay_next(1.5)
     message_id = await reply(first, conversation, "in doubt")
     await first.wait_outbox(message_id, lambda r: r["status"] == "sending")
+    await wait_until(lambda: any(r.path.endswith("/Messages.json")
+                                 for r in twilio_standin.requests), what="the send at Twilio")
     await first.gw.outbox.abandon()  # as SIGKILL: the request is on the wire, no outcome
 
     # Recovery runs at start.
