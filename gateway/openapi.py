@@ -110,6 +110,16 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"content": {"application/json": {"schema": {
                 "type": "object", "properties": {"address": {"type": "string"}}}}}},
             "responses": {"202": _resp("code queued for sending"), **_ERRORS}}},
+        "/api/v1/conversations/{id}/verifications/{challenge_id}/check": {"post": {
+            "summary": "Step-up on a call: the code the caller read out; a right one "
+                       "verifies that leg (its context link then returns the full bundle)",
+            "parameters": [_ID, {"name": "challenge_id", "in": "path", "required": True,
+                                 "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["code", "leg_id"],
+                "properties": {"code": {"type": "string"}, "leg_id": {"type": "string"}}}}}},
+            "responses": {"200": _resp("outcome: passed | wrong | locked | expired"),
+                          **_ERRORS}}},
         "/api/v1/conversations/{id}/escalations": {"post": {
             "summary": "Move the customer to a call: a dial-in PIN or a callback",
             "parameters": [_ID],
