@@ -30,6 +30,7 @@ from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core, Policy
 from gateway.disclosure import Disclosure, Level
+from gateway.httpedge import console_headers
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxWorker
 from gateway.store import make_engine, upgrade
@@ -135,7 +136,7 @@ def build_app(
                 on_outbox=outbox_worker.wake, bus=bus, agents=agents, metrics=metrics)
     gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus)
 
-    app = web.Application(middlewares=[errors_as_json, bearer_auth(token)],
+    app = web.Application(middlewares=[console_headers, errors_as_json, bearer_auth(token)],
                           client_max_size=2 * 1024 * 1024)
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())
