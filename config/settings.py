@@ -254,7 +254,7 @@ class SipSettings(BaseModel):
     sip_timer_t1_ms: int = Field(500, ge=1)
     sip_timer_t2_ms: int = Field(4000, ge=1)
     sip_timer_t4_ms: int = Field(5000, ge=1)
-    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security-sip.md) ----
+    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security.md "The SIP edge") ----
     # Peers whose X-Context and caller-ID attestation (verstat) are believed: IPs or CIDRs of
     # the trunks and upstream edges (JSON list). Default: nobody.
     sip_trusted_peers: list[str] = Field(default_factory=list)
