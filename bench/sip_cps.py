@@ -172,7 +172,9 @@ class _NullCore:
     async def offer_call(self, route: _Route, tried: Any = (), *, agent_id: Any = None,
                          exclude: Any = ()) -> Any:
         target = self.router.offer(route.leg_id, (*tried, *exclude), agent_id)
-        return None if target is None else CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
+        if target is None:
+            return None
+        return CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
 
     async def call_event(self, event: Any) -> bool:
         if event.kind in ("ended", "failed"):

@@ -213,7 +213,9 @@ class _Sink:
     async def offer_call(self, route: _Route, tried: Any = (), *, agent_id: Any = None,
                          exclude: Any = ()) -> CallOffer | None:
         target = self.router.offer(route.leg_id, (*tried, *exclude), agent_id)
-        return None if target is None else CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
+        if target is None:
+            return None
+        return CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
 
     async def call_event(self, event: Any) -> bool:
         return True

@@ -6,7 +6,8 @@ refusing a caller over its PIN guess limit: we answer 403 with the core's reason
 rings) and issues a context token; the core's router then chooses the agent
 (`offer_call`; the next one when a phone is busy or away). The INVITE goes to that agent's
 phone with `Call-Info` (the context link) and `X-Conversation-Id`, a Record-Route, and our
-Via. Call events name the call by the leg id the core returned, never by its Call-ID. Responses come back with our Via removed.
+Via. Call events name the call by the leg id the core returned, never by its Call-ID.
+Responses come back with our Via removed.
 CANCEL, ACK, BYE and re-INVITE follow the Record-Route (loose routing) through us. Call
 events (ringing, answered by whom, ended, duration) go to the core in tasks the edge owns, so
 the relay of a response never waits for a database write.
