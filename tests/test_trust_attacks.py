@@ -63,7 +63,8 @@ async def sent_text(sip: Sip, containing: str, twilio: TwilioStandin | None = No
         out += [m.get("Body", "") for m in (twilio.messages if twilio else [])]
         return [t for t in out if containing in t]
 
-    await wait_until(lambda: len(sent()) > seen, what=f"a message with {containing!r}")
+    await wait_until(lambda: len(sent()) > seen, timeout=20,
+                     what=f"a message with {containing!r}")
     return sent()[-1]
 
 
