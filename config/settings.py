@@ -136,6 +136,8 @@ class CoreSettings(BaseModel):
 
     # Only one process per database may send the outbox; API-only replicas set this false.
     outbox_enabled: bool = True
+    # Comment lines on an idle event stream (/api/v1/events), under proxies' idle timeouts.
+    events_heartbeat_seconds: float = Field(15.0, gt=0, le=300)
 
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")

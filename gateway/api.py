@@ -1,23 +1,23 @@
 """The agent API, the context capability URL, health, metrics and the console page.
 
 JSON in and out; every error is `{"error": "…"}` with its status. Everything under /api/v1
-needs `Authorization: Bearer $GATEWAY_AGENT_TOKEN`, except the context URL, whose token is
-itself the capability, and the OpenAPI description.
+needs a bearer token (the service's GATEWAY_AGENT_TOKEN or an agent's own; `gateway/auth.py`),
+except the context URL, whose token is itself the capability, and the OpenAPI description.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from gateway.addresses import AddressError, parse_address
+from gateway.auth import acting_agent  # workspace (#11): the token's agent authors
+from gateway.console import console_routes  # workspace (#11): console page with CSP
 from gateway.core import Core
 from gateway.domain import (
     CodeChecked,
@@ -35,8 +35,6 @@ from gateway.openapi import OPENAPI
 
 log = logging.getLogger("gateway.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STATIC = Path(__file__).parent / "static"
-PUBLIC_API = ("/api/v1/contexts/", "/api/v1/openapi.json")
 
 
 def error(status: int, message: str, **headers: str) -> web.Response:
@@ -71,22 +69,6 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal error; the gateway logged the details")
-
-
-def bearer_auth(token: str) -> Callable[..., Any]:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        if path.startswith("/api/") and not path.startswith(PUBLIC_API):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return error(401, "missing or wrong bearer token",
-                             **{"WWW-Authenticate": 'Bearer realm="gateway"'})
-        return await handler(request)
-
-    return check
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -168,7 +150,7 @@ class AgentApi:
         return [
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.metrics_text),
-            web.get("/console", self.console),
+            *console_routes(),  # workspace (#11)
             web.get("/api/v1/openapi.json", self.openapi),
             web.get("/api/v1/contexts/{token}", self.context_bundle),
             web.get("/api/v1/customers", self.customer),
@@ -191,9 +173,6 @@ class AgentApi:
     async def metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def console(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "console.html")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
@@ -230,7 +209,8 @@ class AgentApi:
         assert text is not None
         if len(text) > 4096:
             return error(400, "text is longer than 4096 characters")
-        result = await self.core.reply(request.match_info["id"], text, _field(body, "agent", False))
+        agent = acting_agent(request, _field(body, "agent", False))  # workspace (#11)
+        result = await self.core.reply(request.match_info["id"], text, agent)
         return ok(reply_json(result), status=202)
 
     async def verify(self, request: web.Request) -> web.Response:
@@ -264,7 +244,7 @@ class AgentApi:
         body = await _json_body(request)
         merge_id = await self.core.merge_customers(
             _field(body, "survivor_id") or "", _field(body, "merged_id") or "",
-            _field(body, "agent", False),
+            acting_agent(request, _field(body, "agent", False)),  # workspace (#11)
         )
         return ok({"id": merge_id}, status=201)
 

@@ -23,7 +23,8 @@ from connectors.sip.channel import SipChannel
 from connectors.twilio_channel import TwilioChannel
 from connectors.whatsapp import WhatsAppChannel
 from gateway.agents import AgentDirectory
-from gateway.api import AgentApi, bearer_auth, errors_as_json
+from gateway.api import AgentApi, errors_as_json
+from gateway.auth import Authenticator, auth_middleware
 from gateway.batching import WriteBatcher
 from gateway.bus import EventBus
 from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
@@ -34,6 +35,7 @@ from gateway.httpedge import console_headers
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxWorker
 from gateway.store import make_engine, upgrade
+from gateway.workspace_api import Workspace
 
 log = logging.getLogger("gateway.app")
 
@@ -131,15 +133,20 @@ def build_app(
     agents = AgentDirectory(settings.agents, clock, publish=bus.publish)
     outbox_worker = OutboxWorker(
         engine, {}, clock,
-        sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc())
+        sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc(),
+        publish=bus.publish)
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
                 on_outbox=outbox_worker.wake, bus=bus, agents=agents, metrics=metrics)
     gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus)
 
-    app = web.Application(middlewares=[console_headers, errors_as_json, bearer_auth(token)],
+    # The service token or an agent's own (its SHA-256 is looked up in the agent router).
+    authenticate = auth_middleware(Authenticator(token, agents))
+    app = web.Application(middlewares=[console_headers, errors_as_json, authenticate],
                           client_max_size=2 * 1024 * 1024)
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())
+    # The agent workspace: inbox, timeline, journeys, the event stream off the bus.
+    Workspace(core.reader, clock, bus, heartbeat=settings.events_heartbeat_seconds).mount(app)
 
     deps = ChannelDeps(clock=clock, metrics=metrics, router=agents)
     # The caller's own channels first: a configured provider channel after them sends for

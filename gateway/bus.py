@@ -105,6 +105,19 @@ class ConversationClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryUpdated:
+    """An outbound message's state moved: sent by the worker, or a provider's status callback
+    (delivered, read, failed…). Where the timeline shows it beside the entry."""
+
+    conversation_id: str | None
+    outbox_id: str
+    status: str
+    error: str | None
+
+    kind = "delivery"
+
+
+@dataclass(frozen=True, slots=True)
 class AgentPresenceChanged:
     agent_id: str
     presence: str  # available | away | dnd | offline
@@ -113,7 +126,7 @@ class AgentPresenceChanged:
 
 
 DomainEvent = (EntryAdded | CallOffered | CallEnded | ConversationAssigned
-               | ConversationClosed | AgentPresenceChanged)
+               | ConversationClosed | DeliveryUpdated | AgentPresenceChanged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,9 @@ class Calls:
         )
         token = context.issue_token(conn, leg_id=leg_id, conversation_id=conversation_id,
                                     now=now, ttl=self._policy.context_token_ttl)
+        tx.log(logging.INFO, "call %s from %s (%s, %s): conversation %s, leg %s",
+               call.call_ref[:80], address, call.provider, binding.value, conversation_id,
+               leg_id)
         route = CallRoute(customer_id, conversation_id, leg_id, token.token,
                           self._policy.context_url(token.token), token.expires_at,
                           binding.value, escalation.id if escalation else None, call.call_ref)

@@ -34,11 +34,19 @@ def _parser() -> argparse.ArgumentParser:
                         "(keys as in GATEWAY_*, lower case, without the prefix)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("serve", help="run the gateway (HTTP, webhooks, SIP, outbox)")
-    sub.add_parser("demo", help="tell the escalation story on loopback and print what the "
-                   "agent sees")
+    demo = sub.add_parser("demo", help="tell the escalation story on loopback (WhatsApp, a "
+                          "real SIP call) and print what the agent sees")
+    demo.add_argument("--keep", action="store_true", help="afterwards keep the gateway "
+                      "running on the story's database and print the console URL and an "
+                      "agent token (Ctrl-C stops it)")
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", metavar="DB_COMMAND")
     db_sub.add_parser("upgrade", help="apply the Alembic migrations up to the newest")
+    sub.add_parser("agent-token", help="print a new agent API token and its SHA-256 "
+                   "(for token_sha256 in GATEWAY_AGENTS)")  # workspace (#11)
+    from webhooks import simulate  # workspace (#11): gateway send sms|whatsapp
+
+    simulate.add_parser(sub)
     return parser
 
 
@@ -96,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None or (args.command == "db" and args.db_command is None):
         parser.print_help()
         return 2
+    if args.command == "agent-token":  # workspace (#11): needs no settings
+        from gateway.auth import print_new_token
+
+        print(print_new_token())
+        return 0
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -108,10 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "db":
             asyncio.run(upgrade(settings.database_url))
             print(f"database at {settings.database_url.split('@')[-1]} is up to date")
+        elif args.command == "send":  # workspace (#11)
+            from webhooks import simulate
+
+            return asyncio.run(simulate.run(settings, args))
         elif args.command == "demo":
             from gateway.demo import run_demo
 
-            return asyncio.run(run_demo())
+            return asyncio.run(run_demo(keep=args.keep))
     except KeyboardInterrupt:
         return 130
     except (OSError, ChannelError) as exc:

@@ -365,8 +365,8 @@ def _bundle(conn: Connection, leg: Any, now: datetime, disclosure: Disclosure
                                     limited=level is Level.LIMITED)
     if level is Level.LIMITED:
         first = first_grant_since(conn, customer_id, leg["conversation_opened_at"])
-        transcript = limit_transcript(transcript, iso(first))
         own = leg["address"]
+        transcript = limit_transcript(transcript, iso(first), own)
         for other in legs:
             if other["address"] != own:
                 other["address"] = mask_address(other["address"])

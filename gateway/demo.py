@@ -3,42 +3,53 @@ agent sees it.
 
 A customer writes on WhatsApp (a signed Meta webhook), an agent sends a one-time code (the
 Graph API call lands on a stand-in for the customer's phone), the customer answers it, the
-agent offers a call with a dial-in PIN, and the customer calls (a signed Twilio Voice
-webhook, PIN typed). The agent's side fetches the context link the call carries. Then a
-stranger calls from the same number without the PIN: identified, not verified.
+agent offers a call with a dial-in PIN, and the customer calls from another phone: a real SIP
+call (`gateway.demo_phone`, a pure-Python softphone) to `support*PIN` at the gateway's SIP
+port. The agent's phone, REGISTERed with digest, rings with `Call-Info`; the demo fetches the
+context bundle from that link and prints it. Then a stranger calls from the customer's number
+without the PIN: identified, not verified.
+
+`gateway demo --keep` leaves the database and the gateway running afterwards (until Ctrl-C)
+and prints the console URL and the agent's token, to open the console on the story.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
+import signal
 import socket
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
-from xml.etree import ElementTree
 
 import aiohttp
 from aiohttp import web
-from twilio.request_validator import RequestValidator
 
 from config.settings import Settings, load_settings
+from gateway.auth import new_agent_token
+from gateway.demo_phone import SoftPhone
 
 NUMBER = "+14155550100"
+LANDLINE = "+14155550199"  # Ann's other phone: only the PIN ties a call from it to her
 WA_ID = NUMBER[1:]
 PHONE_NUMBER_ID = "100200300400500"
-TWILIO_SID = "AC" + "0" * 32
+AGENT_SIP_USER = "alice"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _listening_socket() -> socket.socket:
+    """A TCP socket bound to a free loopback port and kept open (no race for the port)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
 
 
 class CustomerPhone:
@@ -54,9 +65,9 @@ class CustomerPhone:
         app.router.add_post("/v21.0/{phone_number_id}/messages", self._messages)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        port = _free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}/v21.0"
+        sock = _listening_socket()
+        await web.SockSite(self._runner, sock).start()
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/v21.0"
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -79,14 +90,18 @@ class CustomerPhone:
 
 
 class Story:
-    def __init__(self, base: str, settings: Settings, http: aiohttp.ClientSession) -> None:
+    """The agent's and the customer's side of the story, over HTTP and SIP on loopback."""
+
+    def __init__(self, base: str, settings: Settings, http: aiohttp.ClientSession,
+                 agent_token: str, agent_phone: SoftPhone, sip_port: int) -> None:
         self.base = base
-        self.settings = settings
         self.http = http
-        assert settings.agent_token and settings.whatsapp_app_secret and settings.twilio_auth_token
-        self.agent = {"Authorization": f"Bearer {settings.agent_token.get_secret_value()}"}
+        assert settings.whatsapp_app_secret
+        # The demo's agent acts with her own token, as the console does.
+        self.agent = {"Authorization": f"Bearer {agent_token}"}
         self.app_secret = settings.whatsapp_app_secret.get_secret_value().encode()
-        self.twilio = RequestValidator(settings.twilio_auth_token.get_secret_value())
+        self.agent_phone = agent_phone
+        self.sip_port = sip_port
 
     async def whatsapp(self, text: str) -> None:
         payload = {"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{
@@ -104,14 +119,6 @@ class Story:
                 "Content-Type": "application/json", "X-Hub-Signature-256": signature}) as resp:
             assert resp.status == 200, await resp.text()
 
-    async def twilio_voice(self, query: str, form: dict[str, str]) -> ElementTree.Element:
-        url = f"{self.settings.public_url}/webhooks/twilio/voice{query}"
-        signature = self.twilio.compute_signature(url, form)
-        async with self.http.post(f"{self.base}/webhooks/twilio/voice{query}", data=form,
-                                  headers={"X-Twilio-Signature": signature}) as resp:
-            assert resp.status == 200, await resp.text()
-            return ElementTree.fromstring(await resp.text())
-
     async def api(self, method: str, path: str, body: Any = None) -> Any:
         async with self.http.request(method, self.base + path, json=body,
                                      headers=self.agent) as resp:
@@ -119,24 +126,32 @@ class Story:
             assert resp.status < 300, data
             return data
 
-    async def call(self, caller: str, pin: str | None) -> dict[str, Any]:
-        """A phone call through Twilio Voice; returns the bundle the agent's phone links to."""
-        sid = "CA" + secrets.token_hex(16)
-        form = {"CallSid": sid, "AccountSid": TWILIO_SID, "From": caller, "To": "+18005550000",
-                "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
-        await self.twilio_voice("", form)  # the PIN prompt (<Gather>)
-        if pin is not None:
-            twiml = await self.twilio_voice("?step=pin", {**form, "Digits": pin})
-        else:
-            twiml = await self.twilio_voice("?step=route", form)
-        sip = twiml.find("./Dial/Sip")
-        assert sip is not None and sip.text, ElementTree.tostring(twiml)
-        headers = parse_qs(urlsplit(sip.text).query)
-        token = headers["x-context"][0]
-        print(f"  agent's phone rings: {sip.text.split('?')[0]}  "
-              f"(x-context=…{token[-6:]}, x-conversation-id={headers['x-conversation-id'][0]})")
-        async with self.http.get(f"{self.base}/api/v1/contexts/{token}") as resp:
-            return await resp.json()
+    async def call(self, caller_id: str, pin: str | None) -> dict[str, Any]:
+        """A SIP call from a softphone to the support line (`support*PIN` with a PIN); the
+        agent's phone rings, fetches the bundle its `Call-Info` links to, picks up; the
+        caller hangs up. Returns the bundle."""
+        customer = await SoftPhone("ann", self.sip_port).open()
+        try:
+            dialling = asyncio.create_task(
+                customer.dial(f"support*{pin}" if pin else "support", caller_id))
+            invite = await self.agent_phone.ringing()
+            call_info = invite.headers.get("Call-Info") or ""
+            link = re.fullmatch(r"<([^>]+)>;purpose=info", call_info)
+            assert link, f"the INVITE has no context link: {call_info!r}"
+            print(f"   the agent's phone rings: INVITE {invite.uri}")
+            print(f"     Call-Info: <…/api/v1/contexts/…{link.group(1)[-6:]}>;purpose=info")
+            print(f"     X-Conversation-Id: {invite.headers.get('X-Conversation-Id')}")
+            async with self.http.get(link.group(1)) as resp:  # no bearer: a capability
+                assert resp.status == 200, await resp.text()
+                bundle: dict[str, Any] = await resp.json()
+            answered = await self.agent_phone.pick_up(invite)
+            dialog = await dialling
+            print(f"   the agent picks up; the call is {answered.call_id[:8]}…; the caller "
+                  "hangs up.")
+            await asyncio.gather(customer.hang_up(dialog), self.agent_phone.hung_up())
+            return bundle
+        finally:
+            customer.close()
 
 
 def show(bundle: dict[str, Any]) -> None:
@@ -147,47 +162,105 @@ def show(bundle: dict[str, Any]) -> None:
                       for a in bundle["customer"]["addresses"]))
     status = v["summary"] if v else bundle["verification_explanation"]
     print(f"  │ {'✔' if v else '✘'} {status}   [{bundle['verification_reason']}]")
+    if bundle.get("disclosure"):
+        print(f"  │ disclosure: {bundle['disclosure']}")
     print("  │ transcript:")
     for e in bundle["transcript"]:
-        print(f"  │   {e['at'][11:19]} {e['channel']:<8} {e['direction']:<5} {e['text']}")
+        text = "(withheld)" if e.get("withheld") else e["text"]
+        print(f"  │   {e['at'][11:19]} {e['channel']:<8} {e['direction']:<5} {text}")
     print("  └" + "─" * 71)
 
 
-async def run_demo() -> int:
+async def run_demo(keep: bool = False) -> int:
     from gateway import logs
-    from gateway.app import build_app, setup_runner
+    from gateway.app import GATEWAY, build_app, setup_runner
 
     logs.configure("WARNING", "text")  # the story is the output; warnings still show
 
-    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
-        port = _free_port()
-        token = secrets.token_urlsafe(24)
-        phone = CustomerPhone(token="demo-graph-token")
-        graph_url = await phone.start()
-        settings = load_settings(
-            database_url=f"sqlite+aiosqlite:///{tmp}/demo.db", http_port=port,
-            public_url=f"http://127.0.0.1:{port}", agent_token=token,
-            whatsapp_app_secret="demo-app-secret", whatsapp_verify_token="demo-verify",
-            whatsapp_access_token="demo-graph-token", whatsapp_api_url=graph_url,
-            whatsapp_phone_number_id=PHONE_NUMBER_ID,
-            twilio_account_sid=TWILIO_SID, twilio_auth_token="demo-twilio-token",
-            twilio_api_url="http://127.0.0.1:9", twilio_voice_number="+18005550000",
-            agents=[{"id": "12", "name": "Alice", "contact": "sip:alice@127.0.0.1:5090"}],
-            log_format="text", log_level="WARNING", sip_port=_free_port(),
-        )
-        app = build_app(settings)
-        runner = web.AppRunner(app, access_log=None)
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    database = workdir / "demo.db"
+    http_socket = _listening_socket()
+    port = http_socket.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    agent_token, agent_sha256 = new_agent_token()
+    sip_password = secrets.token_urlsafe(16)
+    app_secret = secrets.token_hex(16)
+    phone = CustomerPhone(token="demo-graph-token")
+    graph_url = await phone.start()
+    settings = load_settings(
+        database_url=f"sqlite+aiosqlite:///{database}", http_port=port, public_url=base,
+        agent_token=secrets.token_urlsafe(24),
+        whatsapp_app_secret=app_secret, whatsapp_verify_token="demo-verify",
+        whatsapp_access_token="demo-graph-token", whatsapp_api_url=graph_url,
+        whatsapp_phone_number_id=PHONE_NUMBER_ID,
+        agents=[{"id": "12", "name": "Alice", "sip_user": AGENT_SIP_USER,
+                 "sip_password": sip_password, "token_sha256": agent_sha256}],
+        log_format="text", log_level="WARNING", sip_port=0,
+    )
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    agent_phone: SoftPhone | None = None
+    try:
         await setup_runner(runner)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                story = Story(f"http://127.0.0.1:{port}", settings, http)
-                await _tell(story, phone)
-        finally:
-            await runner.cleanup()
-            await phone.close()
-    print("\ndemo finished: every step went over HTTP on loopback and was stored in SQLite.")
+        await web.SockSite(runner, http_socket).start()
+        sip_port = app[GATEWAY].channels["sip"].edge.port
+        agent_phone = await SoftPhone(AGENT_SIP_USER, sip_port).open()
+        await agent_phone.register(sip_password)
+        print(f"0. Alice's phone REGISTERs at sip:127.0.0.1:{sip_port} (digest); she signs in.")
+        async with aiohttp.ClientSession() as http:
+            story = Story(base, settings, http, agent_token, agent_phone, sip_port)
+            await _tell(story, phone)
+        if keep:
+            _print_keep(base, agent_token, database, app_secret)
+            await _until_stopped(phone)
+    finally:
+        if agent_phone is not None:
+            agent_phone.close()
+        await runner.cleanup()
+        await phone.close()
+        if not keep:
+            database.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                workdir.rmdir()
+    if keep:
+        print(f"gateway stopped; the database stays at {database}")
+    else:
+        print("\ndemo finished: every step went over HTTP and SIP on loopback and was stored "
+              "in SQLite.")
     return 0
+
+
+def _print_keep(base: str, agent_token: str, database: Path, app_secret: str) -> None:
+    print(f"""
+The gateway keeps running on the story (Ctrl-C stops it):
+  console:      {base}/console
+  agent token:  {agent_token}
+  database:     {database}
+Send Ann another WhatsApp message and watch the inbox move:
+  GATEWAY_PUBLIC_URL={base} GATEWAY_WHATSAPP_APP_SECRET={app_secret} \\
+  GATEWAY_WHATSAPP_PHONE_NUMBER_ID={PHONE_NUMBER_ID} \\
+    gateway send whatsapp --from {NUMBER} --name Ann "Thanks, the card is blocked"
+Ann's phone prints what the agent sends her here.""", flush=True)
+
+
+async def _until_stopped(phone: CustomerPhone) -> None:
+    """Serve until SIGINT or SIGTERM; print what reaches Ann's phone meanwhile."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def show_phone() -> None:
+        while True:
+            print(f"  Ann's phone shows: {await phone.inbox.get()!r}", flush=True)
+
+    shower = asyncio.create_task(show_phone())
+    try:
+        await stop.wait()
+    finally:
+        shower.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _tell(story: Story, phone: CustomerPhone) -> None:
@@ -214,8 +287,8 @@ async def _tell(story: Story, phone: CustomerPhone) -> None:
     assert pin, text
     print(f"   Ann's phone shows: {text!r}")
 
-    print("4. Ann calls the support number and types the PIN (Twilio Voice <Gather>).")
-    show(await story.call(NUMBER, pin.group(1)))
+    print(f"4. Ann calls from her landline {LANDLINE}: a SIP INVITE to support*PIN.")
+    show(await story.call(LANDLINE, pin.group(1)))
 
     print("5. Someone else calls from Ann's number (caller ID can be forged), no PIN.")
     show(await story.call(NUMBER, None))

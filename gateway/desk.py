@@ -179,7 +179,8 @@ class Desk:
         count as the customer's own (the challenge locks after `otp_max_attempts`). Only a
         code sent to an address the customer had already proved, or that the channel
         attests, or that shares the verified number, verifies a call: a code sent to an
-        address someone merely claimed proves nothing about who is on the phone."""
+        address someone merely claimed (and the customer never wrote from in this
+        conversation) proves nothing about who is on the phone."""
         written = code.replace(" ", "").replace("-", "")
         if not written.isdigit() or len(written) != verification.OTP_DIGITS:
             raise Conflict(f"a code is {verification.OTP_DIGITS} digits")
@@ -194,10 +195,12 @@ class Desk:
                 raise NotFound(f"no verification {challenge_id} in conversation "
                                f"{conversation_id}")
             owner = identity.find_customer(tx.conn, parse_address(address))
-            if owner is None or owner.customer_id != conv.customer_id or \
-                    owner.evidence not in _STEP_UP_EVIDENCE:
-                raise Conflict(f"{address} is not a proved or attested address of this "
-                               "customer: a code sent there cannot verify the caller")
+            wrote_from = conversations.latest_leg(tx.conn, conv.id, address=address)
+            if owner is None or owner.customer_id != conv.customer_id or (
+                    owner.evidence not in _STEP_UP_EVIDENCE and wrote_from is None):
+                raise Conflict(f"{address} is neither proved nor attested, and the customer "
+                               "never wrote from it here: a code sent there cannot verify "
+                               "the caller")
             try:
                 check = verification.check_challenge(
                     tx.conn, challenge_id=challenge_id, conversation_id=conv.id,

@@ -45,14 +45,25 @@ class Disclosure:
 
 
 def entry_shown(entry: Mapping[str, Any], cutoff: str | None) -> bool:
-    """Whether a limited bundle shows this transcript entry's text: the customer's own
-    messages and the call events (channels and when), before `cutoff` (the ISO time of the
-    conversation's first verification, None when there was none)."""
-    if cutoff is not None and entry["at"] >= cutoff:
-        return False
+    """Whether a limited bundle shows this transcript entry's text: the call events
+    (channels and when) always, the customer's own messages before `cutoff` (the ISO time of
+    the conversation's first verification, None when there was none)."""
     if entry["kind"] == "call":
         return True
+    if cutoff is not None and entry["at"] >= cutoff:
+        return False
     return entry["direction"] == "in" and entry["kind"] == "message"
+
+
+def _call_event(entry: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """A call event as a limited bundle shows it: another number of the customer's that it
+    names is masked, as their addresses are."""
+    author = entry.get("author") or ""
+    if author != own and ":" in author and not author.startswith(("agent:", "gateway")) \
+            and entry.get("text"):
+        return {**entry, "text": entry["text"].replace(author, mask_address(author)),
+                "author": mask_address(author), "data": None}
+    return entry
 
 
 def withheld(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,9 +71,11 @@ def withheld(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {**entry, "text": None, "data": None, "withheld": True}
 
 
-def limit_transcript(entries: list[dict[str, Any]], cutoff: str | None
-                     ) -> list[dict[str, Any]]:
-    return [e if entry_shown(e, cutoff) else withheld(e) for e in entries]
+def limit_transcript(entries: list[dict[str, Any]], cutoff: str | None,
+                     own: str | None = None) -> list[dict[str, Any]]:
+    """The transcript as a limited bundle of the leg whose address is `own` shows it."""
+    return [(_call_event(e, own) if e["kind"] == "call" else e) if entry_shown(e, cutoff)
+            else withheld(e) for e in entries]
 
 
 def mask_address(address: str) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from gateway import conversations, identity, verification
 from gateway.addresses import parse_address
+from gateway.bus import DeliveryUpdated
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.conversations import insert_ignore
 from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound
@@ -100,6 +101,9 @@ class Inbound:
             provider_id=event.provider_id, provider_at=event.provider_at, data=data or None,
             codes=codes,
         )
+        tx.log(logging.INFO, "inbound %s %s from %s: conversation %s, leg %s%s",
+               event.channel, event.kind, event.sender, conversation_id, leg_id,
+               " (new leg)" if new_leg else "")
         if otp is not None:
             self._after_otp(tx, otp, customer_id, conversation_id, leg_id, event)
         return IngestResult(
@@ -228,7 +232,7 @@ class Inbound:
                 conversations.claim_event(tx.conn, event.provider, event.event_id, tx.now)
             return apply_status(
                 tx.conn, provider_id=event.provider_message_id, status=event.status,
-                now=tx.now, error=event.error,
+                now=tx.now, error=event.error, moved=lambda moved: _delivery_moved(tx, moved),
             )
 
         return await self._writes.run(write)
@@ -258,6 +262,17 @@ class Inbound:
     async def checkpoint(self, key: str) -> str | None:
         rows = await self._reader.run(lambda conn: _CHECKPOINT.execute(conn, {"k": key}))
         return rows[0][0] if rows else None
+
+
+def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
+    tx.publish(moved)
+    if moved.status in _NOT_DELIVERED:
+        tx.log(logging.WARNING, "outbox: %s %s by the provider%s (conversation %s)",
+               moved.outbox_id, moved.status, f": {moved.error}" if moved.error else "",
+               moved.conversation_id)
+
+
+_NOT_DELIVERED = frozenset({"failed", "undelivered"})
 
 
 def _store_checkpoint(tx: Tx, key: str, value: str) -> None:

@@ -109,8 +109,13 @@ class Conversation(Base):
     last_activity_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
     agent_id: Mapped[str | None] = mapped_column(String(100))  # who took it; None: queued
-    __table_args__ = (Index("ix_conversations_customer_status", "customer_id", "status"),
-                      Index("ix_conversations_agent", "agent_id", "status"))
+    __table_args__ = (
+        Index("ix_conversations_customer_status", "customer_id", "status"),
+        Index("ix_conversations_agent", "agent_id", "status"),
+        # the agent inbox's keyset order (workspace, #11; migration 0004)
+        Index("ix_conversations_status_activity", "status", "last_activity_at", "id"),
+        Index("ix_conversations_activity", "last_activity_at", "id"),
+    )
 
 
 class Leg(Base):
@@ -209,8 +214,8 @@ class Escalation(Base):
     mode: Mapped[str] = mapped_column(String(10))  # callback | dial-in
     target_address: Mapped[str | None] = mapped_column(String(320))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
-    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
+    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0005; no longer written
+    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0005; no longer written
     # HMAC-SHA256 of the PIN under the server's PIN key (`verification.PinIndex`): a PIN is
     # found with one indexed look-up; live escalations never share one.
     pin_lookup: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.bus import DeliveryUpdated, DomainEvent
 from gateway.channels import (
     CallbackRequest,
     CodeMessage,
@@ -90,6 +91,7 @@ RANK: Mapping[str, int] = {
 FINAL = frozenset({S.FAILED, S.UNDELIVERED, S.READ})  # delivered may still become read
 LEASE = timedelta(seconds=60)
 _RECEIPT = WORKER[(S.SENDING, WorkerStep.RECEIPT)]
+_FAILING = frozenset({S.PENDING, S.FAILED})  # what a send that did not succeed leads to
 
 
 def worker_step(current: OutboxStatus, step: WorkerStep, to: OutboxStatus) -> OutboxStatus:
@@ -212,14 +214,17 @@ def apply_status(
     status: str,
     now: datetime,
     error: str | None = None,
+    moved: Callable[[DeliveryUpdated], None] | None = None,
 ) -> str | None:
     """Move the message with this provider id to `status` unless that goes backwards.
 
     Returns the status the message has afterwards, or None when no message has that id yet:
-    then the status is kept and applied once the send is recorded (`apply_early`).
+    then the status is kept and applied once the send is recorded (`apply_early`). A move is
+    told to `moved` (the caller publishes it after its commit).
     """
     row = conn.execute(
-        select(OUTBOX.c.id, OUTBOX.c.status).where(OUTBOX.c.provider_id == provider_id)
+        select(OUTBOX.c.id, OUTBOX.c.status, OUTBOX.c.conversation_id)
+        .where(OUTBOX.c.provider_id == provider_id)
     ).first()
     if row is None:
         if status in RANK:
@@ -228,7 +233,10 @@ def apply_status(
                     provider_id=provider_id, status=status, error=error, at=now)
             )
         return None
-    return _move(conn, row[0], row[1], status, now, error)
+    after = _move(conn, row[0], row[1], status, now, error)
+    if moved is not None and after != row[1]:
+        moved(DeliveryUpdated(row[2], row[0], after, error))
+    return after
 
 
 def _move(conn: Connection, message_id: str, current: str, status: str, now: datetime,
@@ -246,16 +254,22 @@ def _move(conn: Connection, message_id: str, current: str, status: str, now: dat
     return moved
 
 
-def apply_early(conn: Connection, message_id: str, provider_id: str, now: datetime) -> None:
+def apply_early(conn: Connection, message_id: str, provider_id: str, now: datetime,
+                moved: Callable[[DeliveryUpdated], None] | None = None) -> None:
     """Apply statuses that arrived before this send was recorded, in rank order."""
     early = conn.execute(
         select(EARLY.c.status, EARLY.c.error).where(EARLY.c.provider_id == provider_id)
     ).all()
     if not early:
         return
-    current = conn.execute(select(OUTBOX.c.status).where(OUTBOX.c.id == message_id)).scalar()
+    row = conn.execute(select(OUTBOX.c.status, OUTBOX.c.conversation_id)
+                       .where(OUTBOX.c.id == message_id)).first()
+    before = current = row[0] if row else None
     for status, error in sorted(early, key=lambda r: RANK[r[0]]):
         current = _move(conn, message_id, current or S.SENT, status, now, error)
+        if moved is not None and current != before:
+            moved(DeliveryUpdated(row[1] if row else None, message_id, current, error))
+            before = current
     conn.execute(EARLY.delete().where(EARLY.c.provider_id == provider_id))
 
 
@@ -283,9 +297,11 @@ class OutboxWorker:
         poll_interval: float = 5.0,
         concurrency: int = 16,
         sent: Callable[[str, str], None] | None = None,
+        publish: Callable[[Iterable[DomainEvent]], None] | None = None,
     ) -> None:
         self._engine = engine
         self._sent = sent or (lambda _channel, _outcome: None)  # (channel, outcome) counter
+        self._publish = publish or (lambda _events: None)  # the bus, after each commit
         self._connectors = dict(connectors)
         self._clock = clock
         self._backoff = backoff or Backoff()
@@ -458,6 +474,8 @@ class OutboxWorker:
             redacted = redacted_payload(row["payload"])
             if redacted is not None:
                 values["payload"] = redacted
+        moves = [DeliveryUpdated(message.conversation_id, message.id, values["status"],
+                                 values.get("last_error"))]
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(OUTBOX)
@@ -465,10 +483,14 @@ class OutboxWorker:
                 .values(**values)
             )
             if values.get("provider_id"):
-                await conn.run_sync(apply_early, message_id, values["provider_id"], now)
+                await conn.run_sync(apply_early, message_id, values["provider_id"], now,
+                                    moves.append)
+        self._publish(moves)
         self._sent(message.channel, "retry" if values["status"] == "pending" else values["status"])
-        log.info("outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
-                 values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
+        # A send that failed (to be retried, or for good) is something an operator acts on.
+        level = logging.WARNING if values["status"] in _FAILING else logging.INFO
+        log.log(level, "outbox: %s %s to %s: %s%s", message.kind, message.id, message.to,
+                values["status"], f" ({values['last_error']})" if values.get("last_error") else "")
         if values["status"] == "pending":
             self.wake()
 

@@ -9,10 +9,11 @@ its events afresh). A write that queued outbound messages wakes the outbox worke
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -21,12 +22,13 @@ from gateway.bus import DomainEvent, EventBus
 from gateway.clock import Clock
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.core")
 
 
 class Tx:
     """What a write sees: its connection, its moment, and what it has to tell."""
 
-    __slots__ = ("conn", "now", "events", "queued_outbound", "result")
+    __slots__ = ("conn", "now", "events", "queued_outbound", "result", "notes")
 
     def __init__(self, conn: Connection, now: datetime) -> None:
         self.conn = conn
@@ -34,10 +36,15 @@ class Tx:
         self.events: list[DomainEvent] = []
         self.queued_outbound = False  # an outbound message was written: wake the outbox
         self.result: object = None  # what the write returned
+        self.notes: list[tuple[int, str, tuple[Any, ...]]] = []
 
     def publish(self, event: DomainEvent) -> None:
         """Say `event` once the transaction commits."""
         self.events.append(event)
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        """Log a line once the transaction commits (what was stored, not what was tried)."""
+        self.notes.append((level, message, args))
 
 
 class Writes:
@@ -61,6 +68,8 @@ class Writes:
         return tx
 
     def _committed(self, tx: Tx) -> None:
+        for level, message, args in tx.notes:
+            log.log(level, message, *args)
         if tx.events:
             self.bus.publish(tx.events)
         if tx.queued_outbound:

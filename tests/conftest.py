@@ -215,11 +215,15 @@ class RunningGateway:
         else was sent" can be asserted without sleeping."""
         await self.gw.outbox.drain()
 
-    async def stop(self) -> None:
+    async def stop_server(self) -> None:
+        """Stop serving, keep the client (to read what open responses still hold)."""
         if not self.stopped:
             self.stopped = True
-            await self.http.close()
             await self.runner.cleanup()
+
+    async def stop(self) -> None:
+        await self.http.close()  # idempotent
+        await self.stop_server()
 
 
 @dataclass

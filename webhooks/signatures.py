@@ -194,8 +194,15 @@ async def verified_twilio_form(
                         "SharedKey, and GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; "
                         "refused, nothing stored", route, request.remote)
             return None, web.Response(status=403, text="invalid signature\n")
-        log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
-                    verdict.value, request.remote)
+        if verdict is Verdict.WRONG:
+            # The usual cause: Twilio calls a URL (a tunnel, a proxy) other than ours.
+            log.warning("%s: wrong X-Twilio-Signature from %s; nothing stored. Checked "
+                        "against %s: if Twilio calls another URL, set GATEWAY_PUBLIC_URL to "
+                        "the base of the URL in the Twilio console", route, request.remote,
+                        signature.public_url + request.raw_path)
+        else:
+            log.warning("%s: %s X-Twilio-Signature from %s; nothing stored", route,
+                        verdict.value, request.remote)
         return None, web.Response(status=403, text="invalid signature\n")
     if bad_form:
         rejected(route, "bad-form")

@@ -261,8 +261,7 @@ class TwilioVoiceWebhooks:
             response.say(exc.spoken)
             response.hangup()
             return response
-        log.info("twilio-voice: %s opened leg %s of %s (%s)", call_sid, route.leg_id,
-                 route.conversation_id, route.binding)
+        # (the core logs the call's line: call ref, caller, binding, conversation, leg)
         return await self._dial(call_sid, route, tried=())
 
     async def _dial(self, call_sid: str, route: CallRoute, tried: Sequence[str],

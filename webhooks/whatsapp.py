@@ -242,7 +242,8 @@ class WhatsAppWebhooks:
         verdict = self.signature.check(body, request.headers.get(META_SIGNATURE))
         if verdict is not Verdict.OK:
             self.metrics.webhook_rejected.labels("whatsapp", verdict.value).inc()
-            log.warning("whatsapp: %s X-Hub-Signature-256 from %s; nothing stored",
+            log.warning("whatsapp: %s X-Hub-Signature-256 from %s; nothing stored (Meta "
+                        "signs with the app secret: check GATEWAY_WHATSAPP_APP_SECRET)",
                         verdict.value, request.remote)
             return web.Response(status=403, text="invalid signature\n")
         try:

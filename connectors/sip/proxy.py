@@ -353,6 +353,8 @@ class Proxy:
         to_tag = request.to_addr.tag
         if routes and (dlg := self._our_dialog_param(routes[0].uri)) is not None:
             dialog_id, _, mac = dlg.partition(".")
+            if not mac.isascii():
+                return 403  # not a MAC we wrote (ours are hex; compare_digest refuses it)
             call_id = request.call_id
             for tag, from_caller in ((from_tag, True), (to_tag, False)):
                 if hmac.compare_digest(self._dialog_mac(dialog_id, call_id, tag), mac):
