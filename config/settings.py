@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -309,6 +309,56 @@ class SipSettings(BaseModel):
         return self
 
 
+# ---- email: connectors/email (docs/email.md) -----------------------------------------------
+class EmailSettings(BaseModel):
+    """IMAP in, SMTP out (connectors/email). On when email_address is set; then the IMAP and
+    SMTP hosts are required (EmailChannel.from_settings says which key is missing)."""
+
+    email_address: str | None = None  # the support address customers write to
+    imap_host: str | None = None
+    imap_port: int = Field(993, ge=1, le=65535)
+    imap_user: str | None = None  # default: email_address
+    imap_password: SecretStr | None = None
+    imap_mailbox: str = "INBOX"
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    email_from_name: str | None = None  # display name of our replies, e.g. "ACME Support"
+    # Attachments, HTML originals and raw messages, content-addressed (by reference only in
+    # the transcript). Relative paths are relative to the working directory.
+    email_store_dir: str = "gateway-mail"
+    email_keep_raw: bool = False  # also copy each raw message here (else its IMAP URL names it)
+    email_idle: bool = True  # IMAP IDLE when offered; false: poll every email_poll_seconds
+    email_poll_seconds: float = Field(60.0, gt=0)
+    email_batch: int = Field(100, ge=1, le=1000)  # messages per IMAP FETCH
+    email_max_message_mb: float = Field(50.0, gt=0)  # larger mails: header only, noted
+    # Processes parsing mail (0: a thread in the gateway process). A process keeps ~2/3 of
+    # the per-mail CPU off the process that also serves webhooks and SIP.
+    email_parse_workers: int = Field(1, ge=0, le=16)
+    # Languages whose "On … wrote:" lines mark quoted history (mail-parser-reply codes: en de
+    # fr es it nl pl sv da cs ja ko zh). Each one costs parse time: en alone reads ~2.5x
+    # faster than en,de,fr,es (bench/email_ingest.py).
+    email_reply_languages: list[str] = Field(default_factory=lambda: ["en"])
+    email_timeout_seconds: float = Field(30.0, gt=0)  # every IMAP/SMTP command
+
+    @field_validator("email_address")
+    @classmethod
+    def _email_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        local, at, domain = value.strip().rpartition("@")
+        if not at or not local or "." not in domain or any(c in value for c in " <>,;\"\r\n"):
+            raise ValueError("must be one plain address such as support@example.org")
+        if "+" in local:
+            raise ValueError("must not contain '+': replies go to <local>+<thread token>@…")
+        return f"{local}@{domain.lower()}"
+# ---- end of email ----
+
+
+
 # ---- trust under attack (issue 7; docs/security.md) -------------------------------------------
 
 BINDINGS = ("verified-leg", "escalation", "callback", "attested", "caller-id", "address")
@@ -365,8 +415,8 @@ class TrustSettings(BaseModel):
 # ---- end of trust under attack ----
 
 
-class Settings(CoreSettings, TwilioSettings, WhatsAppSettings, SipSettings, TrustSettings,
-               BaseSettings):
+class Settings(CoreSettings, TwilioSettings, WhatsAppSettings, SipSettings, EmailSettings,
+               TrustSettings, BaseSettings):
     """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
 
     model_config = SettingsConfigDict(

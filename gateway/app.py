@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import Settings
+from connectors.email import EmailChannel
 from connectors.sip.channel import SipChannel
 from connectors.twilio_channel import TwilioChannel
 from connectors.whatsapp import WhatsAppChannel
@@ -41,7 +42,7 @@ log = logging.getLogger("gateway.app")
 
 # Every channel the gateway knows, in start order (SIP last: first to stop, so calls end
 # before the store closes). A new channel adds one line here.
-CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, SipChannel)
+CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, EmailChannel, SipChannel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,15 @@ class SendError(Exception):
         self.permanent = permanent
 
 
+class SendInDoubt(SendError):
+    """The provider may have taken the message: the connection was lost after it was handed
+    over and before the answer (SMTP: during DATA). The outbox marks it `unknown` and never
+    resends it by itself; an agent decides."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
 class ChannelError(Exception):
     """A channel cannot start (a login refused, a port taken); the message says what to fix.
     `gateway serve` prints it as one line and exits."""
@@ -118,7 +127,10 @@ class ChannelError(Exception):
 
 @runtime_checkable
 class Connector(Protocol):
-    """What the outbox worker needs from a channel."""
+    """What the outbox worker needs from a channel. A channel whose sends take long (SMTP:
+    several commands, each with its own timeout) may say how long the outbox must wait
+    for one: an attribute `send_timeout` (seconds) above its own worst case, so the outbox
+    never cancels a send halfway through a handover."""
 
     channels: frozenset[str]
 
@@ -154,6 +166,19 @@ class ContextLink:
     token: str
     url: str
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyThread:
+    """What an outbound message on a threaded leg (email) needs to join the thread in the
+    customer's client: `InboundSink.reply_thread`. Ids are canonical (no angle brackets)."""
+
+    token: str | None  # a fresh thread token for the leg (None: the message has no leg)
+    in_reply_to: str | None = None  # the newest message received on the leg
+    references: tuple[str, ...] = ()  # oldest first: received and sent on the leg
+    subject: str | None = None  # the thread's subject, as its first message gave it
+    to_name: str | None = None  # the customer's display name
+    automated: bool = False  # written by the gateway itself (a code, a notice), not a person
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +358,11 @@ class InboundSink(Protocol):
     async def issue_thread_token(self, leg_id: LegId) -> str:
         """A long-lived token for a messaging leg's outbound thread (an email's reply
         address): a reply that carries it is bound to that leg's customer."""
+        ...
+
+    async def reply_thread(self, outbox_id: OutboxId) -> ReplyThread:
+        """For an outbound message being sent: a fresh thread token for its leg and the ids
+        and subject that make it a reply in the customer's client (`gateway/threads.py`)."""
         ...
 
     async def issue_context(self, leg_id: LegId) -> ContextLink:

@@ -137,6 +137,24 @@ def open_conversation(
     return conversation_id, True
 
 
+def open_conversation_of(conn: Connection, customer_id: str, now: datetime,
+                         idle: timedelta) -> ConversationId | None:
+    """The customer's open conversation, if they have one still within `idle` (nothing is
+    opened or closed: for messages that must not start a conversation, such as robots')."""
+    rows = _OPEN_CONVERSATION.execute(conn, {"c": customer_id})
+    if not rows or now - rows[0][1] > idle:
+        return None
+    return ConversationId(rows[0][0])
+
+
+def attest_leg(conn: Connection, leg_id: str) -> None:
+    """The leg's sender proved, with something the gateway issued (an email reply carrying
+    our thread token), that they receive what is sent on it: an `address` leg becomes
+    `attested` (gateway/trust.py decides what that carries). Stronger bindings stay."""
+    conn.execute(update(LEGS).where(LEGS.c.id == leg_id, LEGS.c.binding == "address")
+                 .values(binding="attested"))
+
+
 def close_conversation(tx: Tx, conversation_id: str, customer_id: str) -> bool:
     """Close an open conversation (its agent lets go of it); False when it was not open."""
     closed = tx.conn.execute(

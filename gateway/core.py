@@ -20,7 +20,7 @@ from gateway.agents import AgentDirectory
 from gateway.batching import WriteBatcher
 from gateway.bus import EventBus
 from gateway.calls import Calls
-from gateway.channels import CallOffer, ContextLink
+from gateway.channels import CallOffer, ContextLink, ReplyThread
 from gateway.clock import Clock
 from gateway.desk import Desk
 from gateway.domain import (
@@ -32,6 +32,7 @@ from gateway.domain import (
     IngestResult,
     LegId,
     NotFound,
+    OutboxId,
     OutboxState,
     ReplyQueued,
     VerificationStarted,
@@ -99,6 +100,9 @@ class Core:
 
     def checkpoint(self, key: str) -> Awaitable[str | None]:
         return self.inbound.checkpoint(key)
+
+    def reply_thread(self, outbox_id: OutboxId) -> Awaitable[ReplyThread]:
+        return self.inbound.reply_thread(outbox_id)
 
     # ---- flow 2: new legs ------------------------------------------------------------------
 

@@ -138,7 +138,9 @@ class Desk:
                 raise Conflict("no address to send a code to; give one")
             parsed = parse_address(target)
             owner = identity.find_customer(tx.conn, parsed)
-            if owner is None or owner.customer_id != conv.customer_id:
+            # An address nobody has yet (the customer gave it: "my email is …") may get a
+            # code: answered, it is linked to this customer as proved (inbound.py).
+            if owner is not None and owner.customer_id != conv.customer_id:
                 raise Conflict(f"{parsed} is not an address of this customer")
             if parsed.channel not in MESSAGING_CHANNELS:
                 raise Conflict(f"codes cannot be sent over {parsed.channel}")

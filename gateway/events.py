@@ -26,6 +26,7 @@ class Attachment:
     url: str
     content_type: str | None = None
     name: str | None = None
+    size: int | None = None  # bytes, when the channel knows (email parts stored by reference)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,10 @@ class InboundMessage(Event):
     # A channel position (key, value), e.g. ("imap:INBOX", "<uidvalidity>:<uid>"), stored in
     # the same transaction as the message, so a crash can neither skip nor double it.
     checkpoint: tuple[str, str] | None = None
+    # The channel threads replies by provider ids (email: Message-ID, In-Reply-To,
+    # References): the core places the message by `thread_token` and `thread_refs` and
+    # remembers its id and refs as anchors of the conversation (gateway/threads.py).
+    threaded: bool = False
 
     def __post_init__(self) -> None:
         if not self.provider_id:

@@ -13,17 +13,17 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 
-from gateway import conversations, identity, verification
+from gateway import conversations, identity, threads, verification
 from gateway.addresses import parse_address
 from gateway.bus import DeliveryUpdated
-from gateway.channels import MESSAGING_CHANNELS
+from gateway.channels import MESSAGING_CHANNELS, ReplyThread
 from gateway.conversations import insert_ignore
-from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound
+from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound, OutboxId
 from gateway.events import DeliveryStatus, InboundMessage
 from gateway.identity import Evidence, IdentityError
-from gateway.models import Checkpoint, ThreadToken
+from gateway.models import Checkpoint
 from gateway.outbound import text_on_leg
 from gateway.outbox import apply_status
 from gateway.policy import Policy
@@ -33,11 +33,7 @@ from gateway.writes import Tx, Writes
 
 log = logging.getLogger("gateway.core")
 CHECKPOINTS = Checkpoint.__table__
-THREAD_TOKENS = ThreadToken.__table__
 
-_THREAD_TOKEN = Prepared(
-    select(THREAD_TOKENS.c.conversation_id, THREAD_TOKENS.c.leg_id)
-    .where(THREAD_TOKENS.c.token_hash == bindparam("hash")))
 _CHECKPOINT = Prepared(select(CHECKPOINTS.c.value).where(CHECKPOINTS.c.key == bindparam("k")))
 
 # What the customer is told after answering a code, by outcome; and the transcript's note.
@@ -68,6 +64,14 @@ class Inbound:
             _store_checkpoint(tx, *event.checkpoint)
         if not conversations.claim_event(conn, event.provider, event.provider_id, now):
             return IngestResult(duplicate=True)
+        if event.threaded:
+            placed = self._place_threaded(tx, event)
+            if placed is None:
+                log.info("ingest: %s from %s (%s) belongs to no conversation; not stored",
+                         event.kind, event.sender, event.provider_id)
+                return IngestResult(duplicate=False)
+            customer_id, conversation_id, leg_id, new_leg = placed
+            return self._store(tx, event, customer_id, conversation_id, leg_id, new_leg)
         attested = (event.attested or event.thread_token_ok
                     or self._thread_token_binds(tx, event))
         evidence = Evidence.ATTESTED if attested else Evidence.CLAIMED
@@ -85,15 +89,28 @@ class Inbound:
         else:
             customer_id, conversation_id, leg_id, new_leg = self._place(
                 tx, event, evidence, attested)
+        return self._store(tx, event, customer_id, conversation_id, leg_id, new_leg)
+
+    def _store(self, tx: Tx, event: InboundMessage, customer_id: CustomerId,
+               conversation_id: ConversationId, leg_id: LegId, new_leg: bool
+               ) -> IngestResult:
+        """Append the placed message (a code answered, never stored in clear); every text a
+        channel hands in reaches the transcript through here and `conversations.append`."""
+        conn, now = tx.conn, tx.now
         otp, codes = self._codes(tx, event, customer_id, conversation_id, leg_id)
         data: dict[str, Any] = {}
         if event.attachments:
             data["attachments"] = [
-                {"url": a.url, "content_type": a.content_type, "name": a.name}
+                {"url": a.url, "content_type": a.content_type, "name": a.name,
+                 **({"size": a.size} if a.size is not None else {})}
                 for a in event.attachments
             ]
         if event.extra:
             data["extra"] = dict(event.extra)
+        if event.threaded and event.kind == "message":  # in this transaction: replies find it
+            threads.remember(conn, conversation_id=conversation_id, leg_id=leg_id,
+                             provider_id=event.provider_id, refs=event.thread_refs,
+                             subject=event.extra.get("subject"), now=now)
         entry_id = conversations.append(
             tx, customer_id=customer_id, conversation_id=conversation_id, leg_id=leg_id,
             channel=event.channel, direction="in", kind=event.kind,
@@ -170,6 +187,68 @@ class Inbound:
         )
         return customer_id, conversation_id, leg_id, new_leg
 
+    def _place_threaded(self, tx: Tx, event: InboundMessage
+                        ) -> tuple[CustomerId, ConversationId, LegId, bool] | None:
+        """A message of a channel that threads by ids (email), placed by `threads`: our
+        token, then anchors among the sender's own conversations, else the customer's open
+        conversation. Attested only by a valid token from the conversation's own customer;
+        the sender's address alone is a claim. Robots (auto-replies, bounces) join only a
+        conversation that exists; they never create a customer or open a conversation."""
+        conn, now = tx.conn, tx.now
+        robot = event.kind != "message"
+        match = threads.find_conversation(
+            conn, token=event.thread_token, refs=event.thread_refs,
+            sender=None if event.kind == "bounce" else event.sender)
+        if robot:
+            return self._place_robot(tx, event, match)
+        if match is None or not match.sender_is_customer:
+            # Nothing of ours, or our token in someone else's hands (a forward, a Cc): the
+            # sender's own customer and conversation, on their address's word alone.
+            attested = event.attested or event.thread_token_ok
+            return self._place(tx, event, Evidence.ATTESTED if attested else Evidence.CLAIMED,
+                               attested)
+        attested = event.attested or event.thread_token_ok or match.attested
+        customer_id = match.customer_id
+        if attested:  # the address's link is upgraded, never downgraded
+            identity.resolve(conn, event.sender, Evidence.ATTESTED, now,
+                             detail=f"{event.provider} reply with our thread token")
+        conversation_id, _ = conversations.open_conversation(
+            tx, customer_id, self._policy.conversation_idle)
+        if conversation_id == match.conversation_id and match.leg_id is not None:
+            leg_id, new_leg = match.leg_id, False
+            if attested:
+                conversations.attest_leg(conn, leg_id)
+        else:  # the matched conversation is closed (or idle): the thread goes on in a new one
+            leg_id, new_leg = conversations.open_leg(
+                conn, conversation_id, event.channel, event.thread_key, str(event.sender),
+                Binding.ATTESTED if attested else Binding.ADDRESS, now,
+                local_address=event.recipient)
+        return customer_id, conversation_id, leg_id, new_leg
+
+    def _place_robot(self, tx: Tx, event: InboundMessage, match: threads.ThreadMatch | None
+                     ) -> tuple[CustomerId, ConversationId, LegId, bool] | None:
+        """An auto-reply or a bounce: recorded in the thread it answers (found by our token,
+        or by anchors of its sender's conversations), else beside its sender's open
+        conversation; otherwise nowhere (it stays in the mailbox, and the log says so)."""
+        conn, now = tx.conn, tx.now
+        if match is not None:
+            customer_id, conversation_id = match.customer_id, match.conversation_id
+        else:
+            owner = identity.find_customer(conn, event.sender)
+            if owner is None or event.kind == "bounce":
+                return None
+            open_now = conversations.open_conversation_of(
+                conn, owner.customer_id, now, self._policy.conversation_idle)
+            if open_now is None:
+                return None
+            customer_id, conversation_id = owner.customer_id, open_now
+        if match is not None and match.leg_id is not None:
+            return customer_id, conversation_id, match.leg_id, False
+        leg_id, new_leg = conversations.open_leg(
+            conn, conversation_id, event.channel, event.thread_key, str(event.sender),
+            Binding.ADDRESS, now, local_address=event.recipient)
+        return customer_id, conversation_id, leg_id, new_leg
+
     def _known_by_alias(self, tx: Tx, event: InboundMessage, evidence: Evidence
                         ) -> CustomerId | None:
         """A new sender address that arrives beside a known alias joins the alias's customer.
@@ -190,12 +269,11 @@ class Inbound:
         """A thread token we issued, carried by a message from that thread's own customer."""
         if not event.thread_token:
             return False
-        rows = _THREAD_TOKEN.execute(
-            tx.conn, {"hash": verification.hash_token(event.thread_token)})
-        if not rows:
+        found = threads.lookup_token(tx.conn, event.thread_token)
+        if found is None:
             return False
         owner = identity.find_customer(tx.conn, event.sender)
-        conversation = conversations.read_conversation(tx.conn, rows[0][0])
+        conversation = conversations.read_conversation(tx.conn, found[0])
         return (owner is not None and conversation is not None
                 and owner.customer_id == conversation.customer_id)
 
@@ -206,8 +284,11 @@ class Inbound:
         if outcome is verification.OtpOutcome.PASSED:
             grant = verification.read_latest_grant(tx.conn, customer_id)
             assert grant is not None
-            identity.mark_proved(tx.conn, parse_address(grant.address), customer_id, tx.now,
-                                 how=grant.method)
+            try:  # an address nobody had yet (a code sent to it) is linked here, proved
+                identity.mark_proved(tx.conn, parse_address(grant.address), customer_id,
+                                     tx.now, how=grant.method)
+            except IdentityError as exc:  # taken by another customer meanwhile: an agent merges
+                log.warning("ingest: %s proved but not linked: %s", grant.address, exc)
             note = f"verified {grant.address} by {grant.method}"
             reply = "Thank you, you are verified."
         else:
@@ -244,20 +325,17 @@ class Inbound:
             leg = conversations.read_leg(tx.conn, leg_id)
             if leg is None:
                 raise NotFound(f"no leg {leg_id}")
-            token = verification.new_token()
-            tx.conn.execute(insert(THREAD_TOKENS).values(
-                token_hash=verification.hash_token(token), leg_id=leg.id,
-                conversation_id=leg.conversation_id, created_at=tx.now))
-            return token
+            return threads.issue_token(tx.conn, leg.id, leg.conversation_id, tx.now)
 
         return await self._writes.run(write)
 
     async def check_thread_token(self, token: str) -> ConversationId | None:
-        if not token or len(token) > 200:
-            return None
-        rows = await self._reader.run(
-            lambda conn: _THREAD_TOKEN.execute(conn, {"hash": verification.hash_token(token)}))
-        return ConversationId(rows[0][0]) if rows else None
+        found = await self._reader.run(threads.lookup_token, token)
+        return found[0] if found is not None else None
+
+    async def reply_thread(self, outbox_id: OutboxId) -> ReplyThread:
+        return await self._writes.run(
+            lambda tx: threads.reply_thread(tx.conn, outbox_id, tx.now))
 
     async def checkpoint(self, key: str) -> str | None:
         rows = await self._reader.run(lambda conn: _CHECKPOINT.execute(conn, {"k": key}))

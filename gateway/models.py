@@ -214,8 +214,8 @@ class Escalation(Base):
     mode: Mapped[str] = mapped_column(String(10))  # callback | dial-in
     target_address: Mapped[str | None] = mapped_column(String(320))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0005; no longer written
-    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0005; no longer written
+    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
+    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
     # HMAC-SHA256 of the PIN under the server's PIN key (`verification.PinIndex`): a PIN is
     # found with one indexed look-up; live escalations never share one.
     pin_lookup: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -13,6 +13,7 @@ States and what moves them (the tables below are the whole machine):
                        sending --retry----> pending     (transient failure, before the limit)
                        sending --give-up--> failed      (permanent failure, or the limit)
                        sending --lost-----> unknown     (the process died mid-send)
+                       sending --in-doubt-> unknown     (the channel cannot tell: SendInDoubt)
     accepted/queued/sent/delivered --provider status--> any state of higher RANK
     failed, undelivered, read: final (delivered may still become read)
 """
@@ -39,6 +40,7 @@ from gateway.channels import (
     OutboundKind,
     OutboundMessage,
     SendError,
+    SendInDoubt,
     TextMessage,
 )
 from gateway.clock import Clock
@@ -72,6 +74,7 @@ class WorkerStep(StrEnum):
     RETRY = "retry"
     GIVE_UP = "give-up"
     LOST = "lost"
+    IN_DOUBT = "in-doubt"
 
 
 S = OutboxStatus
@@ -82,6 +85,7 @@ WORKER: Mapping[tuple[OutboxStatus, WorkerStep], frozenset[OutboxStatus]] = {
     (S.SENDING, WorkerStep.RETRY): frozenset({S.PENDING}),
     (S.SENDING, WorkerStep.GIVE_UP): frozenset({S.FAILED}),
     (S.SENDING, WorkerStep.LOST): frozenset({S.UNKNOWN}),
+    (S.SENDING, WorkerStep.IN_DOUBT): frozenset({S.UNKNOWN}),
 }
 # Where a message stands for status callbacks; a status only ever moves to a higher rank.
 RANK: Mapping[str, int] = {
@@ -306,6 +310,7 @@ class OutboxWorker:
         self._clock = clock
         self._backoff = backoff or Backoff()
         self._send_timeout = send_timeout
+        self._drain_timeout = send_timeout
         self._poll = poll_interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -320,6 +325,9 @@ class OutboxWorker:
     def add_connector(self, connector: Connector) -> None:
         for channel in connector.channels:
             self._connectors[channel] = connector
+        # Shutdown waits for sends on the wire as long as the slowest channel may take.
+        self._drain_timeout = max(self._drain_timeout,
+                                  getattr(connector, "send_timeout", None) or 0.0)
 
     def wake(self) -> None:
         self._wake.set()
@@ -338,7 +346,7 @@ class OutboxWorker:
             self._task = None
         if self._inflight:
             # Let sends already on the wire finish and record their outcome.
-            await asyncio.wait(self._inflight, timeout=self._send_timeout)
+            await asyncio.wait(self._inflight, timeout=self._drain_timeout)
 
     async def recover(self) -> int:
         """After a restart: rows claimed by a dead process are in doubt; say so, never resend.
@@ -453,13 +461,17 @@ class OutboxWorker:
             values = {"status": worker_step(S.SENDING, WorkerStep.GIVE_UP, S.FAILED),
                       "last_error": f"no connector is configured for channel {message.channel}"}
         else:
+            timeout = getattr(connector, "send_timeout", None) or self._send_timeout
             try:
-                receipt = await asyncio.wait_for(connector.send(message), self._send_timeout)
+                receipt = await asyncio.wait_for(connector.send(message), timeout)
+            except SendInDoubt as exc:  # the provider may have it: never resent by itself
+                values = {"status": worker_step(S.SENDING, WorkerStep.IN_DOUBT, S.UNKNOWN),
+                          "last_error": str(exc)[:500]}
             except SendError as exc:
                 values = self._failure(message, str(exc), exc.permanent)
             except TimeoutError:
                 values = self._failure(
-                    message, f"no answer from the provider in {self._send_timeout:.0f} s", False
+                    message, f"no answer from the provider in {timeout:.0f} s", False
                 )
             except Exception as exc:  # a connector bug must not kill the worker
                 log.exception("outbox: connector for %s raised", message.channel)

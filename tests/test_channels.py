@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from config.settings import Settings, load_settings
+from connectors.email import EmailChannel
 from gateway.app import CHANNELS, GATEWAY, build_app, setup_runner
 from gateway.batching import BatcherClosed
 from gateway.channels import (
@@ -130,7 +131,8 @@ async def test_the_start_up_report_names_each_channel_its_urls_and_what_turns_th
     assert "https://gw.example.com/webhooks/twilio/voice" in report
     assert "whatsapp   off  set GATEWAY_WHATSAPP_APP_SECRET" in report
     assert "sip        on" in report
-    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "sip"]
+    assert "email      off  set GATEWAY_EMAIL_ADDRESS" in report
+    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "email", "sip"]
 
 
 def test_gateway_serve_prints_the_channels_with_their_webhook_urls(tmp_path: Path) -> None:
@@ -184,4 +186,5 @@ async def test_a_registry_without_sip_mounts_only_the_callers_channels(
     assert sorted(gw.gw.channels) == ["memory"]
     assert gw.gw.off == {"twilio": "set GATEWAY_TWILIO_ACCOUNT_SID and GATEWAY_TWILIO_AUTH_TOKEN",
                          "whatsapp": "set GATEWAY_WHATSAPP_APP_SECRET (and the verify and "
-                                     "access tokens)"}
+                                     "access tokens)",
+                         "email": EmailChannel.why_off(gw.gw.settings)}

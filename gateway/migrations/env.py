@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import gateway.threads  # noqa: F401  (its table: mail_anchors)
 from gateway.models import Base
 from gateway.store import make_engine
 
