@@ -237,12 +237,17 @@ class AgentDirectory:
         return held[0] if held else None
 
     def _forget_stale(self) -> None:
+        # `_held` is in offer order (an offer deletes, then re-adds at the end), so the stale
+        # ones come first: stop at the first fresh one. Every call is offered, so this runs
+        # per call and must not walk every live call.
         cutoff = self._monotonic() - STALE_OFFER
-        for call_ref, (agent_id, since) in list(self._held.items()):
-            if since < cutoff:
-                log.warning("no end reported for call %s (agent %s); freeing the agent",
-                            call_ref, agent_id)
-                self.release(call_ref)
+        while self._held:
+            call_ref, (agent_id, since) = next(iter(self._held.items()))
+            if since >= cutoff:
+                return
+            log.warning("no end reported for call %s (agent %s); freeing the agent",
+                        call_ref, agent_id)
+            self.release(call_ref)
 
     def call_started(self, agent_id: str) -> None:
         if (agent := self._agents.get(agent_id)) is not None:
