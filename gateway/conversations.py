@@ -40,9 +40,12 @@ ADDRESSES = CustomerAddress.__table__
 
 
 # Hot-path statements, built once: constructing a statement costs more than running it.
-INSERT_CONVERSATIONS = insert(CONVERSATIONS)
-INSERT_LEGS = Prepared(insert(LEGS).values(
-    {c.name: bindparam(c.name) for c in LEGS.columns}))
+# Insert-or-get: another gateway may open the same thread's leg at the same moment.
+_INSERT_LEG = {
+    name: Prepared(dialect.insert(LEGS).values({c.name: bindparam(c.name) for c in LEGS.columns})
+                   .on_conflict_do_nothing().returning(LEGS.c.id))
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 _CLAIM = {
     name: Prepared(
         dialect.insert(PROCESSED)
@@ -122,19 +125,25 @@ def open_conversation(
 ) -> tuple[ConversationId, bool]:
     """The customer's open conversation, or a new one. Returns (id, created).
 
-    An open conversation idle for longer than `idle` is closed first."""
-    rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
-    row = rows[0] if rows else None
-    if row is not None:
-        if tx.now - row[1] <= idle:
-            return row[0], False
-        close_conversation(tx, row[0], customer_id)
-    conversation_id = ConversationId(new_id("conv"))
-    tx.conn.execute(INSERT_CONVERSATIONS, dict(
-            id=conversation_id, customer_id=customer_id, status="open", opened_at=tx.now,
-            last_activity_at=tx.now, closed_at=None, agent_id=None,
-        ))
-    return conversation_id, True
+    An open conversation idle for longer than `idle` is closed first. Safe across gateways:
+    a partial unique index allows one open conversation per customer, so the new one is
+    inserted only if none is open (insert-or-get); one that lost that race to another
+    gateway takes the winner's, committed by then."""
+    for _look in range(3):
+        rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
+        row = rows[0] if rows else None
+        if row is not None:
+            if tx.now - row[1] <= idle:
+                return row[0], False
+            close_conversation(tx, row[0], customer_id)
+        conversation_id = ConversationId(new_id("conv"))
+        opened = tx.conn.execute(insert_ignore(tx.conn, CONVERSATIONS), dict(
+                id=conversation_id, customer_id=customer_id, status="open", opened_at=tx.now,
+                last_activity_at=tx.now, closed_at=None, agent_id=None,
+            ))
+        if opened.rowcount == 1:
+            return conversation_id, True
+    raise RuntimeError(f"customer {customer_id}'s open conversation keeps changing")
 
 
 def open_conversation_of(conn: Connection, customer_id: str, now: datetime,
@@ -244,12 +253,18 @@ def open_leg(
         if existing is not None:
             return existing, False
     leg_id = new or LegId(new_id("leg"))
-    INSERT_LEGS.execute(conn, {
+    insert_leg = _INSERT_LEG["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    if not insert_leg.execute(conn, {
         "id": leg_id, "conversation_id": conversation_id, "channel": channel,
         "thread_key": thread_key, "address": address, "local_address": local_address,
         "binding": binding, "escalation_id": escalation_id, "started_at": now,
         "ended_at": None, "agent_id": None, "attestation": attestation,
-    })
+    }):
+        # Another gateway opened this thread's leg a moment ago (committed by now): take it.
+        existing = find_leg(conn, conversation_id, channel, thread_key)
+        if existing is None:
+            raise RuntimeError(f"the {channel} leg {thread_key} of {conversation_id} vanished")
+        return existing, False
     return leg_id, True
 
 

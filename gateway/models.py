@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -58,6 +59,10 @@ class Customer(Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
     merged_into: Mapped[str | None] = mapped_column(ForeignKey("customers.id"))
+    # The number (`tel:+E164`) or address the customer was created for: unique, so two
+    # gateways meeting one new number at once make one customer (gateway/identity.py).
+    identity_key: Mapped[str | None] = mapped_column(String(330))
+    __table_args__ = (Index("uq_customers_identity_key", "identity_key", unique=True),)
 
 
 class CustomerAddress(Base):
@@ -115,6 +120,10 @@ class Conversation(Base):
         # the agent inbox's keyset order (workspace, #11; migration 0004)
         Index("ix_conversations_status_activity", "status", "last_activity_at", "id"),
         Index("ix_conversations_activity", "last_activity_at", "id"),
+        # One open conversation per customer, whichever gateway opens it (the
+        # scale_unique migration).
+        Index("uq_conversations_one_open", "customer_id", unique=True,
+              postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'")),
     )
 
 
@@ -214,8 +223,8 @@ class Escalation(Base):
     mode: Mapped[str] = mapped_column(String(10))  # callback | dial-in
     target_address: Mapped[str | None] = mapped_column(String(320))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
-    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0006; no longer written
+    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0007; no longer written
+    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0007; no longer written
     # HMAC-SHA256 of the PIN under the server's PIN key (`verification.PinIndex`): a PIN is
     # found with one indexed look-up; live escalations never share one.
     pin_lookup: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.batching import WriteBatcher
 from gateway.bus import DomainEvent, EventBus
@@ -23,6 +24,14 @@ from gateway.clock import Clock
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.core")
+RETRIES = 3
+# PostgreSQL's deadlock_detected and serialization_failure: nothing was written, run again.
+_RACE_STATES = frozenset({"40P01", "40001"})
+
+
+def _lost_a_race(exc: DBAPIError) -> bool:
+    return (isinstance(exc, IntegrityError)
+            or getattr(exc.orig, "sqlstate", None) in _RACE_STATES)
 
 
 class Tx:
@@ -58,9 +67,22 @@ class Writes:
         self._on_outbox = on_outbox
 
     async def run(self, write: Callable[[Tx], T]) -> T:
-        """Run `write` in a shared transaction; return its result after the commit."""
-        tx: Tx = await self.batcher.run(partial(self._in_transaction, write), self._committed)
-        return tx.result  # type: ignore[no-any-return]
+        """Run `write` in a shared transaction; return its result after the commit.
+
+        A write that lost a race to another gateway on a unique key (or a deadlock) is run
+        again, afresh: the other's rows are committed by then and it finds them."""
+        attempt = 1
+        while True:
+            try:
+                tx: Tx = await self.batcher.run(partial(self._in_transaction, write),
+                                                self._committed)
+            except DBAPIError as exc:
+                if attempt >= RETRIES or not _lost_a_race(exc):
+                    raise
+                attempt += 1
+                log.info("write lost a race (%s); running it again", type(exc.orig).__name__)
+                continue
+            return tx.result  # type: ignore[no-any-return]
 
     def _in_transaction(self, write: Callable[[Tx], object], conn: Connection) -> Tx:
         tx = Tx(conn, self._clock.now())
