@@ -13,6 +13,7 @@ from gateway.addresses import parse_address
 from gateway.bus import ConversationAssigned
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.clock import Clock
+from gateway.disclosure import BINDINGS, Disclosure, Level
 from gateway.domain import (
     Assignment,
     CodeChecked,
@@ -30,6 +31,7 @@ from gateway.store import Reader
 from gateway.writes import Tx, Writes
 
 SUMMARY_MESSAGES = 5  # the last messages an agent sees when taking a conversation
+_EVERYTHING = Disclosure({b: Level.FULL for b in BINDINGS})  # an agent's own summary
 # What an address must be to verify a call by a code sent to it (`Desk.check_code`).
 _STEP_UP_EVIDENCE = frozenset({identity.Evidence.PROVED, identity.Evidence.ATTESTED,
                                identity.Evidence.SAME_NUMBER})
@@ -308,8 +310,11 @@ class Desk:
             return conv, token.token
 
         conv, token = await self._writes.run(write)
+        # The summary goes to an authenticated agent (who may read the whole conversation
+        # through the API anyway): read in full. The context link in it is a capability
+        # anyone holding it may open: that read applies the disclosure policy.
         bundle = (await self._reader.run(context.bundle_for_token, token, self._clock.now(),
-                                         self._policy.disclosure)
+                                         _EVERYTHING)
                   if token else None)
         customer = (bundle or {}).get("customer") or {}
         verification_json = (bundle or {}).get("verification")
@@ -325,7 +330,9 @@ class Desk:
             last_messages=tuple(messages[-SUMMARY_MESSAGES:]),
             context_url=self._policy.context_url(token) if token else None,
             agent_id=conv.agent_id,
-            disclosure=(bundle or {}).get("disclosure") or "limited",
+            disclosure=self._policy.disclosure.level(
+                ((bundle or {}).get("leg") or {}).get("binding") or "",
+                verification_json is not None).value,
         )
 
     # ---- customers ---------------------------------------------------------------------------

@@ -19,6 +19,10 @@ from enum import StrEnum
 from typing import Any
 
 
+# How a leg can be bound to its customer (gateway/trust.py Binding), the keys of the policy.
+BINDINGS = ("verified-leg", "escalation", "callback", "attested", "caller-id", "address")
+
+
 class Level(StrEnum):
     FULL = "full"
     LIMITED = "limited"
