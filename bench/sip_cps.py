@@ -51,6 +51,9 @@ from tests.peers import (  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 CALL_LENGTH_MS = 10
+# Behind the record-routing Kamailio dispatcher, ACK and BYE must follow the route set.
+UAC_ROUTE_SET = ROOT / "bench" / "sipp" / "uac_route_set.xml"
+UAS_COPYING_ROUTE = ROOT / "bench" / "sipp" / "uas_answer_copying_route.xml"
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -110,17 +113,18 @@ class Relay:
                 self.proc.wait(5)
 
 
-def start_gateway(uas_address: str, directory: Path) -> Relay:
+def start_gateway(uas_address: str, directory: Path, *, database_url: str | None = None,
+                  name: str = "gateway") -> Relay:
     port = _free_port_both()
     env = {**os.environ,
-           "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/gateway.db",
+           "GATEWAY_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{directory}/gateway.db",
            "GATEWAY_HTTP_PORT": str(_free_port_both()), "GATEWAY_SIP_PORT": str(port),
            "GATEWAY_AGENT_TOKEN": "bench-token-0123456789abcdef",
            "GATEWAY_AGENTS": json.dumps([{"id": "12", "contact": f"sip:agent@{uas_address}"}]),
            "GATEWAY_SIP_SERVICE_USERS": '["service"]', "GATEWAY_LOG_LEVEL": "WARNING",
            "GATEWAY_OUTBOX_ENABLED": "false"}
     argv = [sys.executable, "-m", "gateway", "serve"]
-    return Relay("gateway", argv, env, port, directory)
+    return Relay(name, argv, env, port, directory)
 
 
 def start_edge_only(uas_address: str, directory: Path) -> Relay:
@@ -188,12 +192,15 @@ class Step:
 
 
 async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: bool = False,
-                  relay_pid: int | None = None) -> Step:
-    """SIPp's built-in uac: `calls` calls at `rate` per second to `target`."""
+                  relay_pid: int | None = None, relay_pids: tuple[int, ...] = (),
+                  scenario: str | Path = "uac") -> Step:
+    """SIPp's built-in uac (or `scenario`): `calls` calls at `rate` per second to `target`.
+    The relay's CPU is summed over `relay_pid` and `relay_pids`."""
+    pids = ((relay_pid,) if relay_pid else ()) + relay_pids
     run_dir = Path(tempfile.mkdtemp(prefix="uac-", dir=directory))
     local = _free_port_both()
     argv = sipp_command(
-        "uac", local_port=local, control_port=free_udp_port(), media_port=_free_media_port(),
+        scenario, local_port=local, control_port=free_udp_port(), media_port=_free_media_port(),
         target=target, service="service", calls=calls, rate=rate,
         call_length_ms=CALL_LENGTH_MS, trace_dir=run_dir, recv_timeout_ms=5000,
         global_timeout_s=calls / rate + 60,
@@ -201,7 +208,7 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
         extra_args=["-trace_rtt", "-rtt_freq", "1", "-timer_resol", "1"] if rtt else [],
     )
     argv += ["-l", str(max(1000, rate * 20))]  # allow enough simultaneous calls
-    cpu0 = _cpu_seconds(relay_pid) if relay_pid else None
+    cpu0 = sum(_cpu_seconds(pid) for pid in pids) if pids else None
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -212,7 +219,7 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
         proc.kill()
         await proc.wait()
     seconds = time.monotonic() - started
-    cpu = _cpu_seconds(relay_pid) - cpu0 if relay_pid and cpu0 is not None else None
+    cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu0 if pids and cpu0 is not None else None
     successful, failed = _counts((run_dir / "stat.csv").read_text(errors="replace"))
     rtts: list[float] = []
     for path in run_dir.glob("*_rtt.csv"):
@@ -247,10 +254,12 @@ def _counts(csv_text: str) -> tuple[int, int]:
 
 
 async def step_up(name: str, target: str, rates: list[int], seconds: float, directory: Path,
-                  relay_pid: int | None) -> Step | None:
+                  relay_pid: int | None, *, relay_pids: tuple[int, ...] = (),
+                  scenario: str | Path = "uac") -> Step | None:
     last_clean: Step | None = None
     for rate in rates:
-        step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid)
+        step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
+                             relay_pids=relay_pids, scenario=scenario)
         cpu = f", relay CPU {100 * step.cpu / step.seconds:.0f}%" if step.cpu else ""
         verdict = "clean" if step.clean else "FAILED" if step.failed else "FELL BEHIND"
         print(f"  {name:9} {rate:6} CPS: {step.successful}/{step.calls} ok, "
@@ -263,10 +272,12 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
     return last_clean
 
 
-async def setup_delay(target: str, rate: int, directory: Path) -> float:
+async def setup_delay(target: str, rate: int, directory: Path, scenario: str | Path = "uac"
+                      ) -> float:
     """p99 INVITE -> 200 at the UAC over 10 s at `rate`, after 2 s of warm-up calls."""
-    await run_uac(target, rate, rate * 2, directory)
-    return p99((await run_uac(target, rate, rate * 10, directory, rtt=True)).rtts)
+    await run_uac(target, rate, rate * 2, directory, scenario=scenario)
+    return p99((await run_uac(target, rate, rate * 10, directory, rtt=True,
+                              scenario=scenario)).rtts)
 
 
 def p99(values: list[float]) -> float:
@@ -369,6 +380,49 @@ def _ack(i: int, me: str) -> bytes:
             "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+# ---- the scale-out path: Kamailio dispatcher over two gateways on one PostgreSQL ------------
+
+
+async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
+                    delays: dict[str, float]) -> None:
+    """(d0) the repository's Kamailio config (config/kamailio/kamailio.cfg: stateful,
+    record-routing dispatcher) straight to the UAS; (d) the same Kamailio dispatching to two
+    `gateway serve`s on one PostgreSQL (each call opened, answered and ended in it) that relay
+    to the UAS. Both with a uac and a UAS that keep the route set."""
+    from tests.peers import KamailioDispatcher, PostgresServer
+
+    async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
+        async with KamailioDispatcher([uas.address]) as kamailio:
+            print(f"(d0) Kamailio dispatcher alone {kamailio.address} -> uas", flush=True)
+            delays["dispatcher"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                     directory, UAC_ROUTE_SET)
+            results["dispatcher"] = await step_up(
+                "dispatch", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
+                directory, None, scenario=UAC_ROUTE_SET)
+        with PostgresServer() as postgres:
+            url = postgres.create_database()
+            gateways = [start_gateway(uas.address, directory, database_url=url,
+                                      name=f"gateway-{n}") for n in "ab"]
+            try:
+                for gateway in gateways:
+                    await gateway.ready(timeout=90)
+                ports = [f"{LOOPBACK}:{g.port}" for g in gateways]
+                async with KamailioDispatcher(ports) as kamailio:
+                    print(f"(d) Kamailio dispatcher {kamailio.address} -> gateways {ports} "
+                          f"(pids {[g.pid for g in gateways]}, PostgreSQL) -> uas", flush=True)
+                    delays["scale-out"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                            directory, UAC_ROUTE_SET)
+                    results["scale-out"] = await step_up(
+                        "2 gateways", kamailio.address, _rates(args.gateway_rates),
+                        args.step_seconds, directory, None,
+                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET)
+            finally:
+                for gateway in gateways:
+                    gateway.stop()
+        delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
+                                                   UAC_ROUTE_SET)
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -391,8 +445,8 @@ async def main(args: argparse.Namespace) -> int:
             results["kamailio"] = await step_up(
                 "kamailio", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
                 directory, kamailio._child.pid if kamailio._child else None)
-        relays = [("gateway", start_gateway)]
-        if not args.skip_edge_only:
+        relays = [] if args.skip_single else [("gateway", start_gateway)]
+        if not args.skip_edge_only and not args.skip_single:
             relays.append(("edge-only", start_edge_only))
         for name, start in relays:
             relay = start(uas.address, directory)
@@ -410,6 +464,8 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 relay.stop()
         delays["direct"] = await setup_delay(uas.address, args.delay_rate, directory)
+    if not args.skip_scale_out:
+        await scale_out(args, directory, results, delays)
     with_txns, dialog_only = await memory_per_dialog(args.dialogs)
 
     def cps(name: str) -> int:
@@ -421,17 +477,34 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print("last clean step (< 0.1% failed, every call finished, the rate kept):")
     print(f"  Kamailio (stateless, children=2, tlsf)   {kamailio:6} CPS")
-    print(f"  gateway (SIP edge + core + SQLite)       {gateway:6} CPS   target >= 1000")
+    if "gateway" in results:
+        print(f"  gateway (SIP edge + core + SQLite)       {gateway:6} CPS   target >= 1000")
+        print(f"  ratio gateway / Kamailio                 {ratio:6.2f}       target >= 0.3")
     if "edge-only" in results:
         print(f"  SIP edge alone (core stores nothing)     {cps('edge-only'):6} CPS")
-    print(f"  ratio gateway / Kamailio                 {ratio:6.2f}       target >= 0.3")
+    if "scale-out" in results:
+        scaled = cps("scale-out")
+        print(f"  Kamailio dispatcher alone (repo config)  {cps('dispatcher'):6} CPS")
+        print(f"  dispatcher -> 2 gateways on PostgreSQL   {scaled:6} CPS")
+        print(f"  ratio 2 gateways / Kamailio alone        "
+              f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
+              f"  (/ dispatcher alone: "
+              f"{scaled / cps('dispatcher') if cps('dispatcher') else float('nan'):.2f})")
     print(f"p99 INVITE->200 at {args.delay_rate} CPS, in whole ms as SIPp reports them: "
-          f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}, "
-          f"gateway {delays['gateway']:.0f}"
-          + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else ""))
-    print(f"  p99 added setup delay: gateway {delays['gateway'] - delays['direct']:.0f} ms "
-          f"(target < 5), Kamailio {delays['kamailio'] - delays['direct']:.0f} ms "
-          "(0: under a millisecond)")
+          f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}"
+          + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
+          + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
+          + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
+             f"{delays['dispatcher']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
+             if "scale-out" in delays else ""))
+    added = [f"Kamailio {delays['kamailio'] - delays['direct']:.0f} ms (0: under a millisecond)"]
+    if "gateway" in delays:
+        added.insert(0, f"gateway {delays['gateway'] - delays['direct']:.0f} ms (target < 5)")
+    if "scale-out" in delays:
+        added.append(f"dispatcher -> 2 gateways "
+                     f"{delays['scale-out'] - delays['direct-route']:.0f} ms (target < 5), "
+                     f"dispatcher alone {delays['dispatcher'] - delays['direct-route']:.0f} ms")
+    print("  p99 added setup delay: " + ", ".join(added))
     print(f"memory per live dialog ({args.dialogs} dialogs, tracemalloc): "
           f"{dialog_only:.0f} B once transactions ended (target < 10 KB); "
           f"{with_txns:.0f} B with its four transactions still alive (RFC timers)")
@@ -450,5 +523,9 @@ if __name__ == "__main__":
     parser.add_argument("--delay-rate", type=int, default=100)
     parser.add_argument("--dialogs", type=int, default=20000)
     parser.add_argument("--skip-edge-only", action="store_true")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="leave out (b) and (c), the one-process paths")
+    parser.add_argument("--skip-scale-out", action="store_true",
+                        help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()
     sys.exit(asyncio.run(main(arguments)))
