@@ -153,6 +153,72 @@ async def serve_edge_only(port: int, uas_address: str) -> None:
     await edge.aclose()
 
 
+async def serve_route_api(port: int, database_url: str, uas_address: str) -> None:
+    """(e)'s gateway: the real gateway (core, PostgreSQL, agent router; no SIP channel) plus
+    the two HTTP calls a Kamailio that is the whole SIP edge would make
+    (bench/kamailio_whole_edge.cfg), until SIGTERM. A prototype for measuring, not an API."""
+    from aiohttp import web
+
+    from config.settings import load_settings
+    from connectors.sip.grammar import NameAddr
+    from connectors.sip.routing import _address_of
+    from gateway.app import GATEWAY, build_app, setup_runner
+    from gateway.events import CallEvent, IncomingCall
+
+    os.environ.update({
+        "GATEWAY_DATABASE_URL": database_url, "GATEWAY_HTTP_PORT": str(port),
+        "GATEWAY_AGENT_TOKEN": "bench-token-0123456789abcdef", "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_AGENTS": json.dumps([{"id": "12", "contact": f"sip:agent@{uas_address}"}]),
+        "GATEWAY_OUTBOX_ENABLED": "false"})
+    settings = load_settings()
+    app = build_app(settings, registry=())
+    gw = app[GATEWAY]
+    answered: dict[str, float] = {}
+
+    async def route(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            caller = _address_of(NameAddr.parse(f"<{q['from']}>").uri, None)[1]
+        except Exception:
+            caller = None
+        call_ref = q["call"]
+        found = await gw.core.open_call(IncomingCall(
+            caller=caller, callee=q.get("user") or "service", call_ref=call_ref,
+            provider="sip", source=q.get("source")))
+        target = gw.agents.offer(call_ref)
+        if target is None:
+            return web.Response(status=480)
+        return web.Response(text=f"{target.contact.uri}|{found.context_url}|"
+                                 f"{found.conversation_id}")
+
+    async def event(request: web.Request) -> web.Response:
+        kind, call_ref = request.query["kind"], request.query["call"]
+        now = time.monotonic()
+        duration = None
+        if kind == "answered":
+            answered[call_ref] = now
+        else:
+            duration = now - answered.pop(call_ref, now)
+            gw.agents.release(call_ref)
+        await gw.core.call_event(CallEvent(call_ref=call_ref, provider="sip", kind=kind,
+                                           agent_id="12", duration_seconds=duration))
+        return web.Response(text="ok")
+
+    app.router.add_get("/bench/route", route)
+    app.router.add_get("/bench/event", event)
+    runner = web.AppRunner(app, access_log=None)
+    await setup_runner(runner)
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    print("route api listening", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
 class _Route:
     context_url = "https://gw.example/api/v1/contexts/" + "t" * 32
     conversation_id = "conv_" + "0" * 20
@@ -419,8 +485,59 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
             finally:
                 for gateway in gateways:
                     gateway.stop()
+            if not args.skip_whole_edge:
+                await whole_edge(args, directory, results, delays, uas, postgres)
         delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
                                                    UAC_ROUTE_SET)
+
+
+async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
+                     delays: dict[str, float], uas: SippUas, postgres: Any) -> None:
+    """(e) issue 12's third option, as a prototype: Kamailio is the whole SIP edge
+    (bench/kamailio_whole_edge.cfg, synchronous http_client, 16 workers) and asks one gateway
+    on PostgreSQL over HTTP for each call's route and context link, and reports the answer
+    and the end back; that gateway carries no SIP."""
+    from tests.peers import _make_peer_dir, _remove_peer_dir, _which
+
+    http_port = _free_port_both()
+    api = Relay("route-api", [sys.executable, __file__, "--serve-route-api", str(http_port),
+                              postgres.create_database(), uas.address],
+                dict(os.environ), 0, directory)
+    kdir = _make_peer_dir("kamailio-edge")
+    kamailio = None
+    try:
+        deadline = time.monotonic() + 90
+        while "route api listening" not in api.log.read_text(errors="replace"):
+            if api.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"route api did not start:\n{api.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        port = _free_port_both()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{port}", "KAMAILIO_CHILDREN": "16",
+               "ROUTE_API": f"http://{LOOPBACK}:{http_port}"}
+        kamailio = Relay("kamailio-edge", [
+            _which("kamailio", "/usr/sbin/kamailio"), "-f",
+            str(ROOT / "bench" / "kamailio_whole_edge.cfg"), "-DD", "-E", "-Y", str(kdir),
+            "-x", "tlsf", "-m", "512"], env, port, directory)
+        target = f"{LOOPBACK}:{port}"
+        deadline = time.monotonic() + 30
+        while "processes (at least)" not in kamailio.log.read_text(errors="replace"):
+            if kamailio.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kamailio did not start:\n{kamailio.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # its workers bind after the main process logs
+        print(f"(e) Kamailio as the whole edge {target} -> HTTP route api "
+              f"127.0.0.1:{http_port} (pid {api.pid}, PostgreSQL) -> uas", flush=True)
+        delays["whole-edge"] = await setup_delay(target, args.delay_rate, directory,
+                                                 UAC_ROUTE_SET)
+        results["whole-edge"] = await step_up(
+            "kam+http", target, _rates(args.gateway_rates), args.step_seconds, directory,
+            None, relay_pids=(api.pid,), scenario=UAC_ROUTE_SET)
+    finally:
+        if kamailio is not None:
+            kamailio.stop()
+        api.stop()
+        _remove_peer_dir(kdir)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -486,6 +603,10 @@ async def main(args: argparse.Namespace) -> int:
         scaled = cps("scale-out")
         print(f"  Kamailio dispatcher alone (repo config)  {cps('dispatcher'):6} CPS")
         print(f"  dispatcher -> 2 gateways on PostgreSQL   {scaled:6} CPS")
+        if "whole-edge" in results:
+            print(f"  Kamailio whole edge + HTTP route api     {cps('whole-edge'):6} CPS"
+                  f"   ratio / Kamailio alone "
+                  f"{cps('whole-edge') / kamailio if kamailio else float('nan'):.2f}")
         print(f"  ratio 2 gateways / Kamailio alone        "
               f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
               f"  (/ dispatcher alone: "
@@ -496,7 +617,9 @@ async def main(args: argparse.Namespace) -> int:
           + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
           + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
              f"{delays['dispatcher']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
-             if "scale-out" in delays else ""))
+             if "scale-out" in delays else "")
+          + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
+             if "whole-edge" in delays else ""))
     added = [f"Kamailio {delays['kamailio'] - delays['direct']:.0f} ms (0: under a millisecond)"]
     if "gateway" in delays:
         added.insert(0, f"gateway {delays['gateway'] - delays['direct']:.0f} ms (target < 5)")
@@ -504,6 +627,9 @@ async def main(args: argparse.Namespace) -> int:
         added.append(f"dispatcher -> 2 gateways "
                      f"{delays['scale-out'] - delays['direct-route']:.0f} ms (target < 5), "
                      f"dispatcher alone {delays['dispatcher'] - delays['direct-route']:.0f} ms")
+    if "whole-edge" in delays:
+        added.append(f"Kamailio whole edge + HTTP "
+                     f"{delays['whole-edge'] - delays['direct-route']:.0f} ms")
     print("  p99 added setup delay: " + ", ".join(added))
     print(f"memory per live dialog ({args.dialogs} dialogs, tracemalloc): "
           f"{dialog_only:.0f} B once transactions ended (target < 10 KB); "
@@ -515,6 +641,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-edge-only":
         asyncio.run(serve_edge_only(int(sys.argv[2]), sys.argv[3]))
         sys.exit(0)
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-route-api":
+        asyncio.run(serve_route_api(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--gateway-rates",
@@ -525,6 +654,8 @@ if __name__ == "__main__":
     parser.add_argument("--skip-edge-only", action="store_true")
     parser.add_argument("--skip-single", action="store_true",
                         help="leave out (b) and (c), the one-process paths")
+    parser.add_argument("--skip-whole-edge", action="store_true",
+                        help="leave out (e), Kamailio as the whole edge asking a gateway over HTTP")
     parser.add_argument("--skip-scale-out", action="store_true",
                         help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()
