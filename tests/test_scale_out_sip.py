@@ -147,3 +147,52 @@ async def test_agent_registered_through_kamailio_takes_a_pin_call_entering_at_th
         await engine.dispose()
         for process in (a, b):
             await process.child.stop_async()
+
+
+# ---- the shared registrations themselves, two routers on one database (SQLite, PostgreSQL) --
+
+
+async def test_a_binding_registered_at_one_gateway_routes_calls_at_the_other_until_removed_or_lapsed(  # noqa: E501
+    database_url: str,
+) -> None:
+    from config.settings import AgentConfig
+    from gateway.agents import AgentDirectory
+    from gateway.clock import FrozenClock
+    from gateway.registrations import SharedRegistrations
+
+    clock = FrozenClock()
+    engine = make_engine(database_url)
+    agents = [AgentConfig(id="12", name="Alice", sip_user="alice",
+                          sip_password="alice-secret-pw")]  # type: ignore[arg-type]
+    a, b = AgentDirectory(agents, clock), AgentDirectory(agents, clock)
+    share_a = SharedRegistrations(engine, a, clock, interval=60, holder="gw-a")
+    share_b = SharedRegistrations(engine, b, clock, interval=60, holder="gw-b")
+    try:
+        await share_a.start()
+        await share_b.start()
+        assert b.pick() is None  # nobody registered anywhere
+        alice = a.by_sip_user("alice")
+        assert alice is not None
+        a.register(alice, "sip:alice@10.0.0.5:5062", 120, ("192.0.2.9", 5060), "udp")
+        await share_a.sync()
+        await share_b.sync()
+        target = b.pick()
+        assert target is not None and target.agent_id == "12"
+        assert target.contact.uri == "sip:alice@10.0.0.5:5062"
+        assert target.contact.source == ("192.0.2.9", 5060)  # via the Kamailio it came through
+        assert a.get("12").shared == {}  # type: ignore[union-attr]  (its own, not doubled)
+
+        a.register(alice, "sip:alice@10.0.0.5:5062", 0)  # the phone unregisters
+        await share_a.sync()
+        await share_b.sync()
+        assert b.pick() is None
+
+        a.register(alice, "sip:alice@10.0.0.5:5062", 120, ("192.0.2.9", 5060), "udp")
+        await share_a.sync()
+        clock.advance(seconds=121)  # not refreshed: it lapses everywhere
+        await share_b.sync()
+        assert b.pick() is None and a.pick() is None
+    finally:
+        await share_a.aclose()
+        await share_b.aclose()
+        await engine.dispose()
