@@ -458,7 +458,7 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
     from tests.peers import KamailioDispatcher, PostgresServer
 
     async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
-        async with KamailioDispatcher([uas.address]) as kamailio:
+        async with KamailioDispatcher([uas.address], probe=False) as kamailio:
             print(f"(d0) Kamailio dispatcher alone {kamailio.address} -> uas", flush=True)
             delays["dispatcher"] = await setup_delay(kamailio.address, args.delay_rate,
                                                      directory, UAC_ROUTE_SET)

@@ -1289,13 +1289,15 @@ class KamailioDispatcher(Kamailio):
     # of shared memory runs out.
     memory = ("-m", "512")
 
-    def __init__(self, gateways: Sequence[str], *, children: int = 2, tlsf: bool = True) -> None:
+    def __init__(self, gateways: Sequence[str], *, children: int = 2, tlsf: bool = True,
+                 probe: bool = True) -> None:
         super().__init__(0, children=children, tlsf=tlsf)
         self.gateways = list(gateways)
+        self.flags = " 8" if probe else ""  # 8: pinged with OPTIONS (a SIPp UAS answers none)
 
     def _prepare(self, directory: Path) -> tuple[Path, dict[str, str] | None]:
         listing = directory / "dispatcher.list"
-        listing.write_text("".join(f"1 sip:{g}\n" for g in self.gateways))
+        listing.write_text("".join(f"1 sip:{g}{self.flags}\n" for g in self.gateways))
         return self.CONFIG, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                              "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{self.port}",
                              "KAMAILIO_DISPATCHER": str(listing),
