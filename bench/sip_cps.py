@@ -467,6 +467,19 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                 directory, None, scenario=UAC_ROUTE_SET)
         with PostgresServer() as postgres:
             url = postgres.create_database()
+            single = start_gateway(uas.address, directory, database_url=url, name="gateway-pg")
+            try:  # (b') one gateway on the same PostgreSQL, no Kamailio: what PostgreSQL costs
+                await single.ready(timeout=90)
+                target = f"{LOOPBACK}:{single.port}"
+                print(f"(b') one gateway on PostgreSQL {target} (pid {single.pid}) -> uas",
+                      flush=True)
+                delays["gateway-pg"] = await setup_delay(target, args.delay_rate, directory,
+                                                         UAC_ROUTE_SET)
+                results["gateway-pg"] = await step_up(
+                    "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
+                    directory, single.pid, scenario=UAC_ROUTE_SET)
+            finally:
+                single.stop()
             gateways = [start_gateway(uas.address, directory, database_url=url,
                                       name=f"gateway-{n}") for n in "ab"]
             try:
@@ -601,6 +614,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"  SIP edge alone (core stores nothing)     {cps('edge-only'):6} CPS")
     if "scale-out" in results:
         scaled = cps("scale-out")
+        print(f"  one gateway on PostgreSQL, no Kamailio   {cps('gateway-pg'):6} CPS")
         print(f"  Kamailio dispatcher alone (repo config)  {cps('dispatcher'):6} CPS")
         print(f"  dispatcher -> 2 gateways on PostgreSQL   {scaled:6} CPS")
         if "whole-edge" in results:
@@ -616,7 +630,8 @@ async def main(args: argparse.Namespace) -> int:
           + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
           + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
           + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
-             f"{delays['dispatcher']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
+             f"{delays['dispatcher']:.0f}, one gateway on PostgreSQL "
+             f"{delays['gateway-pg']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
              if "scale-out" in delays else "")
           + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
              if "whole-edge" in delays else ""))
