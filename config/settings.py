@@ -341,8 +341,56 @@ class EmailSettings(BaseModel):
 # ---- end of email ----
 
 
+class XmppSettings(BaseModel):
+    """The XMPP channel (connectors/xmpp): the gateway's own account. On when the JID is set."""
+
+    xmpp_jid: str | None = None  # the gateway's own account, e.g. support@example.org
+    xmpp_password: SecretStr | None = None
+    xmpp_host: str | None = None  # unset: DNS SRV of the JID's domain, then the domain itself
+    xmpp_port: int | None = Field(None, ge=1, le=65535)  # unset: 5222 (5223 for tls)
+    xmpp_security: str = Field("starttls", pattern="^(starttls|tls|none)$")
+    xmpp_ca_file: str | None = None  # a CA bundle to trust instead of the system's
+    xmpp_resource: str = "gateway"
+    xmpp_max_body_chars: int = Field(10_000, ge=1)  # longer messages are refused (error stanza)
+    # Per customer JID: messages/s sustained and at once; the rest get an error stanza.
+    xmpp_flood_rate: float = Field(1.0, gt=0)
+    xmpp_flood_burst: int = Field(20, ge=1)
+    xmpp_connect_timeout_seconds: float = Field(20.0, gt=0)  # start() gives up after this
+    xmpp_send_timeout_seconds: float = Field(15.0, gt=0)  # a send waits this for the server's ack
+    xmpp_reconnect_min_seconds: float = Field(1.0, gt=0)
+    xmpp_reconnect_max_seconds: float = Field(60.0, gt=0)
+    xmpp_keepalive_seconds: float = Field(60.0, gt=0)  # XEP-0199 ping; a dead link is noticed
+    # An agent whose last resource went offline gets their conversations back to the queue
+    # after this long (a phone switching networks comes back within it).
+    xmpp_agent_release_after_seconds: float = Field(60.0, ge=0)
+    # After the gateway's session starts (start-up, or the server forgot our session), an
+    # agent not seen yet keeps their conversations for at least this long: their presence
+    # is on its way.
+    xmpp_presence_grace_seconds: float = Field(10.0, ge=0)
+    # With no stored archive position (first start), catch up this many hours of the archive.
+    xmpp_archive_backfill_hours: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _xmpp_complete(self) -> "XmppSettings":
+        if self.xmpp_jid is None:
+            return self
+        node, at, domain = self.xmpp_jid.partition("/")[0].rpartition("@")
+        if not at or not node or not domain or "/" in self.xmpp_jid:
+            raise ValueError("xmpp_jid: must be a bare JID such as support@example.org")
+        if self.xmpp_password is None or not self.xmpp_password.get_secret_value():
+            raise ValueError("xmpp_password: required when xmpp_jid is set")
+        if self.xmpp_reconnect_min_seconds > self.xmpp_reconnect_max_seconds:
+            raise ValueError("xmpp_reconnect_min_seconds: must not exceed "
+                             "xmpp_reconnect_max_seconds")
+        return self
+
+    @property
+    def xmpp_enabled(self) -> bool:
+        return self.xmpp_jid is not None
+
+
 class Settings(CoreSettings, TwilioSettings, WhatsAppSettings, SipSettings, EmailSettings,
-               BaseSettings):
+               XmppSettings, BaseSettings):
     """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
 
     model_config = SettingsConfigDict(

@@ -23,6 +23,7 @@ from connectors.email import EmailChannel
 from connectors.sip.channel import SipChannel
 from connectors.twilio_channel import TwilioChannel
 from connectors.whatsapp import WhatsAppChannel
+from connectors.xmpp import XmppChannel
 from gateway.agents import AgentDirectory
 from gateway.api import AgentApi, errors_as_json
 from gateway.auth import Authenticator, auth_middleware
@@ -41,7 +42,8 @@ log = logging.getLogger("gateway.app")
 
 # Every channel the gateway knows, in start order (SIP last: first to stop, so calls end
 # before the store closes). A new channel adds one line here.
-CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, EmailChannel, SipChannel)
+CHANNELS: tuple[ChannelFactory, ...] = (TwilioChannel, WhatsAppChannel, EmailChannel,
+                                        XmppChannel, SipChannel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -373,6 +373,7 @@ def conversation_view(conn: Connection, conversation_id: str) -> dict[str, Any] 
         "id": conv["id"], "customer_id": conv["customer_id"], "status": conv["status"],
         "opened_at": iso(conv["opened_at"]), "last_activity_at": iso(conv["last_activity_at"]),
         "closed_at": iso(conv["closed_at"]),
+        "agent_id": conv["agent_id"],  # who has it now; null while it waits in the queue
         "legs": legs_json(conn, conversation_id, transcript),
         "transcript": transcript,
     }

@@ -16,6 +16,7 @@ from gateway.clock import Clock
 from gateway.domain import (
     Assignment,
     Conflict,
+    ConversationId,
     ConversationRow,
     ConversationSummary,
     EscalationIssued,
@@ -93,6 +94,12 @@ class Desk:
             return released
 
         return await self._writes.run(write)
+
+    async def assigned(self, agent_id: str) -> list[ConversationId]:
+        """The open conversations the agent has now, oldest activity first (an agent channel
+        restores its agents' chats after a restart from this)."""
+        rows = await self._reader.run(conversations.assigned_to, agent_id)
+        return [row.id for row in rows]
 
     # ---- conversation commands ----------------------------------------------------------------
 

@@ -132,7 +132,8 @@ async def test_the_start_up_report_names_each_channel_its_urls_and_what_turns_th
     assert "whatsapp   off  set GATEWAY_WHATSAPP_APP_SECRET" in report
     assert "sip        on" in report
     assert "email      off  set GATEWAY_EMAIL_ADDRESS" in report
-    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "email", "sip"]
+    assert "xmpp       off  set GATEWAY_XMPP_JID" in report
+    assert [c.name for c in CHANNELS] == ["twilio", "whatsapp", "email", "xmpp", "sip"]
 
 
 def test_gateway_serve_prints_the_channels_with_their_webhook_urls(tmp_path: Path) -> None:
@@ -187,4 +188,6 @@ async def test_a_registry_without_sip_mounts_only_the_callers_channels(
     assert gw.gw.off == {"twilio": "set GATEWAY_TWILIO_ACCOUNT_SID and GATEWAY_TWILIO_AUTH_TOKEN",
                          "whatsapp": "set GATEWAY_WHATSAPP_APP_SECRET (and the verify and "
                                      "access tokens)",
-                         "email": EmailChannel.why_off(gw.gw.settings)}
+                         "email": EmailChannel.why_off(gw.gw.settings),
+                         "xmpp": "set GATEWAY_XMPP_JID and GATEWAY_XMPP_PASSWORD (the "
+                                 "gateway's own account)"}
