@@ -3,6 +3,7 @@
 Run by hand (not in CI):  .venv/bin/python bench/sip_cps.py [--step-seconds 10]
                               [--gateway-rates 100,200,...] [--kamailio-rates 1000,...]
                               [--delay-rate 100] [--dialogs 20000] [--skip-edge-only]
+                              [--skip-single] [--skip-scale-out] [--skip-whole-edge]
 
 In one run, with SIPp's built-in uac (`-d 10`) placing calls on loopback and a SIPp UAS that
 answers 200 without 180 (BASELINES.md: two relay workers may reorder 180/200), it drives
@@ -11,6 +12,13 @@ answers 200 without 180 (BASELINES.md: two relay workers may reorder 180/200), i
       answered and ended in the transcript) -> uas,
   (c) uac -> the SIP edge alone on a core that stores nothing -> uas: what SIP costs apart
       from the database,
+and, for several gateways (issue 12; docs/scale-out.md), with a uac and UAS that keep the
+route set (bench/sipp/):
+  (d0) uac -> the repo's Kamailio dispatcher (config/kamailio/kamailio.cfg) -> uas,
+  (b') uac -> one gateway on PostgreSQL -> uas,
+  (d)  uac -> the same Kamailio dispatcher -> two gateways on one PostgreSQL -> uas,
+  (e)  uac -> Kamailio as the whole SIP edge (bench/kamailio_whole_edge.cfg, a prototype)
+       asking one gateway on PostgreSQL over HTTP for each call's route -> uas,
 each relay in its own process, stepping the rate up (10 s of calls per step) until a step
 fails (>= 0.1% of calls failed, or calls left unfinished), and reports the last clean step
 of each, the ratio b/a (target >= 0.3) and b >= 1,000 CPS. It then measures the setup delay
