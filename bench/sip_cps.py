@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import signal
@@ -49,6 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.channels import CallOffer  # noqa: E402
 from tests.peers import (  # noqa: E402
     UAS_ANSWER_WITHOUT_RINGING,
     Kamailio,
@@ -149,10 +151,10 @@ async def serve_edge_only(port: int, uas_address: str) -> None:
     from gateway.clock import SystemClock
     from gateway.metrics import Metrics
 
+    core = _NullCore(AgentDirectory([AgentConfig(id="12", contact=f"sip:agent@{uas_address}")],
+                                    SystemClock()))
     edge = SipEdge(
-        SipConfig(port=port, service_users=("service",)), sink=_NullCore(),
-        agents=AgentDirectory([AgentConfig(id="12", contact=f"sip:agent@{uas_address}")],
-                              SystemClock()),
+        SipConfig(port=port, service_users=("service",)), sink=core, agents=core.router,
         metrics=Metrics(), clock=SystemClock())
     await edge.start()
     stop = asyncio.Event()
@@ -231,12 +233,30 @@ class _Route:
     context_url = "https://gw.example/api/v1/contexts/" + "t" * 32
     conversation_id = "conv_" + "0" * 20
 
+    def __init__(self, leg_id: str) -> None:
+        self.leg_id = leg_id
+
 
 class _NullCore:
+    """A core that stores nothing; its router is the edge's agent directory."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self._legs = itertools.count()
+
     async def open_call(self, call: Any) -> _Route:
-        return _Route()
+        return _Route(f"leg_{next(self._legs)}")
+
+    async def offer_call(self, route: _Route, tried: Any = (), *, agent_id: Any = None,
+                         exclude: Any = ()) -> Any:
+        target = self.router.offer(route.leg_id, (*tried, *exclude), agent_id)
+        if target is None:
+            return None
+        return CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
 
     async def call_event(self, event: Any) -> bool:
+        if event.kind in ("ended", "failed"):
+            self.router.release(event.leg_id, event.agent_id)
         return True
 
 
@@ -383,10 +403,11 @@ async def _memory(n: int, *, short_timers: bool) -> tuple[float, float]:
     # Short ones: they end in 0.3 s and only the dialogs remain.
     timers = TimerConfig(t1=0.005, t2=0.02, t4=0.02, timer_d=0.3) if short_timers \
         else TimerConfig()
+    agents = AgentDirectory([AgentConfig(id="12", contact="sip:a@127.0.0.1:5072")],
+                            SystemClock())
     edge = SipEdge(SipConfig(port=0, service_users=("service",), timers=timers),
-                   sink=_NullCore(), clock=SystemClock(), metrics=Metrics(),
-                   agents=AgentDirectory([AgentConfig(id="12", contact="sip:a@127.0.0.1:5072")],
-                                         SystemClock()))
+                   sink=_NullCore(agents), clock=SystemClock(), metrics=Metrics(),
+                   agents=agents)
     await edge.start()
     sent: list[tuple[bytes, Any]] = []
     edge.transport.send = lambda data, peer: sent.append((data, peer))  # type: ignore[method-assign]

@@ -41,6 +41,26 @@ def _not_a_placeholder(value: str) -> str:
     return value
 
 
+# The example values of config/example.toml and the docs, and the usual stand-ins: a secret
+# that is one of these was never set (CONTRACT.md: placeholder secrets are refused, naming
+# the key). Compared case-insensitively, after stripping.
+EXAMPLE_SECRETS = frozenset({
+    "your-auth-token", "app-secret", "a-token-you-choose", "…", "...", "password", "secret",
+    "placeholder", "example", "todo", "xxx", "test", "admin", "default",
+})
+
+
+def _not_an_example(value: SecretStr | None) -> SecretStr | None:
+    """Refuse a secret left at an example or placeholder value (any length)."""
+    if value is None:
+        return None
+    lowered = value.get_secret_value().strip().lower()
+    if (lowered in EXAMPLE_SECRETS or any(p in lowered for p in PLACEHOLDERS)
+            or (lowered and set(lowered) <= set("x.…*"))):
+        raise ValueError("an example or placeholder value: set the real secret")
+    return value
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
@@ -57,6 +77,8 @@ class AgentConfig(BaseModel):
     contact: str | None = None  # a static SIP contact, e.g. sip:alice@127.0.0.1:5070
     xmpp: str | None = None  # the agent's bare JID, e.g. alice@example.org
     token_sha256: str | None = None  # hex SHA-256 of the agent's own API bearer token
+
+    _sip_password = field_validator("sip_password")(_not_an_example)
 
     @field_validator("xmpp")
     @classmethod
@@ -234,7 +256,7 @@ class SipSettings(BaseModel):
     sip_timer_t1_ms: int = Field(500, ge=1)
     sip_timer_t2_ms: int = Field(4000, ge=1)
     sip_timer_t4_ms: int = Field(5000, ge=1)
-    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security-sip.md) ----
+    # ---- SIP under attack (docs/sip.md "Hostile traffic"; docs/security.md "The SIP edge") ----
     # Peers whose X-Context and caller-ID attestation (verstat) are believed: IPs or CIDRs of
     # the trunks and upstream edges (JSON list). Default: nobody.
     sip_trusted_peers: list[str] = Field(default_factory=list)
@@ -389,8 +411,65 @@ class XmppSettings(BaseModel):
         return self.xmpp_jid is not None
 
 
+
+# ---- trust under attack (issue 7; docs/security.md) -------------------------------------------
+
+BINDINGS = ("verified-leg", "escalation", "callback", "attested", "caller-id", "address")
+
+
+class TrustSettings(BaseModel):
+    """Guess limits, disclosure of unverified legs, and the HTTP edge's own limits."""
+
+    # Wrong escalation PINs allowed per source (a SIP peer's IP address, a Twilio caller's
+    # number): a burst, then this many a minute. Beyond: the call is refused finally (SIP
+    # 403 "Too Many Wrong PINs", Twilio <Say> + <Hangup>) and no agent rings.
+    pin_failure_burst: int = Field(5, ge=1)
+    pin_failures_per_minute: float = Field(2.0, ge=0)
+    # The same for everybody together (many sources guessing at once): beyond it, every
+    # PIN call is refused until the bucket refills ("PIN Checks Paused").
+    pin_global_failure_burst: int = Field(50, ge=1)
+    pin_global_failures_per_minute: float = Field(20.0, ge=0)
+    # The key of the PIN look-up hash (HMAC-SHA256). Unset: the gateway makes one and keeps
+    # it in the database; set it (32+ random characters) to keep it outside the database.
+    pin_lookup_secret: SecretStr | None = None
+    # What a leg that carries no verification sees of the history, per binding (see
+    # docs/security.md "Disclosure"): "limited" (the default for every binding) or "full",
+    # e.g. {"attested": "full"}. A verified leg always sees the full bundle.
+    disclosure_unverified: dict[str, str] = Field(default_factory=dict)
+    # A connection must deliver a complete request head (request line and headers) within
+    # this many seconds of opening, or of the previous response; else it is closed. An
+    # idle kept-alive connection is closed after the same time (gateway/httpedge.py).
+    http_header_timeout_seconds: float = Field(15.0, gt=0)
+
+    @field_validator("pin_lookup_secret")
+    @classmethod
+    def _pin_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _not_a_placeholder(value.get_secret_value())
+        return value
+
+    # Every other secret the gateway reads (the channels' own settings blocks included:
+    # check_fields=False lets one block name fields another defines).
+    _secrets = field_validator(
+        "twilio_auth_token", "twilio_webhook_shared_key", "whatsapp_app_secret",
+        "whatsapp_verify_token", "whatsapp_access_token", "sip_nonce_secret",
+        "imap_password", "smtp_password", "xmpp_password", check_fields=False,
+    )(_not_an_example)
+
+    @field_validator("disclosure_unverified")
+    @classmethod
+    def _disclosure(cls, value: dict[str, str]) -> dict[str, str]:
+        for binding, level in value.items():
+            if binding not in BINDINGS:
+                raise ValueError(f"{binding!r} is not a binding ({', '.join(BINDINGS)})")
+            if level not in ("full", "limited"):
+                raise ValueError(f"{binding}: {level!r} must be \"full\" or \"limited\"")
+        return value
+# ---- end of trust under attack ----
+
+
 class Settings(CoreSettings, TwilioSettings, WhatsAppSettings, SipSettings, EmailSettings,
-               XmppSettings, BaseSettings):
+               XmppSettings, TrustSettings, BaseSettings):
     """Everything the gateway reads from its environment. Names follow CONTRACT.md."""
 
     model_config = SettingsConfigDict(

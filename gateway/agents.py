@@ -7,9 +7,9 @@ is available when any source says so. Load is the number of calls an agent has n
 
 `offer(call_ref, exclude)` chooses the least busy available agent with a phone, ties broken
 round-robin, and counts them busy with that call until `release(call_ref)`; a call holds one
-agent at a time, so offering it to the next agent lets go of the previous one. The SIP proxy
-still counts its own calls with `pick` / `call_started` / `call_ended` (one router, one
-count), until it moves to the core's `offer_call` too.
+agent at a time, so offering it to the next agent lets go of the previous one. The core
+(`gateway/calls.py`) keys calls by their leg id, so two calls that share a caller-chosen
+Call-ID never share (or free) each other's agent; both edges go through it.
 
 All of it lives in memory, in the process that runs the channels. Several gateways behind
 Kamailio share the registrations through the database (`gateway/registrations.py` fills
@@ -230,10 +230,15 @@ class AgentDirectory:
             return AgentTarget(agent.id, max(registered, key=lambda pair: pair[0])[1])
         return AgentTarget(agent.id, contacts[0])
 
-    def offer(self, call_ref: str, exclude: Sequence[str] = ()) -> AgentTarget | None:
+    def offer(self, call_ref: str, exclude: Sequence[str] = (),
+              agent_id: str | None = None) -> AgentTarget | None:
         self._forget_stale()
         self.release(call_ref)
-        target = self.pick(exclude)
+        if agent_id is not None:  # the caller dialled this agent: their phone, if it has one
+            agent = self._agents.get(agent_id)
+            target = self.target_of(agent) if agent is not None else None
+        else:
+            target = self.pick(exclude)
         if target is not None:
             self._held[call_ref] = (target.agent_id, self._monotonic())
             self.call_started(target.agent_id)
@@ -253,12 +258,17 @@ class AgentDirectory:
         return held[0] if held else None
 
     def _forget_stale(self) -> None:
+        # `_held` is in offer order (an offer deletes, then re-adds at the end), so the stale
+        # ones come first: stop at the first fresh one. Every call is offered, so this runs
+        # per call and must not walk every live call.
         cutoff = self._monotonic() - STALE_OFFER
-        for call_ref, (agent_id, since) in list(self._held.items()):
-            if since < cutoff:
-                log.warning("no end reported for call %s (agent %s); freeing the agent",
-                            call_ref, agent_id)
-                self.release(call_ref)
+        while self._held:
+            call_ref, (agent_id, since) = next(iter(self._held.items()))
+            if since >= cutoff:
+                return
+            log.warning("no end reported for call %s (agent %s); freeing the agent",
+                        call_ref, agent_id)
+            self.release(call_ref)
 
     def call_started(self, agent_id: str) -> None:
         if (agent := self._agents.get(agent_id)) is not None:

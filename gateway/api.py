@@ -20,6 +20,7 @@ from gateway.auth import acting_agent  # workspace (#11): the token's agent auth
 from gateway.console import console_routes  # workspace (#11): console page with CSP
 from gateway.core import Core
 from gateway.domain import (
+    CodeChecked,
     Conflict,
     EscalationIssued,
     NotFound,
@@ -75,6 +76,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise web.HTTPBadRequest(reason="the body is not valid JSON") from None
+    except RecursionError:  # nested deeper than the parser goes: bad input, not our error
+        raise web.HTTPBadRequest(reason="the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(reason="the body must be a JSON object")
     return body
@@ -102,6 +105,19 @@ def reply_json(result: ReplyQueued) -> dict[str, Any]:
 def verification_json(result: VerificationStarted) -> dict[str, Any]:
     return {"challenge_id": result.challenge_id, "address": result.address,
             "expires_at": iso(result.expires_at), "outbox_id": result.outbox_id}
+
+
+def code_checked_json(result: CodeChecked) -> dict[str, Any]:
+    """The step-up's answer: `outcome` passed | wrong | locked | expired; on `passed` the
+    verification the leg now carries (its context link then returns the full bundle)."""
+    verification = None
+    if result.outcome == "passed":
+        verification = {"method": result.method, "address": result.address,
+                        "verified_at": iso(result.verified_at),
+                        "expires_at": iso(result.expires_at)}
+    return {"outcome": result.outcome, "challenge_id": result.challenge_id,
+            "leg_id": result.leg_id, "verified": result.outcome == "passed",
+            "attempts_left": result.attempts_left, "verification": verification}
 
 
 def escalation_json(result: EscalationIssued) -> dict[str, Any]:
@@ -143,6 +159,8 @@ class AgentApi:
             web.get("/api/v1/conversations/{id}", self.conversation),
             web.post("/api/v1/conversations/{id}/messages", self.reply),
             web.post("/api/v1/conversations/{id}/verifications", self.verify),
+            web.post("/api/v1/conversations/{id}/verifications/{challenge_id}/check",
+                     self.check_code),
             web.post("/api/v1/conversations/{id}/escalations", self.escalate),
             web.post("/api/v1/conversations/{id}/close", self.close),
             web.get("/api/v1/outbox/{id}", self.outbox_message),
@@ -201,6 +219,15 @@ class AgentApi:
             request.match_info["id"], _field(body, "address", False)
         )
         return ok(verification_json(result), status=202)
+
+    async def check_code(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        code, leg_id = _field(body, "code"), _field(body, "leg_id")
+        assert code is not None and leg_id is not None
+        result = await self.core.check_code(request.match_info["id"],
+                                            request.match_info["challenge_id"], code, leg_id)
+        self.metrics.step_ups.labels(result.outcome).inc()
+        return ok(code_checked_json(result))
 
     async def escalate(self, request: web.Request) -> web.Response:
         body = await _json_body(request)

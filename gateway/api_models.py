@@ -178,7 +178,14 @@ class CodeCheckRequest(Model):
 
 
 class CodeCheck(Model):
-    outcome: str | None = Field(None, description="passed | wrong | locked | expired")
+    outcome: Literal["passed", "wrong", "locked", "expired"] = Field(
+        description="passed | wrong | locked | expired")
+    challenge_id: str
+    leg_id: str
+    verified: bool = Field(description="the leg now carries a verification: its context "
+                           "link returns the full bundle")
+    attempts_left: int
+    verification: GrantSummary | None = Field(None, description="on passed: what was proved")
 
 
 class EscalationRequest(Model):

@@ -32,6 +32,8 @@ from gateway.bus import EventBus
 from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core, Policy
+from gateway.disclosure import Disclosure, Level
+from gateway.httpedge import console_headers
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxWorker
 from gateway.registrations import SharedRegistrations
@@ -112,6 +114,13 @@ def policy_from(settings: Settings) -> Policy:
         otp_max_attempts=settings.otp_max_attempts,
         escalation_ttl=timedelta(seconds=settings.escalation_ttl_seconds),
         dial_in_number=settings.twilio_voice_number,
+        pin_failure_burst=settings.pin_failure_burst,
+        pin_failures_per_minute=settings.pin_failures_per_minute,
+        pin_global_failure_burst=settings.pin_global_failure_burst,
+        pin_global_failures_per_minute=settings.pin_global_failures_per_minute,
+        pin_lookup_secret=settings.pin_lookup_secret.get_secret_value().encode()
+        if settings.pin_lookup_secret else None,
+        disclosure=Disclosure({b: Level(v) for b, v in settings.disclosure_unverified.items()}),
     )
 
 
@@ -141,12 +150,12 @@ def build_app(
         sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc(),
         publish=bus.publish)
     core = Core(engine, clock, policy_from(settings), WriteBatcher(engine),
-                on_outbox=outbox_worker.wake, bus=bus, agents=agents)
+                on_outbox=outbox_worker.wake, bus=bus, agents=agents, metrics=metrics)
     gw = Gateway(settings, core, metrics, outbox_worker, agents, token, bus)
 
     # The service token or an agent's own (its SHA-256 is looked up in the agent router).
     authenticate = auth_middleware(Authenticator(token, agents))
-    app = web.Application(middlewares=[errors_as_json, authenticate],
+    app = web.Application(middlewares=[console_headers, errors_as_json, authenticate],
                           client_max_size=2 * 1024 * 1024)
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())

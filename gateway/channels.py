@@ -270,9 +270,11 @@ class AgentRouter(Protocol):
         """Calls the agent has now (offered or answered)."""
         ...
 
-    def offer(self, call_ref: str, exclude: Sequence[str] = ()) -> AgentTarget | None:
+    def offer(self, call_ref: str, exclude: Sequence[str] = (),
+              agent_id: str | None = None) -> AgentTarget | None:
         """The least busy available agent with a phone for this call, not in `exclude`
-        (ties round-robin), now counted busy with it; a call holds one agent at a time."""
+        (ties round-robin), or `agent_id`'s phone when given; now counted busy with it; a
+        call holds one agent at a time. The core names calls by leg id here."""
         ...
 
     def release(self, call_ref: str, agent_id: str | None = None) -> str | None:
@@ -333,14 +335,24 @@ class InboundSink(Protocol):
 
     async def delivery_status(self, event: DeliveryStatus) -> str | None: ...
 
-    async def open_call(self, call: IncomingCall) -> CallRoute: ...
-
-    async def offer_call(self, route: CallRoute, tried: Sequence[str] = ()) -> CallOffer | None:
-        """Offer the call to the next agent (none of `tried`); publishes `CallOffered`. None
-        when nobody can take it (or enough agents were tried)."""
+    async def open_call(self, call: IncomingCall) -> CallRoute:
+        """The call's leg (new, unless a live context token or a provider-signed reference
+        names one) with its context token. Raises `gateway.domain.CallRefused` (e.g.
+        `PinAttemptsLimited`) when the call must not reach anyone: answer it finally."""
         ...
 
-    async def call_event(self, event: CallEvent) -> bool: ...
+    async def offer_call(self, route: CallRoute, tried: Sequence[str] = (), *,
+                         agent_id: str | None = None, exclude: Sequence[str] = ()
+                         ) -> CallOffer | None:
+        """Offer the call to the next agent (none of `tried` or `exclude`), or to
+        `agent_id` (the caller dialled them); publishes `CallOffered`. None when nobody can
+        take it (or enough agents were tried)."""
+        ...
+
+    async def call_event(self, event: CallEvent) -> bool:
+        """Progress of a call, on the leg `event.leg_id` names (`CallRoute.leg_id`); ended
+        or failed releases its agent and publishes `CallEnded`."""
+        ...
 
     async def check_thread_token(self, token: str) -> ConversationId | None:
         """The conversation id a gateway-issued thread token (an email reply address or

@@ -65,10 +65,11 @@ def channel_report(reports: Sequence[ChannelReport]) -> str:
 
 
 async def serve(settings: Settings) -> None:
+    from gateway import httpedge
     from gateway.app import GATEWAY, build_app, setup_runner
 
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = httpedge.runner(app, settings.http_header_timeout_seconds, handle_signals=False)
     await setup_runner(runner)
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     stop = asyncio.Event()

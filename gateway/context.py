@@ -26,10 +26,18 @@ from gateway.models import (
     Leg,
     TranscriptEntry,
 )
+from gateway.disclosure import EXPLANATION as DISCLOSED, Disclosure, Level, limit_transcript
+from gateway.disclosure import mask_address
 from gateway.domain import iso
 from gateway.trust import Binding, CarryDecision, LegFacts, decide_carry
 from gateway.store import Prepared
-from gateway.verification import hash_token, read_grant, read_latest_grant
+from gateway.verification import (
+    first_grant_since,
+    hash_token,
+    read_grant,
+    read_latest_grant,
+    read_leg_grant,
+)
 
 TOKENS = ContextToken.__table__
 LEGS = Leg.__table__
@@ -102,11 +110,13 @@ def leg_decision(conn: Connection, leg: Any, customer_id: str, now: datetime) ->
         ).first()
         if esc is not None and esc[1] == leg["id"]:
             escalation_grant_id, escalation_valid = esc[0], True
-    grant = (
-        read_grant(conn, escalation_grant_id)
-        if escalation_grant_id
-        else read_latest_grant(conn, customer_id)
-    )
+    grant = read_leg_grant(conn, customer_id, leg["id"])
+    if grant is None or grant.expires_at <= now:
+        grant = (
+            read_grant(conn, escalation_grant_id)
+            if escalation_grant_id
+            else read_latest_grant(conn, customer_id)
+        )
     facts = LegFacts(
         id=leg["id"], customer_id=customer_id, address=leg["address"], binding=binding,
         escalation_grant_id=escalation_grant_id, escalation_valid=escalation_valid,
@@ -218,16 +228,31 @@ def legs_json(
             "id": r["id"], "channel": r["channel"], "address": r["address"],
             "local_address": r["local_address"], "binding": r["binding"],
             "started_at": iso(r["started_at"]), "ended_at": iso(r["ended_at"]),
-            "agent_id": r["agent_id"],
+            "agent_id": r["agent_id"], "attestation": r["attestation"],
         }
         for r in rows
     ]
 
 
+def _last_own_message(conn: Connection, customer_id: str, conversation_id: str,
+                      opened_at: datetime) -> str | None:
+    """A limited bundle's "last message" of an earlier conversation: the customer's own,
+    before any verification in it."""
+    cutoff = first_grant_since(conn, customer_id, opened_at)
+    query = select(TRANSCRIPT.c.text).where(
+        TRANSCRIPT.c.conversation_id == conversation_id, TRANSCRIPT.c.kind == "message",
+        TRANSCRIPT.c.direction == "in")
+    if cutoff is not None:
+        query = query.where(TRANSCRIPT.c.at < cutoff)
+    text = conn.execute(query.order_by(TRANSCRIPT.c.id.desc()).limit(1)).scalar()
+    return None if text is None else str(text)[:200]
+
+
 def earlier_conversations(
-    conn: Connection, customer_id: str, except_id: str
+    conn: Connection, customer_id: str, except_id: str, limited: bool = False,
 ) -> list[dict[str, Any]]:
-    """Summaries of the customer's earlier conversations (newest first), in three queries."""
+    """Summaries of the customer's earlier conversations (newest first), in three queries
+    (a limited bundle's last messages: the customer's own, one query more each)."""
     convs = (
         conn.execute(
             select(CONVERSATIONS.c.id, CONVERSATIONS.c.status, CONVERSATIONS.c.opened_at,
@@ -268,20 +293,25 @@ def earlier_conversations(
         {
             "id": cid, "status": status, "opened_at": iso(opened), "closed_at": iso(closed),
             "entries": counts.get(cid, 0), "channels": sorted(channels.get(cid, ())),
-            "last_message": last[cid][:200] if cid in last else None,
+            "last_message": _last_own_message(conn, customer_id, cid, opened) if limited
+            else (last[cid][:200] if cid in last else None),
         }
         for cid, status, opened, closed in convs
     ]
 
 
+_CONVERSATION_OF_LEG = (CONVERSATIONS.c.customer_id,
+                        CONVERSATIONS.c.status.label("conversation_status"),
+                        CONVERSATIONS.c.opened_at.label("conversation_opened_at"))
+
+
 def bundle_for_token(
-    conn: Connection, token: str, now: datetime
+    conn: Connection, token: str, now: datetime, disclosure: Disclosure | None = None,
 ) -> dict[str, Any] | None:
     """The context bundle behind a token; None when the token is unknown or expired."""
     row = (
         conn.execute(
-            select(TOKENS.c.expires_at, LEGS, CONVERSATIONS.c.customer_id,
-                   CONVERSATIONS.c.status.label("conversation_status"))
+            select(TOKENS.c.expires_at, LEGS, *_CONVERSATION_OF_LEG)
             .join(LEGS, LEGS.c.id == TOKENS.c.leg_id)
             .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
             .where(TOKENS.c.token_hash == hash_token(token), TOKENS.c.expires_at > now)
@@ -289,47 +319,84 @@ def bundle_for_token(
     ).mappings().first()
     if row is None:
         return None
-    bundle = _bundle(conn, row, now)
+    bundle = _bundle(conn, row, now, disclosure or Disclosure())
     bundle["expires_at"] = iso(row["expires_at"])
     return bundle
 
 
-def bundle_for_leg(conn: Connection, leg_id: str, now: datetime) -> (
-    dict[str, Any] | None
-):
+def bundle_for_leg(conn: Connection, leg_id: str, now: datetime,
+                   disclosure: Disclosure | None = None) -> dict[str, Any] | None:
     row = (
         conn.execute(
-            select(LEGS, CONVERSATIONS.c.customer_id,
-                   CONVERSATIONS.c.status.label("conversation_status"))
+            select(LEGS, *_CONVERSATION_OF_LEG)
             .join(CONVERSATIONS, CONVERSATIONS.c.id == LEGS.c.conversation_id)
             .where(LEGS.c.id == leg_id)
         )
     ).mappings().first()
-    return None if row is None else _bundle(conn, row, now)
+    return None if row is None else _bundle(conn, row, now, disclosure or Disclosure())
 
 
-def _bundle(conn: Connection, leg: Any, now: datetime) -> dict[str, Any]:
+ATTESTATION_SUMMARY = {
+    "A": "number attested A by the carrier: it knows the caller and that they may use "
+         "this number",
+    "B": "number attested B by the carrier: it knows the caller, not their right to the "
+         "number",
+    "C": "number attested C by the carrier: it only knows where the call came from",
+}
+
+
+def attestation_summary(attestation: str | None) -> str | None:
+    """What the agent reads about a call's caller-ID attestation: evidence, not proof."""
+    if attestation is None:
+        return None
+    return ATTESTATION_SUMMARY.get(attestation, f"carrier's caller-ID check: {attestation}")
+
+
+def _bundle(conn: Connection, leg: Any, now: datetime, disclosure: Disclosure
+            ) -> dict[str, Any]:
     customer_id = leg["customer_id"]
     conversation_id = leg["conversation_id"]
     decision = leg_decision(conn, leg, customer_id, now)
+    level = disclosure.level(leg["binding"], decision.carries)
     transcript = transcript_json(conn, conversation_id)
+    legs = legs_json(conn, conversation_id, transcript)
+    customer = customer_json(conn, customer_id)
+    earlier = earlier_conversations(conn, customer_id, conversation_id,
+                                    limited=level is Level.LIMITED)
+    if level is Level.LIMITED:
+        first = first_grant_since(conn, customer_id, leg["conversation_opened_at"])
+        own = leg["address"]
+        transcript = limit_transcript(transcript, iso(first), own)
+        for other in legs:
+            if other["address"] != own:
+                other["address"] = mask_address(other["address"])
+                other["withheld"] = True
+        if customer is not None:
+            for address in customer["addresses"]:
+                if address["address"] != own:
+                    address.update(address=mask_address(address["address"]), detail=None,
+                                   withheld=True)
     return {
         "conversation_id": conversation_id,
         "conversation_status": leg["conversation_status"],
         "leg": {
             "id": leg["id"], "channel": leg["channel"], "address": leg["address"],
             "binding": leg["binding"], "started_at": iso(leg["started_at"]),
+            "attestation": leg["attestation"],
+            "attestation_summary": attestation_summary(leg["attestation"]),
         },
-        "customer": customer_json(conn, customer_id),
+        "customer": customer,
         "verification": verification_json(decision, now),
         "verification_reason": decision.reason.value,
         "verification_explanation": decision.explanation,
         "verification_expired_at": iso(decision.grant.expires_at)
         if decision.grant is not None and not decision.carries
         else None,
+        "disclosure": level.value,
+        "disclosure_explanation": DISCLOSED[level],
         "transcript": transcript,
-        "legs": legs_json(conn, conversation_id, transcript),
-        "earlier_conversations": earlier_conversations(conn, customer_id, conversation_id),
+        "legs": legs,
+        "earlier_conversations": earlier,
         "expires_at": None,
     }
 

@@ -27,6 +27,7 @@ from gateway.domain import (
     LegRow,
     ThreadMatch,
 )
+from gateway.redaction import redact
 from gateway.models import Conversation, CustomerAddress, Leg, ProcessedEvent, TranscriptEntry
 from gateway.store import Prepared, new_id
 from gateway.writes import Tx
@@ -239,18 +240,25 @@ def open_leg(
     now: datetime,
     local_address: str | None = None,
     escalation_id: str | None = None,
+    *,
+    new: LegId | None = None,
+    attestation: str | None = None,
 ) -> tuple[LegId, bool]:
-    """The leg for this thread in the conversation, or a new one. Returns (id, created)."""
-    existing = find_leg(conn, conversation_id, channel, thread_key)
-    if existing is not None:
-        return existing, False
-    leg_id = LegId(new_id("leg"))
+    """The leg for this thread in the conversation, or a new one. Returns (id, created).
+
+    With `new` (an id the caller chose), always a new leg with that id: a call's leg is
+    never found by its thread key (the caller picks a SIP Call-ID)."""
+    if new is None:
+        existing = find_leg(conn, conversation_id, channel, thread_key)
+        if existing is not None:
+            return existing, False
+    leg_id = new or LegId(new_id("leg"))
     insert_leg = _INSERT_LEG["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     if not insert_leg.execute(conn, {
         "id": leg_id, "conversation_id": conversation_id, "channel": channel,
         "thread_key": thread_key, "address": address, "local_address": local_address,
         "binding": binding, "escalation_id": escalation_id, "started_at": now,
-        "ended_at": None, "agent_id": None,
+        "ended_at": None, "agent_id": None, "attestation": attestation,
     }):
         # Another gateway opened this thread's leg a moment ago (committed by now): take it.
         existing = find_leg(conn, conversation_id, channel, thread_key)
@@ -303,10 +311,15 @@ def append(
     provider_id: str | None = None,
     provider_at: datetime | None = None,
     data: dict[str, Any] | None = None,
+    codes: Iterable[str] = (),
 ) -> EntryId:
     """Append one entry to the transcript, mark the conversation active, and say so (an
-    `EntryAdded` that builds its `Entry` when someone reads it)."""
+    `EntryAdded` that builds its `Entry` when someone reads it).
+
+    Every stored text passes `redaction.redact` here: card numbers masked, and `codes` (a
+    code the text answers, as written in it) replaced, whatever the channel or direction."""
     now = tx.now
+    text = redact(text, codes)
     entry_id = EntryId(int(_APPEND.execute(tx.conn, {
         "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
         "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,

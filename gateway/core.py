@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import context, outbox
+from gateway import context, outbox, verification
 from gateway.addresses import Address
 from gateway.agents import AgentDirectory
 from gateway.batching import WriteBatcher
@@ -25,6 +25,7 @@ from gateway.clock import Clock
 from gateway.desk import Desk
 from gateway.domain import (
     CallRoute,
+    CodeChecked,
     Conflict,
     ConversationId,
     EscalationIssued,
@@ -38,6 +39,7 @@ from gateway.domain import (
 )
 from gateway.events import CallEvent, DeliveryStatus, IncomingCall, InboundMessage
 from gateway.inbound import Inbound
+from gateway.metrics import Metrics
 from gateway.policy import Policy
 from gateway.store import Reader
 from gateway.writes import Writes
@@ -58,6 +60,7 @@ class Core:
         *,
         bus: EventBus | None = None,
         agents: AgentDirectory | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -67,9 +70,11 @@ class Core:
         self.router = agents if agents is not None else AgentDirectory((), clock)
         self.reader = Reader(engine, engine.url.render_as_string(hide_password=False))
         self.writes = Writes(self.batcher, self.bus, clock, on_outbox or (lambda: None))
+        self.metrics = metrics or Metrics()
+        pins = verification.PinIndex(policy.pin_lookup_secret)
         self.inbound = Inbound(self.writes, self.reader, policy)
-        self.calls = Calls(self.writes, policy, self.router)
-        self.desk = Desk(self.writes, self.reader, policy, clock)
+        self.calls = Calls(self.writes, policy, self.router, self.metrics, pins)
+        self.desk = Desk(self.writes, self.reader, policy, clock, pins)
 
     async def aclose(self) -> None:
         """Finish queued writes, then release the store's threads and connections."""
@@ -104,9 +109,10 @@ class Core:
     def open_call(self, call: IncomingCall) -> Awaitable[CallRoute]:
         return self.calls.open_call(call)
 
-    def offer_call(self, route: CallRoute, tried: Sequence[str] = ()
+    def offer_call(self, route: CallRoute, tried: Sequence[str] = (), *,
+                   agent_id: str | None = None, exclude: Sequence[str] = ()
                    ) -> Awaitable[CallOffer | None]:
-        return self.calls.offer_call(route, tried)
+        return self.calls.offer_call(route, tried, agent_id=agent_id, exclude=exclude)
 
     def call_event(self, event: CallEvent) -> Awaitable[bool]:
         return self.calls.call_event(event)
@@ -123,6 +129,10 @@ class Core:
     def start_verification(self, conversation_id: str, address_text: str | None
                            ) -> Awaitable[VerificationStarted]:
         return self.desk.verify(None, conversation_id, address_text)
+
+    def check_code(self, conversation_id: str, challenge_id: str, code: str, leg_id: str
+                   ) -> Awaitable[CodeChecked]:
+        return self.desk.check_code(None, conversation_id, challenge_id, code, leg_id)
 
     async def escalate(self, conversation_id: str, channel: str, mode: str
                        ) -> EscalationIssued:
@@ -143,7 +153,8 @@ class Core:
     # ---- reads ----------------------------------------------------------------------------
 
     async def bundle(self, token: str) -> dict[str, Any] | None:
-        return await self.reader.run(context.bundle_for_token, token, self.clock.now())
+        return await self.reader.run(context.bundle_for_token, token, self.clock.now(),
+                                     self.policy.disclosure)
 
     async def customer_by_address(self, address: Address) -> dict[str, Any] | None:
         return await self.reader.run(context.customer_view, str(address))

@@ -13,8 +13,10 @@ from gateway.addresses import parse_address
 from gateway.bus import ConversationAssigned
 from gateway.channels import MESSAGING_CHANNELS
 from gateway.clock import Clock
+from gateway.disclosure import BINDINGS, Disclosure, Level
 from gateway.domain import (
     Assignment,
+    CodeChecked,
     Conflict,
     ConversationId,
     ConversationRow,
@@ -29,6 +31,10 @@ from gateway.store import Reader
 from gateway.writes import Tx, Writes
 
 SUMMARY_MESSAGES = 5  # the last messages an agent sees when taking a conversation
+_EVERYTHING = Disclosure({b: Level.FULL for b in BINDINGS})  # an agent's own summary
+# What an address must be to verify a call by a code sent to it (`Desk.check_code`).
+_STEP_UP_EVIDENCE = frozenset({identity.Evidence.PROVED, identity.Evidence.ATTESTED,
+                               identity.Evidence.SAME_NUMBER})
 
 
 def _conversation(tx: Tx, conversation_id: str) -> ConversationRow:
@@ -42,7 +48,9 @@ class Desk:
     """The agent desk (`gateway.channels.AgentDesk`); `agent_id` is the acting agent, already
     authenticated by the channel or the API (None: the service token, acting for nobody)."""
 
-    def __init__(self, writes: Writes, reader: Reader, policy: Policy, clock: Clock) -> None:
+    def __init__(self, writes: Writes, reader: Reader, policy: Policy, clock: Clock,
+                 pins: verification.PinIndex | None = None) -> None:
+        self._pins = pins or verification.PinIndex(policy.pin_lookup_secret)
         self._writes = writes
         self._reader = reader
         self._policy = policy
@@ -158,11 +166,12 @@ class Desk:
             if target_leg is not None:
                 message_id = outbound.text_on_leg(
                     tx, target_leg, conv.customer_id, text, "gateway", code=True,
-                    challenge_id=issued.challenge_id, transcript_text=note)
+                    challenge_id=issued.challenge_id, transcript_text=note,
+                    secret=issued.code)
             else:
                 message_id = outbound.code_to_address(
                     tx, str(parsed), parsed.channel, text, conversation_id,
-                    issued.challenge_id)
+                    issued.challenge_id, secret=issued.code)
                 if leg is not None:
                     conversations.append(
                         tx, customer_id=conv.customer_id, conversation_id=conversation_id,
@@ -170,6 +179,68 @@ class Desk:
                         kind="system", author="gateway", text=note)
             return VerificationStarted(issued.challenge_id, str(parsed), issued.expires_at,
                                        message_id)
+
+        return await self._writes.run(write)
+
+    async def check_code(self, agent_id: str | None, conversation_id: str, challenge_id: str,
+                         code: str, leg_id: str) -> CodeChecked:
+        """The step-up on a call (CONTRACT.md "Disclosure"): the agent enters the code the
+        caller reads out. A right code proves the challenge's address on `leg_id`, so that
+        leg carries a verification and its context link shows the full bundle. Attempts
+        count as the customer's own (the challenge locks after `otp_max_attempts`). Only a
+        code sent to an address the customer had already proved, or that the channel
+        attests, or that shares the verified number, verifies a call: a code sent to an
+        address someone merely claimed (and the customer never wrote from in this
+        conversation) proves nothing about who is on the phone."""
+        written = code.replace(" ", "").replace("-", "")
+        if not written.isdigit() or len(written) != verification.OTP_DIGITS:
+            raise Conflict(f"a code is {verification.OTP_DIGITS} digits")
+
+        def write(tx: Tx) -> CodeChecked:
+            conv = _conversation(tx, conversation_id)
+            leg = conversations.read_leg(tx.conn, leg_id)
+            if leg is None or leg.conversation_id != conv.id:
+                raise NotFound(f"no leg {leg_id} in conversation {conversation_id}")
+            address = verification.challenge_address(tx.conn, challenge_id, conv.id)
+            if address is None:
+                raise NotFound(f"no verification {challenge_id} in conversation "
+                               f"{conversation_id}")
+            owner = identity.find_customer(tx.conn, parse_address(address))
+            wrote_from = conversations.latest_leg(tx.conn, conv.id, address=address)
+            if owner is None or owner.customer_id != conv.customer_id or (
+                    owner.evidence not in _STEP_UP_EVIDENCE and wrote_from is None):
+                raise Conflict(f"{address} is neither proved nor attested, and the customer "
+                               "never wrote from it here: a code sent there cannot verify "
+                               "the caller")
+            try:
+                check = verification.check_challenge(
+                    tx.conn, challenge_id=challenge_id, conversation_id=conv.id,
+                    code=written, now=tx.now, grant_ttl=self._policy.verification_ttl,
+                    leg_id=leg.id)
+            except verification.ChallengeUsed as exc:
+                raise Conflict(str(exc)) from None
+            assert check is not None  # the challenge was found above, in this transaction
+            outcome = check.outcome.value
+            by = f"agent {agent_id}" if agent_id else "the agent"
+            if check.grant is not None:
+                identity.mark_proved(tx.conn, parse_address(address), conv.customer_id,
+                                     tx.now, how=check.grant.method)
+                text = (f"caller verified: {by} entered the code sent to {address} "
+                        f"({check.grant.method})")
+            else:
+                text = f"{by} entered a code read back by the caller: {outcome}"
+            conversations.append(
+                tx, customer_id=conv.customer_id, conversation_id=conv.id, leg_id=leg.id,
+                channel=leg.channel, direction="event", kind="system", author="gateway",
+                text=text, data={"event": "step-up", "outcome": outcome,
+                                 "challenge_id": challenge_id})
+            grant = check.grant
+            return CodeChecked(
+                outcome, challenge_id, leg.id, check.attempts_left,
+                address=grant.address if grant else None,
+                method=grant.method if grant else None,
+                verified_at=grant.verified_at if grant else None,
+                expires_at=grant.expires_at if grant else None)
 
         return await self._writes.run(write)
 
@@ -200,6 +271,7 @@ class Desk:
                 source_leg_id=leg.id if leg is not None else None,
                 grant_id=grant.id if grant is not None else None, channel="voice", mode=mode,
                 target_address=target, now=tx.now, ttl=self._policy.escalation_ttl,
+                pins=self._pins,
             )
             if mode == "dial-in":
                 assert leg is not None and issued.pin is not None
@@ -208,7 +280,8 @@ class Desk:
                 text = (f"To continue by phone, call {number} and enter PIN {issued.pin}. "
                         f"It works once, for {minutes} minutes.")
                 message_id = outbound.text_on_leg(tx, leg, conv.customer_id, text, "gateway",
-                                                  transcript_text="[dial-in PIN sent]")
+                                                  transcript_text="[dial-in PIN sent]",
+                                                  secret=issued.pin)
                 return EscalationIssued(issued.id, "voice", mode, issued.expires_at,
                                         grant is not None, message_id, sent_to=leg.address)
             assert target is not None
@@ -237,7 +310,11 @@ class Desk:
             return conv, token.token
 
         conv, token = await self._writes.run(write)
-        bundle = (await self._reader.run(context.bundle_for_token, token, self._clock.now())
+        # The summary goes to an authenticated agent (who may read the whole conversation
+        # through the API anyway): read in full. The context link in it is a capability
+        # anyone holding it may open: that read applies the disclosure policy.
+        bundle = (await self._reader.run(context.bundle_for_token, token, self._clock.now(),
+                                         _EVERYTHING)
                   if token else None)
         customer = (bundle or {}).get("customer") or {}
         verification_json = (bundle or {}).get("verification")
@@ -253,6 +330,9 @@ class Desk:
             last_messages=tuple(messages[-SUMMARY_MESSAGES:]),
             context_url=self._policy.context_url(token) if token else None,
             agent_id=conv.agent_id,
+            disclosure=self._policy.disclosure.level(
+                ((bundle or {}).get("leg") or {}).get("binding") or "",
+                verification_json is not None).value,
         )
 
     # ---- customers ---------------------------------------------------------------------------

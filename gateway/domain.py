@@ -27,6 +27,32 @@ class Conflict(Exception):
     """The request cannot be done in the current state (an API 409); says why."""
 
 
+class CallRefused(Exception):
+    """The core will not route this call. The edge gives the caller a final answer that
+    says why: SIP `status` with `sip_reason` as the reason phrase (no agent rings), Twilio
+    `<Say>spoken</Say><Hangup/>`."""
+
+    status = 403
+    sip_reason = "Forbidden"
+    spoken = "Sorry, we cannot take your call."
+
+
+class PinAttemptsLimited(CallRefused):
+    """Too many wrong escalation PINs: from this source, or from everybody together."""
+
+    def __init__(self, limit: str) -> None:
+        self.limit = limit  # "source" | "global" (gateway.throttle.Limited)
+        if limit == "source":
+            self.sip_reason = "Too Many Wrong PINs"
+            self.spoken = ("Too many wrong PINs were entered from your line. Please try again "
+                           "later, or call without a PIN and ask the agent to verify you.")
+        else:
+            self.sip_reason = "PIN Checks Paused, Too Many Wrong PINs"
+            self.spoken = ("We cannot check PINs right now. Please try again in a few "
+                           "minutes, or call without a PIN and ask the agent to verify you.")
+        super().__init__(f"escalation PIN attempts limited ({limit})")
+
+
 def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with milliseconds, the one time format of the API."""
     if value is None:
@@ -152,6 +178,20 @@ class CallRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeChecked:
+    """An agent entered the code a caller read out (`POST …/verifications/{id}/check`)."""
+
+    outcome: str  # passed | wrong | locked | expired
+    challenge_id: str
+    leg_id: LegId
+    attempts_left: int = 0
+    address: str | None = None  # passed: the address the code proved
+    method: str | None = None
+    verified_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyQueued:
     """An outbound message written to the outbox (`POST …/messages`)."""
 
@@ -226,6 +266,9 @@ class ConversationSummary:
     verified: bool
     verification: str  # "verified by sms-otp, 3 min ago" or the reason it is not
     verification_reason: str
-    last_messages: tuple[dict[str, Any], ...]  # transcript entries as the API shows them
+    last_messages: tuple[dict[str, Any], ...]  # transcript entries as the bundle shows them
     context_url: str | None
     agent_id: str | None
+    # "full" or "limited" (gateway/disclosure.py): in a limited summary a message whose text
+    # is withheld has "withheld": True and "text": None, as in the bundle.
+    disclosure: str = "full"

@@ -80,12 +80,12 @@ class Visibility:
             return True
         if isinstance(event, CallOffered):
             if event.agent_id == me:
-                self._calls.add(event.call_ref)
+                self._calls.add(event.leg_id)  # not call_ref: a caller picks a Call-ID
                 return True
             return False
         if isinstance(event, CallEnded):
-            mine = event.agent_id == me or event.call_ref in self._calls
-            self._calls.discard(event.call_ref)
+            mine = event.agent_id == me or event.leg_id in self._calls
+            self._calls.discard(event.leg_id)
             return mine
         return True
 

@@ -92,7 +92,7 @@ class IncomingCall(Event):
 
     caller: Address | None  # voice:+E164 from caller ID, sip:user@host; None when withheld
     callee: str
-    call_ref: str  # SIP Call-ID or Twilio CallSid: one leg per call
+    call_ref: str  # SIP Call-ID or Twilio CallSid: names the call, never binds it
     provider: str  # "sip" | "twilio"
     pin: str | None = None  # escalation PIN typed or dialled by the caller
     escalation_token: str | None = None  # carried by a callback the gateway placed
@@ -106,10 +106,18 @@ class IncomingCall(Event):
     # Caller-ID attestation (STIR/SHAKEN) where the network gives it: "A", "B" or "C" from a
     # trusted trunk's verstat, or Twilio's StirVerstat value. Evidence, never verification.
     attestation: str | None = None
+    # The provider signed `call_ref` (a CallSid in a signed Twilio webhook): a retried or
+    # next webhook of the same call finds its live leg by it. False for references the
+    # caller chooses (a SIP Call-ID): such a call always gets a new leg.
+    call_ref_signed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class CallEvent(Event):
+    """Progress of a call. `leg_id` is the leg the core returned for it (`CallRoute.leg_id`):
+    how an edge names its call; without one only a provider-signed `call_ref` (a Twilio
+    CallSid) finds that provider's leg."""
+
     call_ref: str
     provider: str
     kind: CallEventKind
@@ -118,3 +126,20 @@ class CallEvent(Event):
     duration_seconds: float | None = None
     detail: str | None = None
     event_id: str | None = None
+    leg_id: str | None = None
+
+
+_VERSTAT_PASSED = ("TN-VALIDATION-PASSED-A", "TN-VALIDATION-PASSED-B", "TN-VALIDATION-PASSED-C")
+
+
+def attestation_of(verstat: str | None) -> str | None:
+    """A STIR/SHAKEN verification status as the gateway records it: "A", "B" or "C" for
+    TN-Validation-Passed-A/B/C, else the value as given (TN-Validation-Failed,
+    No-TN-Validation), None for nothing. Twilio's `StirVerstat` and a trunk's `verstat`
+    use these names (ATIS-1000074, 3GPP TS 24.229)."""
+    if not verstat or not verstat.strip():
+        return None
+    value = verstat.strip()[:40]
+    if value.upper() in _VERSTAT_PASSED:
+        return value[-1].upper()
+    return value

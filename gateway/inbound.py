@@ -97,18 +97,7 @@ class Inbound:
         """Append the placed message (a code answered, never stored in clear); every text a
         channel hands in reaches the transcript through here and `conversations.append`."""
         conn, now = tx.conn, tx.now
-        otp: verification.OtpOutcome | None = None
-        text = event.text
-        code = verification.code_in_text(text) if event.kind == "message" else None
-        if code is not None:
-            check = verification.check_otp(
-                conn, customer_id=customer_id, code=code, now=now,
-                grant_ttl=self._policy.verification_ttl, leg_id=leg_id,
-                conversation_id=conversation_id,
-            )
-            if check.outcome is not verification.OtpOutcome.NONE_PENDING:
-                otp = check.outcome
-                text = "[verification code]"  # the code itself never enters the transcript
+        otp, codes = self._codes(tx, event, customer_id, conversation_id, leg_id)
         data: dict[str, Any] = {}
         if event.attachments:
             data["attachments"] = [
@@ -125,8 +114,9 @@ class Inbound:
         entry_id = conversations.append(
             tx, customer_id=customer_id, conversation_id=conversation_id, leg_id=leg_id,
             channel=event.channel, direction="in", kind=event.kind,
-            author=str(event.sender), text=text, provider=event.provider,
+            author=str(event.sender), text=event.text, provider=event.provider,
             provider_id=event.provider_id, provider_at=event.provider_at, data=data or None,
+            codes=codes,
         )
         tx.log(logging.INFO, "inbound %s %s from %s: conversation %s, leg %s%s",
                event.channel, event.kind, event.sender, conversation_id, leg_id,
@@ -138,6 +128,36 @@ class Inbound:
             leg_id=leg_id, entry_id=entry_id, new_leg=new_leg,
             otp=otp.value if otp is not None else None,
         )
+
+    def _codes(
+        self, tx: Tx, event: InboundMessage, customer_id: CustomerId,
+        conversation_id: ConversationId, leg_id: LegId,
+    ) -> tuple[verification.OtpOutcome | None, tuple[str, ...]]:
+        """A code the message answers (checked, counted) and the digits never to store.
+
+        Only a message that is essentially just a code answers the pending challenge ("my
+        order 482913 is late" does not); its code is replaced in the stored text, the rest
+        kept. Six digits in any other message are stored as written, unless they are the
+        pending code itself (then replaced too, without counting an attempt or telling the
+        sender: a code never enters the transcript, and no one learns whether it matched).
+        """
+        if event.kind != "message":
+            return None, ()
+        found, answers = verification.codes_in_text(event.text)
+        if not found:
+            return None, ()
+        conn, now = tx.conn, tx.now
+        if answers:
+            check = verification.check_otp(
+                conn, customer_id=customer_id, code=found[0].code, now=now,
+                grant_ttl=self._policy.verification_ttl, leg_id=leg_id,
+                conversation_id=conversation_id,
+            )
+            if check.outcome is verification.OtpOutcome.NONE_PENDING:
+                return None, ()
+            return check.outcome, (found[0].written,)
+        return None, tuple(c.written for c in found
+                           if verification.is_pending_code(conn, customer_id, c.code, now))
 
     def _place(
         self, tx: Tx, event: InboundMessage, evidence: Evidence, attested: bool,

@@ -28,6 +28,21 @@ class Metrics:
             "gateway_calls_total", "Calls routed by the SIP edge or Twilio Voice, by outcome",
             ["edge", "outcome"], registry=self.registry,
         )
+        self.pin_attempts = Counter(
+            "gateway_pin_attempts_total",
+            "Escalation PIN attempts by edge and outcome (right, wrong, limited-source, "
+            "limited-global)", ["edge", "outcome"], registry=self.registry,
+        )
+        self.step_ups = Counter(
+            "gateway_step_up_checks_total",
+            "Codes agents entered for a caller (POST …/verifications/{id}/check), by outcome",
+            ["outcome"], registry=self.registry,
+        )
+        self.http_refused = Counter(
+            "gateway_http_refused_total",
+            "HTTP requests refused at the edge, by reason (header-timeout, nested-json)",
+            ["reason"], registry=self.registry,
+        )
         self.sip_messages = Counter(
             "gateway_sip_messages_total", "SIP messages received, by kind",
             ["kind"], registry=self.registry,

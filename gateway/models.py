@@ -140,6 +140,9 @@ class Leg(Base):
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     agent_id: Mapped[str | None] = mapped_column(String(100))
+    # A call's caller-ID attestation (STIR/SHAKEN: "A", "B", "C" or the verstat as written)
+    # from a trusted trunk or Twilio: evidence shown to the agent, never a verification.
+    attestation: Mapped[str | None] = mapped_column(String(40))
     __table_args__ = (
         UniqueConstraint("conversation_id", "channel", "thread_key", name="uq_leg_thread"),
         Index("ix_legs_thread", "channel", "thread_key"),
@@ -220,12 +223,27 @@ class Escalation(Base):
     mode: Mapped[str] = mapped_column(String(10))  # callback | dial-in
     target_address: Mapped[str | None] = mapped_column(String(320))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    pin_hash: Mapped[str | None] = mapped_column(String(64))
-    pin_salt: Mapped[str | None] = mapped_column(String(64))
+    pin_hash: Mapped[str | None] = mapped_column(String(64))  # before 0007; no longer written
+    pin_salt: Mapped[str | None] = mapped_column(String(64))  # before 0007; no longer written
+    # HMAC-SHA256 of the PIN under the server's PIN key (`verification.PinIndex`): a PIN is
+    # found with one indexed look-up; live escalations never share one.
+    pin_lookup: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # used_by_leg_id set, used_at None: the call that presented it holds it (until it is
+    # answered, then used_at is set; a call that reached nobody gives it back).
     used_at: Mapped[datetime | None]
     used_by_leg_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class ServerSecret(Base):
+    """A secret the gateway made itself when none was configured (the PIN look-up key when
+    GATEWAY_PIN_LOOKUP_SECRET is unset), shared by every process on the database."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
 
 
 class ContextToken(Base):

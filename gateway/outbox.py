@@ -157,18 +157,44 @@ def new_outbox_id() -> OutboxId:
     return OutboxId(new_id("out"))
 
 
+SECRET_MARK = "[redacted]"
+
+
 def enqueue(conn: Connection, message: OutboundMessage, now: datetime,
-            transcript_entry_id: int | None = None) -> OutboxId:
-    """Write `message` to the outbox in the caller's transaction; the worker sends it."""
+            transcript_entry_id: int | None = None, secret: str | None = None) -> OutboxId:
+    """Write `message` to the outbox in the caller's transaction; the worker sends it.
+
+    `secret` is a code or PIN inside the message's text: the row keeps it only while the
+    send needs it; once the send is settled (sent, failed for good, or in doubt after a
+    crash) the text is kept with `secret` replaced (`redacted_payload`)."""
+    payload = _payload(message)
+    if secret:
+        text = payload.get("text") or ""
+        at = text.find(secret)
+        if at < 0:
+            raise AssertionError("outbox: the secret is not in the message's text")
+        payload["secret_span"] = [at, at + len(secret)]
     _ENQUEUE.execute(conn, {
         "id": message.id, "conversation_id": message.conversation_id,
         "leg_id": message.leg_id, "channel": message.channel, "kind": str(message.kind),
         "to_address": message.to, "from_address": message.from_,
-        "payload": _payload(message), "status": str(S.PENDING), "attempts": 0,
+        "payload": payload, "status": str(S.PENDING), "attempts": 0,
         "next_attempt_at": now, "lease_until": None, "last_error": None, "provider_id": None,
         "transcript_entry_id": transcript_entry_id, "created_at": now, "updated_at": now,
     })
     return message.id
+
+
+def redacted_payload(payload: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The payload without its secret, or None when it holds none (nothing to change)."""
+    if not payload or "secret_span" not in payload:
+        return None
+    start, end = payload["secret_span"]
+    text = payload.get("text") or ""
+    out = {k: v for k, v in payload.items() if k != "secret_span"}
+    out["text"] = text[:start] + SECRET_MARK + text[end:]
+    out["redacted"] = True
+    return out
 
 
 def read_state(conn: Connection, message_id: str) -> OutboxState | None:
@@ -330,6 +356,14 @@ class OutboxWorker:
         """
         now = self._clock.now()
         async with self._engine.begin() as conn:
+            # In doubt is settled: a code in such a row is never needed again.
+            for message_id, payload in (await conn.execute(
+                    select(OUTBOX.c.id, OUTBOX.c.payload).where(OUTBOX.c.status == S.SENDING)
+            )).all():
+                redacted = redacted_payload(payload)
+                if redacted is not None:
+                    await conn.execute(update(OUTBOX).where(OUTBOX.c.id == message_id)
+                                       .values(payload=redacted))
             result = await conn.execute(
                 update(OUTBOX)
                 .where(OUTBOX.c.status == S.SENDING)
@@ -448,6 +482,10 @@ class OutboxWorker:
                           "provider_id": receipt.provider_id, "last_error": None}
         now = self._clock.now()
         values.update(updated_at=now, lease_until=None)
+        if values["status"] != S.PENDING:  # settled: a code in the row is not needed again
+            redacted = redacted_payload(row["payload"])
+            if redacted is not None:
+                values["payload"] = redacted
         moves = [DeliveryUpdated(message.conversation_id, message.id, values["status"],
                                  values.get("last_error"))]
         async with self._engine.begin() as conn:

@@ -88,7 +88,13 @@ class CarryDecision:
 
 
 def decide_carry(leg: LegFacts, grant: GrantFacts | None, now: datetime) -> CarryDecision:
-    """Decide whether `leg` carries `grant` (the customer's latest grant) and why."""
+    """Decide whether `leg` carries `grant` (the customer's latest grant, or the one proved
+    on this leg) and why."""
+    if (grant is not None and grant.leg_id is not None and grant.leg_id == leg.id
+            and grant.customer_id == leg.customer_id and grant.expires_at > now):
+        # Proved on this very leg (a code answered here, or read back on this call): however
+        # the leg was bound, it is verified now.
+        return CarryDecision(True, Reason.VERIFIED, grant)
     if leg.binding in (Binding.ESCALATION, Binding.CALLBACK) and not leg.escalation_valid:
         return CarryDecision(False, Reason.ESCALATION_INVALID, None)
     if grant is None:

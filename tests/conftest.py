@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from config.settings import AgentConfig, Settings, load_settings
 from connectors.memory import MemoryChannel
 from gateway.agents import AgentDirectory
+from gateway import httpedge
 from gateway.app import CHANNELS, GATEWAY, Gateway, build_app, setup_runner
 from gateway.batching import WriteBatcher
 from gateway.bus import EventBus
@@ -264,7 +265,8 @@ class Gateways:
         app = build_app(load_settings(**overrides), clock=clock,
                         extra_channels=[channel] if channel is not None else [],
                         registry=registry)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = httpedge.runner(app, app[GATEWAY].settings.http_header_timeout_seconds,
+                                 shutdown_timeout=1.0)
         await setup_runner(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

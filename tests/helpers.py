@@ -62,11 +62,15 @@ def email(addr: str, text: str, thread_token_ok: bool = False) -> InboundMessage
 
 
 def call(number: str | None, pin: str | None = None, token: str | None = None,
-         call_ref: str | None = None) -> IncomingCall:
+         call_ref: str | None = None, *, provider: str = "sip", source: str | None = None,
+         attestation: str | None = None) -> IncomingCall:
+    """A call as an edge hands it over: SIP by default (its Call-ID binds nothing); with
+    `provider="twilio"` a CallSid from a signed webhook (it finds its own live leg)."""
     return IncomingCall(
         caller=make_address("voice", number) if number else None, callee="support",
-        call_ref=call_ref or f"call-{next(_ids)}@test", provider="sip", pin=pin,
-        escalation_token=token,
+        call_ref=call_ref or f"call-{next(_ids)}@test", provider=provider, pin=pin,
+        escalation_token=token, call_ref_signed=provider == "twilio", source=source,
+        attestation=attestation,
     )
 
 

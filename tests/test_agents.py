@@ -130,7 +130,8 @@ async def test_the_core_offers_calls_in_turn_and_a_call_s_end_frees_its_agent(
     assert second is not None and second.agent_id != first.agent_id
     assert second.route.context_url == route.context_url
     assert core.router.load(first.agent_id) == 0 and core.router.load(second.agent_id) == 1
-    await core.call_event(CallEvent("c@test", "twilio", "failed", detail="caller hung up"))
+    await core.call_event(CallEvent("c@test", "sip", "failed", detail="caller hung up",
+                                    leg_id=route.leg_id))
     assert core.router.load(second.agent_id) == 0
 
 

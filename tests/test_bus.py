@@ -195,9 +195,10 @@ async def test_a_call_offered_to_an_agent_and_its_end_are_published(
     [offered] = events(drain(sub))
     assert offered == CallOffered(route.conversation_id, route.customer_id, route.leg_id, "12",
                                   route.context_url, "c1@test")
-    await core.call_event(CallEvent("c1@test", "sip", "answered", agent_id="12"))
-    await core.call_event(CallEvent("c1@test", "sip", "ended"))
-    await core.call_event(CallEvent("c1@test", "sip", "ended"))  # the other side's BYE too
+    leg = route.leg_id  # how the SIP edge names its call to the core
+    await core.call_event(CallEvent("c1@test", "sip", "answered", agent_id="12", leg_id=leg))
+    await core.call_event(CallEvent("c1@test", "sip", "ended", leg_id=leg))
+    await core.call_event(CallEvent("c1@test", "sip", "ended", leg_id=leg))  # the other BYE
     said = events(drain(sub))
     assert [type(e).__name__ for e in said] == ["EntryAdded", "CallEnded", "EntryAdded"]
     assert said[1] == CallEnded(route.conversation_id, route.customer_id, route.leg_id, "12",

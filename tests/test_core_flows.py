@@ -377,11 +377,14 @@ async def test_call_events_tell_the_next_leg_who_answered_and_for_how_long(
     from gateway.events import CallEvent
 
     route = await core.open_call(call(NUMBER, call_ref="abc@test"))
-    await core.call_event(CallEvent("abc@test", "sip", "ringing", agent_id="12"))
-    await core.call_event(CallEvent("abc@test", "sip", "answered", agent_id="12"))
+    leg = route.leg_id  # the SIP edge names its call by the leg the core returned
+    await core.call_event(CallEvent("abc@test", "sip", "ringing", agent_id="12", leg_id=leg))
+    await core.call_event(CallEvent("abc@test", "sip", "answered", agent_id="12", leg_id=leg))
     clock.advance(minutes=6, seconds=3)
-    await core.call_event(CallEvent("abc@test", "sip", "ended"))
-    await core.call_event(CallEvent("abc@test", "sip", "ended"))  # the other side's BYE too
+    await core.call_event(CallEvent("abc@test", "sip", "ended", leg_id=leg))
+    await core.call_event(CallEvent("abc@test", "sip", "ended", leg_id=leg))  # the other BYE
+    # A Call-ID alone (the caller chose it) names no leg.
+    assert not await core.call_event(CallEvent("abc@test", "sip", "answered", agent_id="13"))
     chat = await core.ingest(whatsapp(NUMBER, "following up on my call"))
     assert chat.conversation_id == route.conversation_id
     texts = [e["text"] for e in (await core.conversation(route.conversation_id))["transcript"]]
@@ -400,12 +403,25 @@ async def test_context_token_is_long_random_and_expires(core: Core, clock: Froze
     assert await core.bundle("x" * 32) is None
 
 
-async def test_retried_call_setup_reuses_the_leg(core: Core) -> None:
-    first = await core.open_call(call(NUMBER, call_ref="same@test"))
-    again = await core.open_call(call(NUMBER, call_ref="same@test"))
-    assert first.leg_id == again.leg_id
+async def test_a_retried_signed_call_setup_reuses_its_live_leg_and_nothing_else_does(
+    core: Core,
+) -> None:
+    from gateway.events import CallEvent
+
+    # A Twilio CallSid in a signed webhook: the retried (or next) webhook finds its leg.
+    first = await core.open_call(call(NUMBER, call_ref="CAsame", provider="twilio"))
+    again = await core.open_call(call(NUMBER, call_ref="CAsame", provider="twilio"))
+    assert first.leg_id == again.leg_id and first.context_token != again.context_token
+    # The same reference as a SIP Call-ID (the caller picks it) is another call, twice.
+    sip_a = await core.open_call(call(NUMBER, call_ref="CAsame"))
+    sip_b = await core.open_call(call(NUMBER, call_ref="CAsame"))
+    assert len({first.leg_id, sip_a.leg_id, sip_b.leg_id}) == 3
+    # An ended leg is never reopened, not even by its own provider-signed reference.
+    await core.call_event(CallEvent("CAsame", "twilio", "ended"))
+    later = await core.open_call(call(NUMBER, call_ref="CAsame", provider="twilio"))
+    assert later.leg_id not in (first.leg_id, sip_a.leg_id, sip_b.leg_id)
     conv = await core.conversation(first.conversation_id)
-    assert len(conv["legs"]) == 1
+    assert len(conv["legs"]) == 4
 
 
 def test_policy_defaults_match_the_contract() -> None:

@@ -71,6 +71,9 @@ class RecordingSink:
         self.calls.append(incoming)
         return self.sink.open_call(incoming)
 
+    def offer_call(self, route: Any, tried: Any = (), **kwargs: Any) -> Any:
+        return self.sink.offer_call(route, tried, **kwargs)
+
     def call_event(self, event: Any) -> Any:
         return self.sink.call_event(event)
 

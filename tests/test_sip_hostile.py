@@ -26,6 +26,7 @@ from connectors.sip.message import SipResponse
 from connectors.sip.transaction import TimerConfig
 from connectors.sip.transport import Peer
 from gateway.agents import AgentDirectory
+from gateway.channels import CallOffer
 from gateway.clock import SystemClock
 from gateway.metrics import Metrics
 from tests import test_sip_torture as torture
@@ -197,11 +198,24 @@ UAS = ("127.0.0.1", 5072)
 class _Route:
     context_url = "https://gw.example/api/v1/contexts/t0ken"
     conversation_id = "conv_fuzz"
+    leg_id = "leg_fuzz"
 
 
 class _Sink:
+    """A core that stores nothing; the edge's agent directory is its router."""
+
+    def __init__(self, router: AgentDirectory) -> None:
+        self.router = router
+
     async def open_call(self, call: Any) -> _Route:
         return _Route()
+
+    async def offer_call(self, route: _Route, tried: Any = (), *, agent_id: Any = None,
+                         exclude: Any = ()) -> CallOffer | None:
+        target = self.router.offer(route.leg_id, (*tried, *exclude), agent_id)
+        if target is None:
+            return None
+        return CallOffer(target.agent_id, target, route)  # type: ignore[arg-type]
 
     async def call_event(self, event: Any) -> bool:
         return True
@@ -286,7 +300,7 @@ class _FuzzEdge:
              AgentConfig(id="13", sip_user="alice", sip_password="pw")], SystemClock())
         self.metrics = Metrics()
         # Real RFC timers: nothing fires within an example, so each replays the same way.
-        self.edge = SipEdge(SipConfig(port=0, timers=TimerConfig()), sink=_Sink(),
+        self.edge = SipEdge(SipConfig(port=0, timers=TimerConfig()), sink=_Sink(agents),
                             agents=agents, metrics=self.metrics, clock=SystemClock())
         self.loop.run_until_complete(self.edge.start())
         self.sent: list[tuple[bytes, Peer]] = []

@@ -188,9 +188,12 @@ async def verified_twilio_form(
     if verdict is not Verdict.OK:
         rejected(route, verdict.value)
         if verdict is Verdict.NO_SHARED_KEY:
-            log.error("%s: Twilio signed with a Webhooks SharedKey but "
-                      "GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; nothing stored", route)
-            return None, web.Response(status=500, text="signing key not configured\n")
+            # Anyone can send this header: it is a refusal (403), not our failure (500).
+            # The warning says what to set if Twilio really signs with a SharedKey.
+            log.warning("%s: a request from %s says it is signed with a Twilio Webhooks "
+                        "SharedKey, and GATEWAY_TWILIO_WEBHOOK_SHARED_KEY is not set; "
+                        "refused, nothing stored", route, request.remote)
+            return None, web.Response(status=403, text="invalid signature\n")
         if verdict is Verdict.WRONG:
             # The usual cause: Twilio calls a URL (a tunnel, a proxy) other than ours.
             log.warning("%s: wrong X-Twilio-Signature from %s; nothing stored. Checked "

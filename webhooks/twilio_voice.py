@@ -23,8 +23,14 @@ from twilio.twiml.voice_response import VoiceResponse
 from gateway.addresses import Address, AddressError, make_address
 from gateway.agents import AgentDirectory, AgentTarget
 from gateway.channels import CallOffer, InboundSink
-from gateway.domain import CallRoute
-from gateway.events import CallEvent, CallEventKind, DeliveryStatus, IncomingCall
+from gateway.domain import CallRefused, CallRoute
+from gateway.events import (
+    CallEvent,
+    CallEventKind,
+    DeliveryStatus,
+    IncomingCall,
+    attestation_of,
+)
 from gateway.metrics import Metrics
 from webhooks.signatures import TwilioSignature, verified_twilio_form
 
@@ -233,13 +239,28 @@ class TwilioVoiceWebhooks:
             caller=caller_address(customer_side, self.default_region),
             callee=our_side.strip(), call_ref=call_sid, provider="twilio", pin=pin,
             escalation_token=escalation_token,
+            # Twilio signed the request: its CallSid finds this call's own leg again.
+            call_ref_signed=True,
+            # PIN guesses are limited per caller number (what Twilio tells us of the source).
+            source=f"twilio:{customer_side.strip() or 'anonymous'}",
+            # Twilio's STIR/SHAKEN verdict on the caller ID: evidence, never verification.
+            attestation=attestation_of(params.get("StirVerstat")),
         )
 
     async def _route(self, call_sid: str, params: Mapping[str, str], *, pin: str | None,
                      escalation_token: str | None = None) -> VoiceResponse:
-        # The PIN or token is redeemed (open_call) before anyone is asked to take the call.
-        route = await self.core.open_call(
-            self._incoming_call(call_sid, params, pin, escalation_token))
+        # The PIN or token is checked (open_call) before anyone is asked to take the call; a
+        # caller over the guess limit is told so and hung up on, and nobody rings.
+        try:
+            route = await self.core.open_call(
+                self._incoming_call(call_sid, params, pin, escalation_token))
+        except CallRefused as exc:
+            self.metrics.calls.labels("twilio", "refused").inc()
+            log.info("twilio-voice: %s refused by the core: %s", call_sid, exc)
+            response = VoiceResponse()
+            response.say(exc.spoken)
+            response.hangup()
+            return response
         # (the core logs the call's line: call ref, caller, binding, conversation, leg)
         return await self._dial(call_sid, route, tried=())
 
@@ -254,7 +275,7 @@ class TwilioVoiceWebhooks:
             log.warning("twilio-voice: %s: %s", call_sid, detail)
             await self.core.call_event(CallEvent(
                 call_ref=call_sid, provider="twilio", kind="failed", detail=detail,
-                event_id=f"twilio-voice:{call_sid}:no-agent",
+                event_id=f"twilio-voice:{call_sid}:no-agent", leg_id=route.leg_id,
             ))
             response.say(SORRY_NO_AGENT)
             response.hangup()
@@ -269,7 +290,7 @@ class TwilioVoiceWebhooks:
             await self.core.call_event(CallEvent(
                 call_ref=call_sid, provider="twilio", kind="failed",
                 detail=f"agent {offer.agent_id} cannot be dialled",
-                event_id=f"twilio-voice:{call_sid}:bad-uri",
+                event_id=f"twilio-voice:{call_sid}:bad-uri", leg_id=route.leg_id,
             ))
             response.say(SORRY_TROUBLE)
             response.hangup()
@@ -278,7 +299,7 @@ class TwilioVoiceWebhooks:
             await self.core.call_event(CallEvent(
                 call_ref=call_sid, provider="twilio", kind="transferred",
                 detail=f"{why_not}; trying agent {offer.agent_id}",
-                event_id=f"twilio-voice:{call_sid}:try:{offer.agent_id}",
+                event_id=f"twilio-voice:{call_sid}:try:{offer.agent_id}", leg_id=route.leg_id,
             ))
         self.metrics.calls.labels("twilio", "routed").inc()
         return self._bridge(response, offer, tried, uri)
@@ -300,7 +321,7 @@ class TwilioVoiceWebhooks:
         """The `<Dial action>`: the agent's leg is over; hang up, or try the next agent."""
         agent = query.get("agent") or None
         status = params.get("DialCallStatus", "").lower()
-        self.agents.release(call_sid, agent)
+        # The router lets go of the agent when the call is offered to the next one, or ends.
         if status in ("busy", "no-answer", "failed"):
             tried = [a for a in query.get("tried", agent or "").split(",") if a]
             caller_gone = params.get("CallStatus", "").lower() in ENDED
@@ -363,13 +384,10 @@ class TwilioVoiceWebhooks:
         elif status == "completed":
             kind, event_id = "ended", f"twilio-voice:{token}" if token else None
         else:
-            if status in ENDED:
-                # busy / no-answer / failed / canceled: the <Dial action> decides what next.
-                self.agents.release(call_ref, agent)
+            # busy / no-answer / failed / canceled: the <Dial action> decides what next (the
+            # next agent's offer lets go of this one).
             log.debug("twilio-voice: agent leg %s of %s: %s", child_sid, call_ref, status)
             return
-        if kind == "ended":
-            self.agents.release(call_ref, agent)
         known = await self.core.call_event(CallEvent(
             call_ref=call_ref, provider="twilio", kind=kind, agent_id=agent,
             duration_seconds=_seconds(params.get("CallDuration")) if kind == "ended" else None,
@@ -386,10 +404,10 @@ class TwilioVoiceWebhooks:
         if status not in ENDED:
             log.debug("twilio-voice: %s is %s", call_sid, status)
             return
-        agent = self.agents.release(call_sid)  # the agent it was bridged to, if any
         kind: CallEventKind = "ended" if status == "completed" else "failed"
+        # The core knows the agent the call was bridged to (and lets go of them).
         known = await self.core.call_event(CallEvent(
-            call_ref=call_sid, provider="twilio", kind=kind, agent_id=agent,
+            call_ref=call_sid, provider="twilio", kind=kind,
             duration_seconds=_seconds(params.get("CallDuration")),
             detail=None if kind == "ended" else status,
             event_id=f"twilio-voice:{token}" if token else None,

@@ -248,7 +248,8 @@ class WhatsAppWebhooks:
             return web.Response(status=403, text="invalid signature\n")
         try:
             messages, statuses = parse_delivery(json.loads(body), self.api_url)
-        except (ValueError, BadPayload) as exc:  # JSONDecodeError is a ValueError
+        # JSONDecodeError is a ValueError; RecursionError: nested deeper than json parses.
+        except (ValueError, BadPayload, RecursionError) as exc:
             self.metrics.webhook_rejected.labels("whatsapp", "unparseable").inc()
             log.warning("whatsapp: signed delivery refused, nothing stored: %s", exc)
             return web.Response(status=400, text="unreadable payload\n")

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from connectors.sip.edge import SipConfig, SipEdge
-from gateway.channels import ChannelDeps, ChannelInfo, InboundSink, OutboundMessage, SendError
+from gateway.channels import (
+    CallOffer,
+    ChannelDeps,
+    ChannelInfo,
+    InboundSink,
+    OutboundMessage,
+    SendError,
+)
 from gateway.domain import CallRoute
 from gateway.events import CallEvent, IncomingCall
 
@@ -33,6 +40,12 @@ class _LateSink:
     def open_call(self, call: IncomingCall) -> Awaitable[CallRoute]:
         assert self.sink is not None, "the SIP channel is not started"
         return self.sink.open_call(call)
+
+    def offer_call(self, route: CallRoute, tried: Sequence[str] = (), *,
+                   agent_id: str | None = None, exclude: Sequence[str] = ()
+                   ) -> Awaitable[CallOffer | None]:
+        assert self.sink is not None, "the SIP channel is not started"
+        return self.sink.offer_call(route, tried, agent_id=agent_id, exclude=exclude)
 
     def call_event(self, event: CallEvent) -> Awaitable[bool]:
         assert self.sink is not None, "the SIP channel is not started"

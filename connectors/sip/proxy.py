@@ -1,9 +1,13 @@
 """The routing TU of the SIP edge: a transaction-stateful proxy (RFC 3261 section 16).
 
 An INVITE for the gateway (a service user such as a trunk's DID, or an agent's own user)
-becomes one `IncomingCall` for the core, which resolves the caller and issues a context
-token; the INVITE then goes to an agent's phone with `Call-Info` (the context link) and
-`X-Conversation-Id`, a Record-Route, and our Via. Responses come back with our Via removed.
+becomes one `IncomingCall` for the core, which opens the call's leg (checking a PIN, and
+refusing a caller over its PIN guess limit: we answer 403 with the core's reason and nobody
+rings) and issues a context token; the core's router then chooses the agent
+(`offer_call`; the next one when a phone is busy or away). The INVITE goes to that agent's
+phone with `Call-Info` (the context link) and `X-Conversation-Id`, a Record-Route, and our
+Via. Call events name the call by the leg id the core returned, never by its Call-ID.
+Responses come back with our Via removed.
 CANCEL, ACK, BYE and re-INVITE follow the Record-Route (loose routing) through us. Call
 events (ringing, answered by whom, ended, duration) go to the core in tasks the edge owns, so
 the relay of a response never waits for a database write.
@@ -30,7 +34,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -60,6 +64,7 @@ from connectors.sip.transaction import State
 from connectors.sip.transport import Peer
 from gateway.agents import Agent, AgentDirectory, AgentTarget, Contact
 from gateway.clock import Clock
+from gateway.domain import CallRefused
 from gateway.events import CallEvent, CallEventKind, IncomingCall
 from gateway.metrics import Metrics
 
@@ -86,21 +91,37 @@ _STRIP_WITH_ROUTE: Final = _STRIP_ALWAYS | {"route"}  # in-dialog, when our Rout
 # From an initial INVITE also its credentials (meant for us) and its Route (we choose).
 _STRIP_ON_INVITE: Final = _STRIP_ALWAYS | {"proxy-authorization", "route"}
 _DIALOG_PARAM: Final = "dlg"  # in our Record-Route: <sip:host:port;lr;dlg=ID.MAC>
+# An agent's phone answering one of these did not take the call: the next agent may.
+_NEXT_AGENT_ON: Final = frozenset({408, 480, 486, 500, 502, 503, 504, 600, 603})
 MAX_DIALOG_SECONDS: Final = 12 * 3600.0  # a dialog with no BYE after this is forgotten
 _SWEEP_EVERY: Final = 60.0
 
 
 class RoutedCall(Protocol):
-    """What the core answers for a call (`gateway.core.CallRoute`): the link, not the data."""
+    """What the core answers for a call (`gateway.core.CallRoute`): the link, not the data,
+    and the leg id by which the edge names the call from then on."""
 
     context_url: str
     conversation_id: str
+    leg_id: str
+
+
+class OfferedCall(Protocol):
+    """The core's offer of a call to one agent (`gateway.channels.CallOffer`)."""
+
+    agent_id: str
+    target: AgentTarget
 
 
 class CallSink(Protocol):
-    """The core as the SIP edge uses it (`gateway.core.Core`)."""
+    """The core as the SIP edge uses it (`gateway.core.Core`): open the call's leg (which
+    may refuse it: `CallRefused`), offer it to an agent, record its progress."""
 
     def open_call(self, call: IncomingCall) -> Awaitable[RoutedCall]: ...
+
+    def offer_call(self, route: Any, tried: Sequence[str] = (), *,
+                   agent_id: str | None = None, exclude: Sequence[str] = ()
+                   ) -> Awaitable[OfferedCall | None]: ...
 
     def call_event(self, event: CallEvent) -> Awaitable[bool]: ...
 
@@ -138,15 +159,26 @@ class CallState(Enum):
 
 
 class Call:
-    """One call from INVITE to BYE; from the 2xx on, the dialog record (kept small)."""
+    """One call from INVITE to BYE; from the 2xx on, the dialog record (kept small).
+
+    The core names it by `leg_id` (what `open_call` returned): every call event carries
+    that, never the Call-ID, which the caller chose. `dialled` is the agent whose own user
+    the caller dialled (then no other agent is tried); `tried` the agents it was offered to.
+    """
 
     __slots__ = ("call_id", "agent_id", "caller_tag", "caller_peer", "agent_peer",
-                 "answered_at", "state", "dialog_id")
+                 "answered_at", "state", "dialog_id", "leg_id", "route", "dialled", "tried",
+                 "exclude")
 
-    def __init__(self, call_id: str, agent_id: str, caller_tag: str | None,
-                 caller_peer: Peer) -> None:
+    def __init__(self, call_id: str, caller_tag: str | None, caller_peer: Peer, *,
+                 dialled: str | None = None, exclude: tuple[str, ...] = ()) -> None:
         self.call_id = call_id
-        self.agent_id = agent_id
+        self.agent_id: str | None = None  # the agent it is offered to now
+        self.leg_id: str | None = None
+        self.route: RoutedCall | None = None
+        self.dialled = dialled
+        self.exclude = exclude
+        self.tried: list[str] = []
         self.caller_tag = caller_tag
         self.caller_peer = caller_peer  # the caller's flow (where its INVITE came from)
         self.agent_peer: Peer | None = None  # where its INVITE went, then where the 2xx came from
@@ -199,7 +231,7 @@ class Forward:
     """A request being relayed: its server transaction, its client transaction (None while
     an INVITE is being routed) and, for an initial INVITE, its Call."""
 
-    __slots__ = ("server", "client", "call", "state", "timer", "outcome")
+    __slots__ = ("server", "client", "call", "state", "timer", "outcome", "refusal")
 
     def __init__(self, server: ServerTxn, call: Call | None = None) -> None:
         self.server = server
@@ -208,6 +240,9 @@ class Forward:
         self.state = Forwarding.ROUTING
         self.timer: asyncio.TimerHandle | None = None
         self.outcome: Outcome | None = None
+        # The last agent phone's refusal (status, reason, the response; None for a timeout):
+        # what the caller gets when no other agent can take the call (RFC 3261 16.7 step 6).
+        self.refusal: tuple[int, str | None, SipResponse | None] | None = None
 
     @property
     def final(self) -> bool:
@@ -296,7 +331,8 @@ class Proxy:
         return f"{self._rr_prefix}{call.dialog_id}.{mac}>"
 
     def _remember(self, call: Call) -> None:
-        self.dialogs[call.dialog_id] = call
+        if self.dialogs.setdefault(call.dialog_id, call) is call and call.tried[1:]:
+            return  # offered to the next agent: remembered already
         self._by_call_id.setdefault(call.call_id, []).append(call)
 
     def _forget_call(self, call: Call) -> None:
@@ -397,17 +433,11 @@ class Proxy:
             if result is not AuthResult.OK:
                 io.respond(server, self.auth.refusal(request, result, "Proxy-Authenticate", 407))
                 return
-        if agent is not None:
-            target = self._target_of(agent)
-        else:
-            exclude = (caller_agent.id,) if caller_agent is not None else ()
-            target = self.agents.pick(exclude=exclude)
-        if target is None:
-            self._count("no-agent")
-            io.reply(server, 480, headers=[("Retry-After", str(self.retry_after))])
-            return
-        self.agents.call_started(target.agent_id)  # now, so concurrent calls spread out
-        call = Call(request.call_id, target.agent_id, request.from_addr.tag, server.source)
+        # Which agent takes it (and whether anyone can) is the core's answer, after the core
+        # has opened the call's leg and checked its PIN: see `_route`.
+        call = Call(request.call_id, request.from_addr.tag, server.source,
+                    dialled=agent.id if agent is not None else None,
+                    exclude=(caller_agent.id,) if caller_agent is not None else ())
         forward = Forward(server, call)
         server.forward = forward
         # X-Context (a leg an upstream edge opened) and caller-ID attestation are believed
@@ -424,46 +454,103 @@ class Proxy:
             source=source,
             attestation=attestation(request) if trusted else None,
         )
-        io.spawn(self._route(forward, request, target, incoming), "sip-route")
+        io.spawn(self._route(forward, incoming), "sip-route")
 
-    async def _route(self, forward: Forward, request: SipRequest, target: AgentTarget,
-                     incoming: IncomingCall) -> None:
+    async def _route(self, forward: Forward, incoming: IncomingCall) -> None:
+        """The core opens the call's leg (a PIN is checked there, before any agent is asked)
+        and then offers the call to an agent; we only translate its answers."""
         call = forward.call
         assert call is not None
         try:
             route = await self.sink.open_call(incoming)
+        except CallRefused as exc:
+            call.state = CallState.ENDED
+            self._count("refused")
+            log.info("SIP: call %s from %s refused by the core: %s", call.call_id[:80],
+                     forward.server.source.host, exc)
+            if not forward.final:
+                self._final(forward, exc.status, reason=exc.sip_reason)
+            return
         except Exception:
             log.exception("SIP: the core could not open call %s; answering 500", call.call_id)
             call.state = CallState.ENDED
-            self.agents.call_ended(call.agent_id)
             self._count("error")
             if not forward.final:
                 self._final(forward, 500)
             return
+        call.leg_id = route.leg_id
+        call.route = route
         if forward.state is not Forwarding.ROUTING:  # CANCEL came meanwhile: 487 was sent
             self._unanswered(forward, 487)
             return
-        peer = await self._peer_of_contact(target.contact)
+        await self._offer(forward)
+
+    async def _offer(self, forward: Forward, why_not: str | None = None) -> None:
+        """Offer the call to the next agent through the core's router, and send it there;
+        480 to the caller when nobody (else) can take it."""
+        call = forward.call
+        assert call is not None and call.route is not None
+        offer = await self.sink.offer_call(call.route, tuple(call.tried),
+                                           agent_id=call.dialled, exclude=call.exclude)
+        if forward.state is not Forwarding.ROUTING:
+            if offer is not None:
+                call.agent_id = offer.agent_id
+            self._unanswered(forward, 487)  # CANCEL came meanwhile; the end frees the agent
+            return
+        if offer is None:
+            if forward.refusal is not None:  # nobody else: the last phone's answer goes up
+                status, reason, response = forward.refusal
+                self._unanswered(forward, status, reason)
+                if response is not None:
+                    forward.state = Forwarding.ANSWERED
+                    self.io.respond(forward.server, _upstream(response, final_error=True))
+                else:
+                    self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+                return
+            self._count("no-agent")
+            self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
+            self._unanswered(forward, 480, detail="no agent available")
+            return
+        call.agent_id = offer.agent_id
+        call.tried.append(offer.agent_id)
+        if why_not is not None:
+            self._event(call, "transferred", detail=f"{why_not}; trying agent {offer.agent_id}")
+        peer = await self._peer_of_contact(offer.target.contact)
         if forward.state is not Forwarding.ROUTING:
             self._unanswered(forward, 487)
             return
         if peer is None:
             log.warning("SIP: agent %s's contact %s is unreachable", call.agent_id,
-                        target.contact.uri)
+                        offer.target.contact.uri)
             self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
-            self._unanswered(forward, 480)
+            self._unanswered(forward, 480, detail=f"agent {call.agent_id} is unreachable")
             return
+        route = call.route
+        request = forward.server.request
         headers = self._headers_onward(request, forward.server.source, peer, _STRIP_ON_INVITE)
         headers.add("Record-Route", self.record_route(call), first=True)
         headers.add("Call-Info", f"<{route.context_url}>;purpose=info")
         headers.add("X-Conversation-Id", route.conversation_id)
-        onward = SipRequest("INVITE", target.contact.uri, headers, request.body)
+        onward = SipRequest("INVITE", offer.target.contact.uri, headers, request.body)
         self._routed.inc()
         forward.state = Forwarding.RELAYING
         call.agent_peer = peer
         self._remember(call)
         forward.client = self.io.forward(onward, peer, forward)
         forward.timer = self._later(self.ring_timeout, self._ring_timeout, forward)
+
+    def _try_next(self, forward: Forward, why_not: str) -> bool:
+        """After the agent's phone refused or never answered: offer the call to the next
+        agent (the router's choice), unless the caller dialled that agent or gave up."""
+        call = forward.call
+        if (call is None or call.dialled is not None or forward.outcome is not None
+                or forward.state is not Forwarding.RELAYING or call.answered_at is not None
+                or call.ended):
+            return False
+        forward.state = Forwarding.ROUTING
+        forward.client = None
+        self.io.spawn(self._offer(forward, why_not), "sip-route")
+        return True
 
     def _claimed_agent(self, request: SipRequest) -> Agent | None:
         """The agent the From header claims to be, when it names one of ours on our host."""
@@ -474,15 +561,6 @@ class Proxy:
         if uri.user is None or uri.host.lower() not in self._hosts:
             return None
         return self.agents.by_sip_user(unescape(uri.user))
-
-    def _target_of(self, agent: Agent) -> AgentTarget | None:
-        contacts = agent.contacts(self.clock.now())
-        if not contacts:
-            return None
-        registered = [c for c in contacts if c.expires_at is not None]
-        if registered:  # as AgentDirectory.pick: the longest-lasting binding is the newest
-            return AgentTarget(agent.id, max(registered, key=lambda c: c.expires_at))  # type: ignore[arg-type, return-value]
-        return AgentTarget(agent.id, contacts[0])
 
     async def _peer_of_contact(self, contact: Contact) -> Peer | None:
         """Where to send a call for `contact`: the flow its REGISTER came from (NAT-proof, and
@@ -664,9 +742,14 @@ class Proxy:
             if not self.io.respond(forward.server, upstream):
                 self.io.send(upstream, forward.server.peer)
             return
-        # 3xx-6xx: the client transaction ACKs it; pass it up unless we already answered.
+        # 3xx-6xx: the client transaction ACKs it; pass it up unless we already answered,
+        # or offer the call to the next agent when this one's phone is busy or away.
         self._stop_timer(forward)
         if call is not None:
+            if status in _NEXT_AGENT_ON:
+                forward.refusal = (status, response.reason, response)
+                if self._try_next(forward, f"agent {call.agent_id}'s phone answered {status}"):
+                    return
             self._unanswered(forward, status, response.reason)
         if not forward.final:
             forward.state = Forwarding.ANSWERED
@@ -707,6 +790,9 @@ class Proxy:
         self._stop_timer(forward)
         call = forward.call
         if call is not None:
+            forward.refusal = (480, reason or "agent did not answer", None)
+            if self._try_next(forward, f"agent {call.agent_id}'s phone did not answer"):
+                return
             self._unanswered(forward, 480, reason or "agent did not answer")
             if not forward.final:
                 self._final(forward, 480, headers=[("Retry-After", str(self.retry_after))])
@@ -819,20 +905,22 @@ class Proxy:
 
     # ---- call records --------------------------------------------------------------------------
 
-    def _unanswered(self, forward: Forward, status: int, reason: str | None = None) -> None:
-        """The call ends before anyone answered: free the agent, record why."""
+    def _unanswered(self, forward: Forward, status: int, reason: str | None = None, *,
+                    detail: str | None = None) -> None:
+        """The call ends before anyone answered: record why (the core frees the agent)."""
         call = forward.call
         if call is None or call.ended or call.answered_at is not None:
             return
         call.state = CallState.ENDED
         self._forget_call(call)
-        self.agents.call_ended(call.agent_id)
         if forward.outcome is Outcome.CANCELLED:
             self._count("cancelled")
             self._event(call, "ended", detail="caller hung up before answer")
         elif forward.outcome is Outcome.NO_ANSWER:
             self._count("no-answer")
             self._event(call, "failed", agent_id=call.agent_id, detail=reason)
+        elif detail is not None:  # nobody took it, or the agent's phone cannot be reached
+            self._event(call, "failed", detail=detail)
         else:
             self._count("failed")
             detail = f"agent's phone answered {status}" + (f" {reason}" if reason else "")
@@ -845,7 +933,6 @@ class Proxy:
         call.state = CallState.ENDED
         self._forget_call(call)
         self.metrics.dialogs.dec()
-        self.agents.call_ended(call.agent_id)
         duration = time.monotonic() - (call.answered_at or time.monotonic())
         self._event(call, "ended", agent_id=call.agent_id, duration=duration, detail=detail)
 
@@ -858,8 +945,10 @@ class Proxy:
 
     def _event(self, call: Call, kind: CallEventKind, *, agent_id: str | None = None,
                duration: float | None = None, detail: str | None = None) -> None:
+        if call.leg_id is None:
+            return  # the core never opened a leg for it (refused, or it failed first)
         event = CallEvent(call_ref=call.call_id, provider="sip", kind=kind, agent_id=agent_id,
-                          duration_seconds=duration, detail=detail)
+                          duration_seconds=duration, detail=detail, leg_id=call.leg_id)
         self.io.spawn(self._record(event), "sip-call-event")
 
     async def _record(self, event: CallEvent) -> None:
@@ -877,11 +966,11 @@ class Proxy:
 
     def _final(self, forward: Forward, status: int,
                headers: Iterable[tuple[str, str]] = (), *,
-               then: Forwarding = Forwarding.ANSWERED) -> None:
+               then: Forwarding = Forwarding.ANSWERED, reason: str | None = None) -> None:
         """Answer the caller ourselves (`then`: the state after, a final one)."""
         self._stop_timer(forward)
         forward.state = then
-        self.io.reply(forward.server, status, headers=headers)
+        self.io.reply(forward.server, status, reason, headers=headers)
 
     def _refused(self, server: ServerTxn, status: int, reason: str | None = None) -> None:
         """Refuse a request that would take us somewhere we do not relay to."""

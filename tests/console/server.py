@@ -10,7 +10,7 @@ call then. `offer_call` is the shortcut for tests that need a call leg, not the 
 opens a call and has the core's router offer it to one agent (the same `offer_call` the
 Twilio Voice webhook uses). `CheckStandIn` is TEST-ONLY: it
 stands in for POST /api/v1/conversations/{id}/verifications/{challenge_id}/check, which
-branch `trust` builds; delete it (and `check_requests`) when that endpoint lands.
+branch `trust` built; it now only keeps what the outbox sends (the real endpoint serves).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class CheckStandIn(MemoryChannel):
         self.requests: list[dict[str, Any]] = []
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
-        return [web.post(CHECK_PATH, self._check)]
+        return []  # the real endpoint landed with branch `trust`; kept as the memory channel
 
     async def _check(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -132,10 +132,6 @@ class WorkspaceGateway:
     @property
     def memory(self) -> MemoryChannel | None:
         return self.check if self.twilio is None else None
-
-    @property
-    def check_requests(self) -> list[dict[str, Any]]:
-        return self.check.requests
 
     async def api(self, method: str, path: str, token: str | None = AGENT_TOKEN,
                   **kwargs: Any) -> tuple[int, Any]:

@@ -164,12 +164,15 @@ async def test_reply_send_a_code_and_check_the_code_a_caller_reads_out(
     route = await ws.offer_call(number, "alice")
     await expect(page.locator("#pop")).to_be_visible()
     await expect(page.locator("#check-send")).to_be_enabled()
-    await page.fill("#check-code", "123 456")
+    await page.fill("#check-code", f"{code[:3]} {code[3:]}")
     await page.click("#check-send")
     await expect(page.locator("#action-notice")).to_contain_text("the call is verified")
-    challenge = ws.check_requests[0]
-    assert challenge["code"] == "123456" and challenge["leg_id"] == route.leg_id
-    assert challenge["conversation_id"] == route.conversation_id and challenge["challenge_id"]
+    # The real endpoint (branch `trust`): the call's own context link is now full.
+    async with ws.http.get(route.context_url.replace(ws.gw.settings.public_url,
+                                                     ws.url)) as resp:
+        bundle = await resp.json()
+    assert bundle["leg"]["id"] == route.leg_id and bundle["disclosure"] == "full"
+    assert bundle["verification"] is not None
     # Times are the agent's: this context runs in Asia/Kolkata.
     first = page.locator("#timeline li time").first
     iso = await first.get_attribute("datetime")

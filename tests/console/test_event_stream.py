@@ -4,6 +4,7 @@ streams are open."""
 
 from __future__ import annotations
 
+
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.bus import QUEUE, REPLAY, CallEnded, ConversationAssigned
+from gateway.domain import LegId
 from tests.conftest import AGENT_TOKEN, BUSINESS_SMS
 from tests.console.server import ALICE_TOKEN, BOB_TOKEN, SseReader, WorkspaceGateway
 from tests.console.test_openapi import checker
@@ -100,8 +102,9 @@ async def test_agents_get_their_own_calls_and_every_message(ws: WorkspaceGateway
             stream(ws) as service:
         await ws.offer_call("+14155550144", "bob")
         alices = await ws.offer_call("+14155550145", "alice")
-        ws.bus.publish([CallEnded(alices.conversation_id, alices.customer_id, alices.leg_id,
-                                  None, "unanswered-ref")])
+        # The end of a call nobody was offered (its own leg; calls are matched by leg id).
+        ws.bus.publish([CallEnded(alices.conversation_id, alices.customer_id,
+                                  LegId("leg_unoffered"), None, "unanswered-ref")])
         ws.bus.publish([ConversationAssigned(alices.conversation_id, alices.customer_id,
                                              "alice", None)])
         await ws.core.ingest(whatsapp("+14155550146", "last one"))

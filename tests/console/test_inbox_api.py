@@ -57,7 +57,7 @@ async def test_status_channel_and_agent_filters(ws: WorkspaceGateway, clock: Fro
     clock.advance(seconds=1)
     route = await ws.core.open_call(call("+14155550113", call_ref="call-filter@test"))
     await ws.core.call_event(CallEvent(call_ref="call-filter@test", kind="answered",
-                                       provider="sip", agent_id="bob"))
+                                       provider="sip", agent_id="bob", leg_id=route.leg_id))
     await ws.core.close_conversation(text_msg.conversation_id)
 
     ids = lambda page: {i["id"] for i in page["items"]}
@@ -143,12 +143,14 @@ async def test_timeline_across_channels_with_delivery_calls_and_escalations(
     escalation = await ws.core.escalate(first.conversation_id, "voice", "dial-in")
     pin = code_from((await ws.memory.wait_for(2))[1].text or "")
     clock.advance(seconds=30)
-    await ws.core.open_call(call("+14155550199", pin=pin, call_ref="call-tl@test"))
+    # The SIP edge names its call by the leg the core returned, never by the Call-ID.
+    leg = (await ws.core.open_call(call("+14155550199", pin=pin, call_ref="call-tl@test"))
+           ).leg_id
     await ws.core.call_event(CallEvent(call_ref="call-tl@test", kind="answered",
-                                       provider="sip", agent_id="alice"))
+                                       provider="sip", agent_id="alice", leg_id=leg))
     clock.advance(seconds=125)
     await ws.core.call_event(CallEvent(call_ref="call-tl@test", kind="ended", provider="sip",
-                                       agent_id="alice"))
+                                       agent_id="alice", leg_id=leg))
     status, view = await ws.api("GET", f"/api/v1/conversations/{first.conversation_id}/timeline")
     assert status == 200
     assert [leg["channel"] for leg in view["legs"]] == ["whatsapp", "voice"]

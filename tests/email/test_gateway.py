@@ -360,7 +360,10 @@ async def test_an_email_legs_bundle_shows_the_whatsapp_sms_and_call_legs_before_
     assert bundle["leg"]["id"] == email_leg["id"]
     said = [e["text"] for e in bundle["transcript"]]
     assert "My parcel is late" in said and "Texting too: order 4711" in said
-    assert said[-1] == "Here by mail"
+    # Disclosure (CONTRACT.md): a From header alone carries no verification, so the bundle
+    # is limited: what was said after the verification (this mail too) is withheld.
+    assert bundle["disclosure"] == "limited"
+    assert bundle["transcript"][-1]["withheld"] and said[-1] is None
     # A From header alone never carries the verification (the trust rules).
     assert bundle["verification"] is None
     assert bundle["verification_reason"] == "address-not-attested"
