@@ -1,7 +1,7 @@
 """agents' SIP registrations in the database, shared by the gateways behind Kamailio
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 00:20:00.000000
 
 With GATEWAY_SIP_SHARED_REGISTRATIONS a gateway writes the bindings its registrar accepts
@@ -15,8 +15,8 @@ from alembic import op
 
 from gateway.models import UtcDateTime
 
-revision = '0007'
-down_revision = '0006'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
