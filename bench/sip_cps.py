@@ -184,6 +184,7 @@ async def serve_route_api(port: int, database_url: str, uas_address: str) -> Non
     app = build_app(settings, registry=())
     gw = app[GATEWAY]
     answered: dict[str, float] = {}
+    legs: dict[str, str] = {}  # Call-ID -> the leg the core opened (events name the leg)
 
     async def route(request: web.Request) -> web.Response:
         q = request.query
@@ -195,10 +196,11 @@ async def serve_route_api(port: int, database_url: str, uas_address: str) -> Non
         found = await gw.core.open_call(IncomingCall(
             caller=caller, callee=q.get("user") or "service", call_ref=call_ref,
             provider="sip", source=q.get("source")))
-        target = gw.agents.offer(call_ref)
-        if target is None:
+        offer = await gw.core.offer_call(found)
+        if offer is None:
             return web.Response(status=480)
-        return web.Response(text=f"{target.contact.uri}|{found.context_url}|"
+        legs[call_ref] = found.leg_id
+        return web.Response(text=f"{offer.target.contact.uri}|{found.context_url}|"
                                  f"{found.conversation_id}")
 
     async def event(request: web.Request) -> web.Response:
@@ -209,9 +211,10 @@ async def serve_route_api(port: int, database_url: str, uas_address: str) -> Non
             answered[call_ref] = now
         else:
             duration = now - answered.pop(call_ref, now)
-            gw.agents.release(call_ref)
+        leg_id = legs.pop(call_ref, None) if kind == "ended" else legs.get(call_ref)
         await gw.core.call_event(CallEvent(call_ref=call_ref, provider="sip", kind=kind,
-                                           agent_id="12", duration_seconds=duration))
+                                           agent_id="12", duration_seconds=duration,
+                                           leg_id=leg_id))
         return web.Response(text="ok")
 
     app.router.add_get("/bench/route", route)
