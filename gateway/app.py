@@ -38,6 +38,7 @@ from gateway.httpedge import console_headers
 from gateway.metrics import Metrics
 from gateway.instances import PeerLink, new_instance_id
 from gateway.outbox import OutboxWorker
+from gateway.registrations import SharedRegistrations
 from gateway.store import is_sqlite, make_engine, upgrade
 from gateway.workspace_api import Workspace
 
@@ -74,6 +75,7 @@ class Gateway:
     channels: dict[str, Channel] = field(default_factory=dict)
     off: dict[str, str] = field(default_factory=dict)  # channel name -> what turns it on
     started: bool = False
+    shared_registrations: SharedRegistrations | None = None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -89,7 +91,16 @@ class Gateway:
             "peers": None if self.link is None else {
                 "events_sent": self.link.sent, "events_heard": self.link.heard,
                 "events_dropped": self.link.dropped},
+            **self._registrations(),
         }
+
+    def _registrations(self) -> dict[str, Any]:
+        shared = self.shared_registrations
+        if shared is None:
+            return {}
+        return {"sip_registrations": {
+            "syncs": shared.syncs, "holder": shared.holder,
+            "held_elsewhere": sum(len(agent.shared) for agent in self.agents)}}
 
     def report(self) -> list[ChannelReport]:
         """What `gateway serve` prints: each channel mounted (with the URLs to paste into
@@ -198,6 +209,18 @@ def build_app(
             await engine.dispose()
 
     lifecycles: list[Lifecycle] = [database]
+    if settings.sip_shared_registrations:
+        shared = gw.shared_registrations = SharedRegistrations(
+            engine, agents, clock, interval=settings.sip_registration_sync_seconds)
+
+        async def share_registrations(app: web.Application) -> AsyncIterator[None]:
+            await shared.start()  # before SIP starts, after SIP stops
+            try:
+                yield
+            finally:
+                await shared.aclose()
+
+        lifecycles.append(share_registrations)
     for channel in channels:
         if channel.name in gw.channels:
             raise ValueError(f"two channels are called {channel.name!r}")

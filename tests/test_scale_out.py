@@ -65,11 +65,13 @@ class GatewayProcess:
 
     child: _Child
     url: str = ""
+    sip_port: int = 0
 
     @classmethod
     def start(cls, name: str, database_url: str, twilio: TwilioStandin,
               directory: Path, **extra: str) -> GatewayProcess:
-        """`extra`: more settings, by their environment names (GATEWAY_OUTBOX_ENABLED…)."""
+        """`extra`: more settings, by their environment names (`GATEWAY_OUTBOX_ENABLED`,
+        `GATEWAY_AGENTS="[...]"`…)."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "GATEWAY_DATABASE_URL": database_url, "GATEWAY_HTTP_PORT": "0",
                "GATEWAY_SIP_PORT": "0", "GATEWAY_AGENT_TOKEN": AGENT_TOKEN,
@@ -82,9 +84,12 @@ class GatewayProcess:
                           cwd=ROOT, env=env))
 
     def _listening(self) -> bool:
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.child.output())
+        output = self.child.output()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", output)
         if found:
             self.url = found.group(1)
+            sip = re.search(r"sip:127\.0\.0\.1:(\d+)", output)
+            self.sip_port = int(sip.group(1)) if sip else 0
         return bool(found) or not self.child.alive()
 
     async def ready(self) -> None:

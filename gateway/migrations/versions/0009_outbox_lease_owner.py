@@ -1,7 +1,7 @@
 """outbox leases are owned by a gateway instance
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02 00:25:00.000000
 
 Every gateway sends the outbox (issue 12, point 3). A row being sent names the instance that
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
