@@ -254,7 +254,7 @@ async def test_screen_pop_opens_the_context_of_the_sip_call_ringing_the_agents_p
     # not pop on Alice's console; Bob stays on it, so Alice is the least busy agent.
     other = await phones("other-caller")
     dialling_bob = asyncio.create_task(other.dial("bob", "+14155550299"))
-    bob_invite = await bob_phone.ringing()
+    bob_invite = await bob_phone.ringing(timeout=15)
     bob_dialog = await bob_phone.pick_up(bob_invite)
     other_dialog = await dialling_bob
     await ws.sms("+14155550232", "marker after bob's call")
@@ -265,7 +265,7 @@ async def test_screen_pop_opens_the_context_of_the_sip_call_ringing_the_agents_p
     ann = await phones("ann")
     started = time.monotonic()
     dialling = asyncio.create_task(ann.dial(f"support*{pin}", "+14155550298"))
-    invite = await alice_phone.ringing()
+    invite = await alice_phone.ringing(timeout=15)
     await expect(page.locator("#pop-title")).to_have_text("Incoming call")
     print(f"screen pop after {1000 * (time.monotonic() - started):.0f} ms")
     assert not dialling.done()  # still ringing: nobody has picked up
