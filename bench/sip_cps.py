@@ -3,6 +3,7 @@
 Run by hand (not in CI):  .venv/bin/python bench/sip_cps.py [--step-seconds 10]
                               [--gateway-rates 100,200,...] [--kamailio-rates 1000,...]
                               [--delay-rate 100] [--dialogs 20000] [--skip-edge-only]
+                              [--skip-single] [--skip-scale-out] [--skip-whole-edge]
 
 In one run, with SIPp's built-in uac (`-d 10`) placing calls on loopback and a SIPp UAS that
 answers 200 without 180 (BASELINES.md: two relay workers may reorder 180/200), it drives
@@ -11,6 +12,13 @@ answers 200 without 180 (BASELINES.md: two relay workers may reorder 180/200), i
       answered and ended in the transcript) -> uas,
   (c) uac -> the SIP edge alone on a core that stores nothing -> uas: what SIP costs apart
       from the database,
+and, for several gateways (issue 12; docs/scale-out.md), with a uac and UAS that keep the
+route set (bench/sipp/):
+  (d0) uac -> the repo's Kamailio dispatcher (config/kamailio/kamailio.cfg) -> uas,
+  (b') uac -> one gateway on PostgreSQL -> uas,
+  (d)  uac -> the same Kamailio dispatcher -> two gateways on one PostgreSQL -> uas,
+  (e)  uac -> Kamailio as the whole SIP edge (bench/kamailio_whole_edge.cfg, a prototype)
+       asking one gateway on PostgreSQL over HTTP for each call's route -> uas,
 each relay in its own process, stepping the rate up (10 s of calls per step) until a step
 fails (>= 0.1% of calls failed, or calls left unfinished), and reports the last clean step
 of each, the ratio b/a (target >= 0.3) and b >= 1,000 CPS. It then measures the setup delay
@@ -53,6 +61,9 @@ from tests.peers import (  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 CALL_LENGTH_MS = 10
+# Behind the record-routing Kamailio dispatcher, ACK and BYE must follow the route set.
+UAC_ROUTE_SET = ROOT / "bench" / "sipp" / "uac_route_set.xml"
+UAS_COPYING_ROUTE = ROOT / "bench" / "sipp" / "uas_answer_copying_route.xml"
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -122,17 +133,18 @@ class Relay:
                 self.proc.wait(5)
 
 
-def start_gateway(uas_address: str, directory: Path) -> Relay:
+def start_gateway(uas_address: str, directory: Path, *, database_url: str | None = None,
+                  name: str = "gateway") -> Relay:
     port = _free_port_both()
     env = {**os.environ,
-           "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/gateway.db",
+           "GATEWAY_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{directory}/gateway.db",
            "GATEWAY_HTTP_PORT": str(_free_port_both()), "GATEWAY_SIP_PORT": str(port),
            "GATEWAY_AGENT_TOKEN": "bench-token-0123456789abcdef",
            "GATEWAY_AGENTS": json.dumps([{"id": "12", "contact": f"sip:agent@{uas_address}"}]),
            "GATEWAY_SIP_SERVICE_USERS": '["service"]', "GATEWAY_LOG_LEVEL": "WARNING",
            "GATEWAY_OUTBOX_ENABLED": "false"}
     argv = [sys.executable, "-m", "gateway", "serve"]
-    return Relay("gateway", argv, env, port, directory)
+    return Relay(name, argv, env, port, directory)
 
 
 def start_edge_only(uas_address: str, directory: Path) -> Relay:
@@ -159,6 +171,75 @@ async def serve_edge_only(port: int, uas_address: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await edge.aclose()
+
+
+async def serve_route_api(port: int, database_url: str, uas_address: str) -> None:
+    """(e)'s gateway: the real gateway (core, PostgreSQL, agent router; no SIP channel) plus
+    the two HTTP calls a Kamailio that is the whole SIP edge would make
+    (bench/kamailio_whole_edge.cfg), until SIGTERM. A prototype for measuring, not an API."""
+    from aiohttp import web
+
+    from config.settings import load_settings
+    from connectors.sip.grammar import NameAddr
+    from connectors.sip.routing import _address_of
+    from gateway.app import GATEWAY, build_app, setup_runner
+    from gateway.events import CallEvent, IncomingCall
+
+    os.environ.update({
+        "GATEWAY_DATABASE_URL": database_url, "GATEWAY_HTTP_PORT": str(port),
+        "GATEWAY_AGENT_TOKEN": "bench-token-0123456789abcdef", "GATEWAY_LOG_LEVEL": "WARNING",
+        "GATEWAY_AGENTS": json.dumps([{"id": "12", "contact": f"sip:agent@{uas_address}"}]),
+        "GATEWAY_OUTBOX_ENABLED": "false"})
+    settings = load_settings()
+    app = build_app(settings, registry=())
+    gw = app[GATEWAY]
+    answered: dict[str, float] = {}
+    legs: dict[str, str] = {}  # Call-ID -> the leg the core opened (events name the leg)
+
+    async def route(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            caller = _address_of(NameAddr.parse(f"<{q['from']}>").uri, None)[1]
+        except Exception:
+            caller = None
+        call_ref = q["call"]
+        found = await gw.core.open_call(IncomingCall(
+            caller=caller, callee=q.get("user") or "service", call_ref=call_ref,
+            provider="sip", source=q.get("source")))
+        offer = await gw.core.offer_call(found)
+        if offer is None:
+            return web.Response(status=480)
+        legs[call_ref] = found.leg_id
+        return web.Response(text=f"{offer.target.contact.uri}|{found.context_url}|"
+                                 f"{found.conversation_id}")
+
+    async def event(request: web.Request) -> web.Response:
+        kind, call_ref = request.query["kind"], request.query["call"]
+        now = time.monotonic()
+        duration = None
+        if kind == "answered":
+            answered[call_ref] = now
+        else:
+            duration = now - answered.pop(call_ref, now)
+        leg_id = legs.pop(call_ref, None) if kind == "ended" else legs.get(call_ref)
+        await gw.core.call_event(CallEvent(call_ref=call_ref, provider="sip", kind=kind,
+                                           agent_id="12", duration_seconds=duration,
+                                           leg_id=leg_id))
+        return web.Response(text="ok")
+
+    app.router.add_get("/bench/route", route)
+    app.router.add_get("/bench/event", event)
+    runner = web.AppRunner(app, access_log=None)
+    await setup_runner(runner)
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    print("route api listening", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
 
 
 class _Route:
@@ -219,12 +300,15 @@ class Step:
 
 
 async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: bool = False,
-                  relay_pid: int | None = None) -> Step:
-    """SIPp's built-in uac: `calls` calls at `rate` per second to `target`."""
+                  relay_pid: int | None = None, relay_pids: tuple[int, ...] = (),
+                  scenario: str | Path = "uac") -> Step:
+    """SIPp's built-in uac (or `scenario`): `calls` calls at `rate` per second to `target`.
+    The relay's CPU is summed over `relay_pid` and `relay_pids`."""
+    pids = ((relay_pid,) if relay_pid else ()) + relay_pids
     run_dir = Path(tempfile.mkdtemp(prefix="uac-", dir=directory))
     local = _free_port_both()
     argv = sipp_command(
-        "uac", local_port=local, control_port=free_udp_port(), media_port=_free_media_port(),
+        scenario, local_port=local, control_port=free_udp_port(), media_port=_free_media_port(),
         target=target, service="service", calls=calls, rate=rate,
         call_length_ms=CALL_LENGTH_MS, trace_dir=run_dir, recv_timeout_ms=5000,
         global_timeout_s=calls / rate + 60,
@@ -232,8 +316,8 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
         extra_args=["-trace_rtt", "-rtt_freq", "1", "-timer_resol", "1"] if rtt else [],
     )
     argv += ["-l", str(max(1000, rate * 20))]  # allow enough simultaneous calls
-    cpu0 = _cpu_seconds(relay_pid) if relay_pid else None
-    waited0 = _runnable_waiting_seconds(relay_pid) if relay_pid else None
+    cpu0 = sum(_cpu_seconds(pid) for pid in pids) if pids else None
+    waited0 = _waiting(pids)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -244,8 +328,8 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
         proc.kill()
         await proc.wait()
     seconds = time.monotonic() - started
-    cpu = _cpu_seconds(relay_pid) - cpu0 if relay_pid and cpu0 is not None else None
-    waited1 = _runnable_waiting_seconds(relay_pid) if relay_pid else None
+    cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu0 if pids and cpu0 is not None else None
+    waited1 = _waiting(pids)
     waited = waited1 - waited0 if waited0 is not None and waited1 is not None else None
     successful, failed = _counts((run_dir / "stat.csv").read_text(errors="replace"))
     rtts: list[float] = []
@@ -255,6 +339,11 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
             if len(parts) >= 3:
                 rtts.append(float(parts[1]))
     return Step(rate, calls, successful, failed, cpu, seconds, rtts, waited)
+
+
+def _waiting(pids: tuple[int, ...]) -> float | None:
+    waits = [_runnable_waiting_seconds(pid) for pid in pids]
+    return None if not pids or None in waits else sum(w for w in waits if w is not None)
 
 
 def _free_media_port() -> int:
@@ -281,10 +370,12 @@ def _counts(csv_text: str) -> tuple[int, int]:
 
 
 async def step_up(name: str, target: str, rates: list[int], seconds: float, directory: Path,
-                  relay_pid: int | None) -> Step | None:
+                  relay_pid: int | None, *, relay_pids: tuple[int, ...] = (),
+                  scenario: str | Path = "uac") -> Step | None:
     last_clean: Step | None = None
     for rate in rates:
-        step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid)
+        step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
+                             relay_pids=relay_pids, scenario=scenario)
         cpu = f", relay CPU {100 * step.cpu / step.seconds:.0f}%" if step.cpu else ""
         if step.waited is not None:
             cpu += f", waiting for a CPU {100 * step.waited / step.seconds:.0f}%"
@@ -299,10 +390,12 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
     return last_clean
 
 
-async def setup_delay(target: str, rate: int, directory: Path) -> float:
+async def setup_delay(target: str, rate: int, directory: Path, scenario: str | Path = "uac"
+                      ) -> float:
     """p99 INVITE -> 200 at the UAC over 10 s at `rate`, after 2 s of warm-up calls."""
-    await run_uac(target, rate, rate * 2, directory)
-    return p99((await run_uac(target, rate, rate * 10, directory, rtt=True)).rtts)
+    await run_uac(target, rate, rate * 2, directory, scenario=scenario)
+    return p99((await run_uac(target, rate, rate * 10, directory, rtt=True,
+                              scenario=scenario)).rtts)
 
 
 def p99(values: list[float]) -> float:
@@ -406,6 +499,113 @@ def _ack(i: int, me: str) -> bytes:
             "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+# ---- the scale-out path: Kamailio dispatcher over two gateways on one PostgreSQL ------------
+
+
+async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
+                    delays: dict[str, float]) -> None:
+    """(d0) the repository's Kamailio config (config/kamailio/kamailio.cfg: stateful,
+    record-routing dispatcher) straight to the UAS; (d) the same Kamailio dispatching to two
+    `gateway serve`s on one PostgreSQL (each call opened, answered and ended in it) that relay
+    to the UAS. Both with a uac and a UAS that keep the route set."""
+    from tests.peers import KamailioDispatcher, PostgresServer
+
+    async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
+        async with KamailioDispatcher([uas.address], probe=False) as kamailio:
+            print(f"(d0) Kamailio dispatcher alone {kamailio.address} -> uas", flush=True)
+            delays["dispatcher"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                     directory, UAC_ROUTE_SET)
+            results["dispatcher"] = await step_up(
+                "dispatch", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
+                directory, None, scenario=UAC_ROUTE_SET)
+        with PostgresServer() as postgres:
+            url = postgres.create_database()
+            single = start_gateway(uas.address, directory, database_url=url, name="gateway-pg")
+            try:  # (b') one gateway on the same PostgreSQL, no Kamailio: what PostgreSQL costs
+                await single.ready(timeout=90)
+                target = f"{LOOPBACK}:{single.port}"
+                print(f"(b') one gateway on PostgreSQL {target} (pid {single.pid}) -> uas",
+                      flush=True)
+                delays["gateway-pg"] = await setup_delay(target, args.delay_rate, directory,
+                                                         UAC_ROUTE_SET)
+                results["gateway-pg"] = await step_up(
+                    "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
+                    directory, single.pid, scenario=UAC_ROUTE_SET)
+            finally:
+                single.stop()
+            gateways = [start_gateway(uas.address, directory, database_url=url,
+                                      name=f"gateway-{n}") for n in "ab"]
+            try:
+                for gateway in gateways:
+                    await gateway.ready(timeout=90)
+                ports = [f"{LOOPBACK}:{g.port}" for g in gateways]
+                async with KamailioDispatcher(ports) as kamailio:
+                    print(f"(d) Kamailio dispatcher {kamailio.address} -> gateways {ports} "
+                          f"(pids {[g.pid for g in gateways]}, PostgreSQL) -> uas", flush=True)
+                    delays["scale-out"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                            directory, UAC_ROUTE_SET)
+                    results["scale-out"] = await step_up(
+                        "2 gateways", kamailio.address, _rates(args.gateway_rates),
+                        args.step_seconds, directory, None,
+                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET)
+            finally:
+                for gateway in gateways:
+                    gateway.stop()
+            if not args.skip_whole_edge:
+                await whole_edge(args, directory, results, delays, uas, postgres)
+        delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
+                                                   UAC_ROUTE_SET)
+
+
+async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
+                     delays: dict[str, float], uas: SippUas, postgres: Any) -> None:
+    """(e) issue 12's third option, as a prototype: Kamailio is the whole SIP edge
+    (bench/kamailio_whole_edge.cfg, synchronous http_client, 16 workers) and asks one gateway
+    on PostgreSQL over HTTP for each call's route and context link, and reports the answer
+    and the end back; that gateway carries no SIP."""
+    from tests.peers import _make_peer_dir, _remove_peer_dir, _which
+
+    http_port = _free_port_both()
+    api = Relay("route-api", [sys.executable, __file__, "--serve-route-api", str(http_port),
+                              postgres.create_database(), uas.address],
+                dict(os.environ), 0, directory)
+    kdir = _make_peer_dir("kamailio-edge")
+    kamailio = None
+    try:
+        deadline = time.monotonic() + 90
+        while "route api listening" not in api.log.read_text(errors="replace"):
+            if api.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"route api did not start:\n{api.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        port = _free_port_both()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{port}", "KAMAILIO_CHILDREN": "16",
+               "ROUTE_API": f"http://{LOOPBACK}:{http_port}"}
+        kamailio = Relay("kamailio-edge", [
+            _which("kamailio", "/usr/sbin/kamailio"), "-f",
+            str(ROOT / "bench" / "kamailio_whole_edge.cfg"), "-DD", "-E", "-Y", str(kdir),
+            "-x", "tlsf", "-m", "512"], env, port, directory)
+        target = f"{LOOPBACK}:{port}"
+        deadline = time.monotonic() + 30
+        while "processes (at least)" not in kamailio.log.read_text(errors="replace"):
+            if kamailio.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kamailio did not start:\n{kamailio.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # its workers bind after the main process logs
+        print(f"(e) Kamailio as the whole edge {target} -> HTTP route api "
+              f"127.0.0.1:{http_port} (pid {api.pid}, PostgreSQL) -> uas", flush=True)
+        delays["whole-edge"] = await setup_delay(target, args.delay_rate, directory,
+                                                 UAC_ROUTE_SET)
+        results["whole-edge"] = await step_up(
+            "kam+http", target, _rates(args.gateway_rates), args.step_seconds, directory,
+            None, relay_pids=(api.pid,), scenario=UAC_ROUTE_SET)
+    finally:
+        if kamailio is not None:
+            kamailio.stop()
+        api.stop()
+        _remove_peer_dir(kdir)
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -430,8 +630,8 @@ async def main(args: argparse.Namespace) -> int:
             results["kamailio"] = await step_up(
                 "kamailio", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
                 directory, kamailio._child.pid if kamailio._child else None)
-        relays = [("gateway", start_gateway)]
-        if not args.skip_edge_only:
+        relays = [] if args.skip_single else [("gateway", start_gateway)]
+        if not args.skip_edge_only and not args.skip_single:
             relays.append(("edge-only", start_edge_only))
         for name, start in relays:
             relay = start(uas.address, directory)
@@ -449,6 +649,8 @@ async def main(args: argparse.Namespace) -> int:
             finally:
                 relay.stop()
         delays["direct"] = await setup_delay(uas.address, args.delay_rate, directory)
+    if not args.skip_scale_out:
+        await scale_out(args, directory, results, delays)
     with_txns, dialog_only = await memory_per_dialog(args.dialogs)
 
     def cps(name: str) -> int:
@@ -460,17 +662,45 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print("last clean step (< 0.1% failed, every call finished, the rate kept):")
     print(f"  Kamailio (stateless, children=2, tlsf)   {kamailio:6} CPS")
-    print(f"  gateway (SIP edge + core + SQLite)       {gateway:6} CPS   target >= 1000")
+    if "gateway" in results:
+        print(f"  gateway (SIP edge + core + SQLite)       {gateway:6} CPS   target >= 1000")
+        print(f"  ratio gateway / Kamailio                 {ratio:6.2f}       target >= 0.3")
     if "edge-only" in results:
         print(f"  SIP edge alone (core stores nothing)     {cps('edge-only'):6} CPS")
-    print(f"  ratio gateway / Kamailio                 {ratio:6.2f}       target >= 0.3")
+    if "scale-out" in results:
+        scaled = cps("scale-out")
+        print(f"  one gateway on PostgreSQL, no Kamailio   {cps('gateway-pg'):6} CPS")
+        print(f"  Kamailio dispatcher alone (repo config)  {cps('dispatcher'):6} CPS")
+        print(f"  dispatcher -> 2 gateways on PostgreSQL   {scaled:6} CPS")
+        if "whole-edge" in results:
+            print(f"  Kamailio whole edge + HTTP route api     {cps('whole-edge'):6} CPS"
+                  f"   ratio / Kamailio alone "
+                  f"{cps('whole-edge') / kamailio if kamailio else float('nan'):.2f}")
+        print(f"  ratio 2 gateways / Kamailio alone        "
+              f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
+              f"  (/ dispatcher alone: "
+              f"{scaled / cps('dispatcher') if cps('dispatcher') else float('nan'):.2f})")
     print(f"p99 INVITE->200 at {args.delay_rate} CPS, in whole ms as SIPp reports them: "
-          f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}, "
-          f"gateway {delays['gateway']:.0f}"
-          + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else ""))
-    print(f"  p99 added setup delay: gateway {delays['gateway'] - delays['direct']:.0f} ms "
-          f"(target < 5), Kamailio {delays['kamailio'] - delays['direct']:.0f} ms "
-          "(0: under a millisecond)")
+          f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}"
+          + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
+          + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
+          + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
+             f"{delays['dispatcher']:.0f}, one gateway on PostgreSQL "
+             f"{delays['gateway-pg']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
+             if "scale-out" in delays else "")
+          + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
+             if "whole-edge" in delays else ""))
+    added = [f"Kamailio {delays['kamailio'] - delays['direct']:.0f} ms (0: under a millisecond)"]
+    if "gateway" in delays:
+        added.insert(0, f"gateway {delays['gateway'] - delays['direct']:.0f} ms (target < 5)")
+    if "scale-out" in delays:
+        added.append(f"dispatcher -> 2 gateways "
+                     f"{delays['scale-out'] - delays['direct-route']:.0f} ms (target < 5), "
+                     f"dispatcher alone {delays['dispatcher'] - delays['direct-route']:.0f} ms")
+    if "whole-edge" in delays:
+        added.append(f"Kamailio whole edge + HTTP "
+                     f"{delays['whole-edge'] - delays['direct-route']:.0f} ms")
+    print("  p99 added setup delay: " + ", ".join(added))
     print(f"memory per live dialog ({args.dialogs} dialogs, tracemalloc): "
           f"{dialog_only:.0f} B once transactions ended (target < 10 KB); "
           f"{with_txns:.0f} B with its four transactions still alive (RFC timers)")
@@ -481,6 +711,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-edge-only":
         asyncio.run(serve_edge_only(int(sys.argv[2]), sys.argv[3]))
         sys.exit(0)
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve-route-api":
+        asyncio.run(serve_route_api(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--gateway-rates",
@@ -489,5 +722,11 @@ if __name__ == "__main__":
     parser.add_argument("--delay-rate", type=int, default=100)
     parser.add_argument("--dialogs", type=int, default=20000)
     parser.add_argument("--skip-edge-only", action="store_true")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="leave out (b) and (c), the one-process paths")
+    parser.add_argument("--skip-whole-edge", action="store_true",
+                        help="leave out (e), Kamailio as the whole edge asking a gateway over HTTP")
+    parser.add_argument("--skip-scale-out", action="store_true",
+                        help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()
     sys.exit(asyncio.run(main(arguments)))

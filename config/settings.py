@@ -273,6 +273,11 @@ class SipSettings(BaseModel):
     # connection may take to send a complete message (its first, or one it has begun).
     sip_tcp_max_connections_per_source: int = Field(32, ge=1)
     sip_tcp_message_timeout_seconds: float = Field(10.0, gt=0)
+    # ---- several gateways behind Kamailio (docs/scale-out.md, point 4) ----
+    # Write the registrar's bindings to the database and read the other gateways' every
+    # sync interval: a phone registered through one gateway takes calls entering at another.
+    sip_shared_registrations: bool = False
+    sip_registration_sync_seconds: float = Field(1.0, gt=0, le=60)
 
     @field_validator("sip_trusted_peers")
     @classmethod

@@ -11,7 +11,9 @@ agent at a time, so offering it to the next agent lets go of the previous one. T
 (`gateway/calls.py`) keys calls by their leg id, so two calls that share a caller-chosen
 Call-ID never share (or free) each other's agent; both edges go through it.
 
-All of it lives in memory, in the process that runs the channels (one per database today).
+All of it lives in memory, in the process that runs the channels. Several gateways behind
+Kamailio share the registrations through the database (`gateway/registrations.py` fills
+`Agent.shared`); call counts stay per process (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ class Agent:
     xmpp: str | None = None  # bare JID, lower case
     token_sha256: str | None = None  # hex SHA-256 of the agent's own API token
     registrations: dict[str, Contact] = field(default_factory=dict)
+    # Bindings other gateways hold (read from the database: `gateway/registrations.py`).
+    shared: dict[str, Contact] = field(default_factory=dict)
     active_calls: int = 0
     reported: dict[str, Presence] = field(default_factory=dict)  # source -> presence
 
     def contacts(self, now: datetime) -> list[Contact]:
-        live = [c for c in self.registrations.values()
+        live = [c for c in (*self.registrations.values(), *self.shared.values())
                 if c.expires_at is None or c.expires_at > now]
         if self.static_contact:
             live.append(Contact(self.static_contact, None))
@@ -109,6 +113,9 @@ class AgentDirectory:
                 self._by_token[agent.token_sha256] = agent
         self._turn = itertools.count()
         self._held: dict[str, tuple[str, float]] = {}  # call_ref -> (agent id, since)
+        # Told of every change to a local registration (agent, contact URI, the binding or
+        # None when removed): how shared registrations reach the database.
+        self.on_registration: Callable[[Agent, str, Contact | None], None] | None = None
 
     # ---- who ---------------------------------------------------------------------------------
 
@@ -162,18 +169,32 @@ class AgentDirectory:
     ) -> None:
         """A SIP registration (or, with 0 seconds, its removal) for `agent`."""
         before = agent.presence(self._clock.now())
+        contact: Contact | None = None
         if expires_seconds <= 0:
             agent.registrations.pop(contact_uri, None)
         else:
-            agent.registrations[contact_uri] = Contact(
+            contact = agent.registrations[contact_uri] = Contact(
                 contact_uri, self._clock.now() + timedelta(seconds=expires_seconds), source,
                 transport,
             )
+        if self.on_registration is not None:
+            self.on_registration(agent, contact_uri, contact)
         self._changed(agent, before)
 
     def unregister_all(self, agent: Agent) -> None:
         before = agent.presence(self._clock.now())
         agent.registrations.clear()
+        agent.shared = {}
+        if self.on_registration is not None:
+            self.on_registration(agent, "*", None)  # every binding, wherever it is held
+        self._changed(agent, before)
+
+    def set_shared(self, agent: Agent, contacts: dict[str, Contact]) -> None:
+        """The bindings other gateways hold for `agent` now (replacing what was known)."""
+        if contacts == agent.shared:
+            return
+        before = agent.presence(self._clock.now())
+        agent.shared = contacts
         self._changed(agent, before)
 
     # ---- choice and load ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ from gateway.disclosure import Disclosure, Level
 from gateway.httpedge import console_headers
 from gateway.metrics import Metrics
 from gateway.outbox import OutboxWorker
+from gateway.registrations import SharedRegistrations
 from gateway.store import make_engine, upgrade
 from gateway.workspace_api import Workspace
 
@@ -70,6 +71,7 @@ class Gateway:
     channels: dict[str, Channel] = field(default_factory=dict)
     off: dict[str, str] = field(default_factory=dict)  # channel name -> what turns it on
     started: bool = False
+    shared_registrations: SharedRegistrations | None = None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -80,7 +82,16 @@ class Gateway:
             "writes": self.core.batcher.writes,
             "commits": self.core.batcher.batches,
             "outbox": {"passes": self.outbox.passes, "in_flight": self.outbox.in_flight},
+            **self._registrations(),
         }
+
+    def _registrations(self) -> dict[str, Any]:
+        shared = self.shared_registrations
+        if shared is None:
+            return {}
+        return {"sip_registrations": {
+            "syncs": shared.syncs, "holder": shared.holder,
+            "held_elsewhere": sum(len(agent.shared) for agent in self.agents)}}
 
     def report(self) -> list[ChannelReport]:
         """What `gateway serve` prints: each channel mounted (with the URLs to paste into
@@ -173,6 +184,18 @@ def build_app(
             await engine.dispose()
 
     lifecycles: list[Lifecycle] = [database]
+    if settings.sip_shared_registrations:
+        shared = gw.shared_registrations = SharedRegistrations(
+            engine, agents, clock, interval=settings.sip_registration_sync_seconds)
+
+        async def share_registrations(app: web.Application) -> AsyncIterator[None]:
+            await shared.start()  # before SIP starts, after SIP stops
+            try:
+                yield
+            finally:
+                await shared.aclose()
+
+        lifecycles.append(share_registrations)
     for channel in channels:
         if channel.name in gw.channels:
             raise ValueError(f"two channels are called {channel.name!r}")

@@ -164,6 +164,10 @@ def show(bundle: dict[str, Any]) -> None:
     print(f"  │ {'✔' if v else '✘'} {status}   [{bundle['verification_reason']}]")
     if bundle.get("disclosure"):
         print(f"  │ disclosure: {bundle['disclosure']}")
+    if bundle.get("disclosure") == "limited":  # the contract's Disclosure rule
+        print("  │   (this leg carries no verification: the agent sees which channels and "
+              "when, and\n  │   the customer's own messages; replies, codes and anything "
+              "after a verification\n  │   are withheld until the caller proves who they are)")
     print("  │ transcript:")
     for e in bundle["transcript"]:
         text = "(withheld)" if e.get("withheld") else e["text"]

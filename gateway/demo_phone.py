@@ -25,6 +25,7 @@ from connectors.sip.message import SipMessage, SipRequest, SipResponse
 
 HOST = "127.0.0.1"
 TIMEOUT = 5.0
+RINGING = 180.0  # how long a ringing call may wait for its answer (RFC 3261 Timer C)
 
 
 def _sdp(user: str) -> bytes:
@@ -114,7 +115,7 @@ class SoftPhone:
             return isinstance(m, SipResponse) and m.top_via.branch == branch
 
         deadline = asyncio.get_running_loop().time() + TIMEOUT
-        interval = 0.5
+        interval, proceeding = 0.5, False
         self._send(request)
         while True:
             try:
@@ -122,14 +123,18 @@ class SoftPhone:
             except TimeoutError:
                 if asyncio.get_running_loop().time() > deadline:
                     raise PhoneError(f"no answer to {request.method}") from None
-                if request.method != "ACK":
+                if request.method != "ACK" and not proceeding:
                     self._send(request)  # lost on the way: Timer A/E
                 interval = min(interval * 2, 4.0)
                 continue
             assert isinstance(response, SipResponse)
             if response.status >= 200:
                 return response
-            interval = TIMEOUT  # provisional: the other side is working on it
+            # Provisional (100 Trying, 180 Ringing): the other side is working on it. No more
+            # resends, and a phone may ring for as long as its user lets it (Timer C).
+            proceeding = True
+            interval = TIMEOUT
+            deadline = max(deadline, asyncio.get_running_loop().time() + RINGING)
 
     def _request(self, method: str, uri: str, *, from_: str, to: str, call_id: str,
                  cseq: int, extra: list[tuple[str, str]] | None = None,

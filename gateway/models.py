@@ -312,3 +312,18 @@ class Checkpoint(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[str] = mapped_column(String(400))
     updated_at: Mapped[datetime]
+
+
+class SipRegistration(Base):
+    """An agent's phone registered with one gateway, seen by all of them (several gateways
+    behind Kamailio, GATEWAY_SIP_SHARED_REGISTRATIONS): where to send its calls, until when,
+    and which instance holds the binding."""
+
+    __tablename__ = "sip_registrations"
+    agent_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    contact: Mapped[str] = mapped_column(String(500), primary_key=True)
+    source_host: Mapped[str | None] = mapped_column(String(100))
+    source_port: Mapped[int | None]
+    transport: Mapped[str] = mapped_column(String(10))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    holder: Mapped[str] = mapped_column(String(200))

@@ -1162,7 +1162,8 @@ class Baresip:
 _kamailio_tlsf: bool | None = None
 
 
-def _kamailio_supports_tlsf(binary: str, config: Path) -> bool:
+def _kamailio_supports_tlsf(binary: str, config: Path, env: dict[str, str] | None = None
+                            ) -> bool:
     """Whether `-x tlsf` (the fast shared-memory allocator) is accepted by this build."""
     global _kamailio_tlsf
     if _kamailio_tlsf is None:
@@ -1171,6 +1172,7 @@ def _kamailio_supports_tlsf(binary: str, config: Path) -> bool:
             capture_output=True,
             text=True,
             timeout=30,
+            env=env,
         )
         _kamailio_tlsf = done.returncode == 0
     return _kamailio_tlsf
@@ -1209,6 +1211,14 @@ class Kamailio:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    memory: tuple[str, ...] = ()  # Kamailio's -m (shared MB): the default 64 do for forward()
+
+    def _prepare(self, directory: Path) -> tuple[Path, dict[str, str] | None]:
+        """The config file to run (and its environment) for `self.port`."""
+        config = directory / "kamailio.cfg"
+        config.write_text(self._config())
+        return config, None
+
     def _config(self) -> str:
         return (
             "#!KAMAILIO\n"
@@ -1231,13 +1241,13 @@ class Kamailio:
         try:
             for attempt in range(3):
                 self.port = _free_port_where((0, socket.SOCK_DGRAM))
-                config = self.directory / "kamailio.cfg"
-                config.write_text(self._config())
-                argv = [binary, "-f", str(config), "-DD", "-E", "-Y", str(self.directory)]
-                self.used_tlsf = self.tlsf and _kamailio_supports_tlsf(binary, config)
+                config, env = self._prepare(self.directory)
+                argv = [binary, "-f", str(config), "-DD", "-E", "-Y", str(self.directory),
+                        *self.memory]
+                self.used_tlsf = self.tlsf and _kamailio_supports_tlsf(binary, config, env)
                 if self.used_tlsf:
                     argv += ["-x", "tlsf"]
-                self._child = _Child("kamailio", argv, self.directory)
+                self._child = _Child("kamailio", argv, self.directory, env=env)
                 child, port = self._child, self.port
                 try:
                     await _wait_until(
@@ -1268,6 +1278,31 @@ class Kamailio:
             self._child = None
         _remove_peer_dir(self.directory)
         self.directory = None
+
+
+class KamailioDispatcher(Kamailio):
+    """Kamailio with the repository's own config (config/kamailio/kamailio.cfg): a stateful
+    dispatcher in front of `gateways` ("host:port" SIP addresses), as docker-compose runs it."""
+
+    CONFIG = Path(__file__).resolve().parents[1] / "config" / "kamailio" / "kamailio.cfg"
+    # Transactions stay 5 s after they end (tm's wait timer): at 1,000 CPS the default 64 MB
+    # of shared memory runs out.
+    memory = ("-m", "512")
+
+    def __init__(self, gateways: Sequence[str], *, children: int = 2, tlsf: bool = True,
+                 probe: bool = True) -> None:
+        super().__init__(0, children=children, tlsf=tlsf)
+        self.gateways = list(gateways)
+        self.flags = " 8" if probe else ""  # 8: pinged with OPTIONS (a SIPp UAS answers none)
+
+    def _prepare(self, directory: Path) -> tuple[Path, dict[str, str] | None]:
+        listing = directory / "dispatcher.list"
+        listing.write_text("".join(f"1 sip:{g}{self.flags}\n" for g in self.gateways))
+        return self.CONFIG, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                             "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{self.port}",
+                             "KAMAILIO_DISPATCHER": str(listing),
+                             "KAMAILIO_CHILDREN": str(self.children),
+                             "KAMAILIO_CTL": f"unix:{directory}/ctl"}
 
 
 # ---------------------------------------------------------------------------

@@ -32,6 +32,10 @@ def test_demo_places_a_sip_call_and_prints_what_the_agent_sees(tmp_path: Path) -
     assert "incoming call from voice:+14155550199 (with escalation PIN)" in out
     assert "call ended after" in out  # the first call was answered and hung up over SIP
     assert "Hi, my card was stolen" in out
+    # The forged caller ID gets the limited bundle: the story's replies are withheld there.
+    forged = out[out.index("identified by caller ID, not verified"):]
+    assert "disclosure: limited" in forged and "(withheld)" in forged
+    assert "Thank you, you are verified." not in forged
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # its database is gone without --keep
 

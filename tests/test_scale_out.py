@@ -65,10 +65,12 @@ class GatewayProcess:
 
     child: _Child
     url: str = ""
+    sip_port: int = 0
 
     @classmethod
     def start(cls, name: str, database_url: str, twilio: TwilioStandin,
-              directory: Path) -> GatewayProcess:
+              directory: Path, **extra: str) -> GatewayProcess:
+        """`extra`: more settings, e.g. `GATEWAY_AGENTS="[...]"`."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "GATEWAY_DATABASE_URL": database_url, "GATEWAY_HTTP_PORT": "0",
                "GATEWAY_SIP_PORT": "0", "GATEWAY_AGENT_TOKEN": AGENT_TOKEN,
@@ -76,14 +78,17 @@ class GatewayProcess:
                "GATEWAY_TWILIO_ACCOUNT_SID": twilio.account_sid,
                "GATEWAY_TWILIO_AUTH_TOKEN": twilio.auth_token,
                "GATEWAY_TWILIO_API_URL": twilio.base_url,
-               "GATEWAY_TWILIO_FROM_NUMBER": BUSINESS_SMS}
+               "GATEWAY_TWILIO_FROM_NUMBER": BUSINESS_SMS, **extra}
         return cls(_Child(name, [sys.executable, "-m", "gateway", "serve"], directory,
                           cwd=ROOT, env=env))
 
     def _listening(self) -> bool:
-        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.child.output())
+        output = self.child.output()
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", output)
         if found:
             self.url = found.group(1)
+            sip = re.search(r"sip:127\.0\.0\.1:(\d+)", output)
+            self.sip_port = int(sip.group(1)) if sip else 0
         return bool(found) or not self.child.alive()
 
     async def ready(self) -> None:

@@ -434,6 +434,45 @@ async def test_password_guessing_is_limited_per_source_and_per_user(sip: Sip) ->
     assert counter(sip, "auth-limited") >= 15
 
 
+async def test_behind_a_trusted_relay_guessing_is_limited_by_the_phones_address_not_the_relays(
+    start_gateway: Any,
+) -> None:
+    """Kamailio in front (docs/scale-out.md): every REGISTER comes from its address. Listed in
+    GATEWAY_SIP_TRUSTED_PEERS, the limit falls on the address it received each one from (the
+    next Via's received), so one guesser does not lock every phone behind it out."""
+    relay_host = "127.0.0.5"
+    sip = await start_sip(start_gateway, sip_trusted_peers=[relay_host])
+    uri = f"sip:127.0.0.1:{sip.port}"
+    async with await RawSip(relay_host).open() as relay:
+
+        async def register(user: str, phone: str, authorization: str | None = None) -> str:
+            headers = [f"Via: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK{secrets.token_hex(6)}"
+                       f";received={phone}"]
+            if authorization:
+                headers.append(f"Authorization: {authorization}")
+            call_id, text = relay.request("REGISTER", uri, from_=f"<sip:{user}@127.0.0.1>",
+                                          to=f"<sip:{user}@127.0.0.1>", headers=headers)
+            relay.send(text, sip.port)
+            await relay.final(call_id)
+            return relay.response_lines(call_id)[-1]
+
+        assert (await register("alice", "198.51.100.66")).startswith("SIP/2.0 401")
+        challenge = next(Challenge.parse(m.group(1).decode()) for d in relay.datagrams
+                         for m in re.finditer(rb"(?m)^WWW-Authenticate: (.*)\r$", d))
+
+        def digest(user: str, password: str, nc: int) -> str:
+            return authorize(challenge, username=user, password=password, method="REGISTER",
+                             uri=uri, nc=nc).to_header()
+
+        for i in range(25):  # one phone behind the relay guesses alice's password
+            await register("alice", "198.51.100.66", digest("alice", f"guess{i}", i + 1))
+        assert (await register("alice", "198.51.100.66", digest("alice", "alice-secret", 50))
+                ) == "SIP/2.0 403 Too Many Failed Attempts"
+        # Bob's phone behind the same relay registers as usual.
+        assert (await register("bob", "198.51.100.77", digest("bob", "bob-secret", 60))
+                ) == "SIP/2.0 200 OK"
+
+
 async def RawSipRegister(raw: RawSip, sip: Sip, challenge: Challenge, password: str) -> str:  # noqa: N802
     """One REGISTER for alice from `raw` with a fresh nonce count; its final status line."""
     credentials = authorize(challenge, username="alice", password=password, method="REGISTER",

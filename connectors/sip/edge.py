@@ -30,7 +30,7 @@ from connectors.sip.message import SipMessage, SipRequest, SipResponse
 from connectors.sip.proxy import ALLOW, CallSink, Forward, Proxy
 from connectors.sip.ratelimit import AuthThrottle, LogGate, ScannerLimiter, TokenBuckets
 from connectors.sip.registrar import TOO_MANY_ATTEMPTS, DigestAuth, Registrar, RegistrarPolicy
-from connectors.sip.routing import ServiceUsers, TrustedPeers
+from connectors.sip.routing import ServiceUsers, TrustedPeers, client_host
 from connectors.sip.timers import TimerWheel
 from connectors.sip.transaction import (
     Action,
@@ -347,7 +347,8 @@ class SipEdge:
             self.proxy.on_cancel(entry, self._servers.get(
                 cancel_target_key(request, source=entry.source.host)))
         elif method == "REGISTER":
-            self.respond(entry, self.registrar.handle(request, entry.source))
+            self.respond(entry, self.registrar.handle(
+                request, entry.source, client_host(request, entry.source.host, self.trusted)))
         elif method == "OPTIONS" and request.to_addr.tag is None and "Route" not in request.headers:
             self.reply(entry, 200, headers=[
                 ("Allow", ALLOW), ("Accept", "application/sdp"), ("Accept-Language", "en"),

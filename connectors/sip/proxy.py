@@ -57,6 +57,7 @@ from connectors.sip.routing import (
     TrustedPeers,
     attestation,
     caller_address,
+    client_host,
     dialled,
     pin_from_header,
 )
@@ -428,8 +429,10 @@ class Proxy:
             return
         caller_agent = self._claimed_agent(request)
         source = server.source.host
+        # Guess limits (digest, PIN) count the phone behind a trusted Kamailio, not Kamailio.
+        client = client_host(request, source, self.trusted)
         if caller_agent is not None:
-            result = self.auth.check(request, "Proxy-Authorization", caller_agent, source)
+            result = self.auth.check(request, "Proxy-Authorization", caller_agent, client)
             if result is not AuthResult.OK:
                 io.respond(server, self.auth.refusal(request, result, "Proxy-Authenticate", 407))
                 return
@@ -451,7 +454,7 @@ class Proxy:
             pin=pin,
             caller_authenticated=caller_agent is not None,
             context_token=request.headers.get(CONTEXT_HEADER) if trusted else None,
-            source=source,
+            source=client,
             attestation=attestation(request) if trusted else None,
         )
         io.spawn(self._route(forward, incoming), "sip-route")

@@ -168,8 +168,11 @@ class Registrar:
         self.policy = policy
         self.clock = clock
 
-    def handle(self, request: SipRequest, source: Peer) -> SipResponse:
-        """The answer to one REGISTER received from `source`."""
+    def handle(self, request: SipRequest, source: Peer, client: str | None = None
+               ) -> SipResponse:
+        """The answer to one REGISTER received from `source`; failures are limited by
+        `client` (the phone's address behind a trusted relay), else by the source's host."""
+        client = client or source.host
         aor = request.to_addr.sip_uri()
         user = unescape(aor.user) if aor.user is not None else None
         agent = self.agents.by_sip_user(user) if user else None
@@ -178,11 +181,11 @@ class Registrar:
             if request.headers.get("Authorization") is None:
                 return self._challenge(request)
             throttle = self.auth.throttle
-            if not throttle.allowed(source.host, None):
+            if not throttle.allowed(client, None):
                 return make_response(request, 403, TOO_MANY_ATTEMPTS)
-            throttle.failed(source.host, None)
+            throttle.failed(client, None)
             return make_response(request, 403, "Forbidden")
-        result = self.auth.check(request, "Authorization", agent, source.host)
+        result = self.auth.check(request, "Authorization", agent, client)
         if result is AuthResult.OK:
             return self._update(request, agent, source)
         return self.auth.refusal(request, result, "WWW-Authenticate", 401)

@@ -180,6 +180,22 @@ class TrustedPeers:
         return known
 
 
+def client_host(request: SipRequest, source: str, trusted: TrustedPeers) -> str:
+    """The address a request's sender is limited by (failed digests, PIN guesses): its
+    source, or, when a trusted peer relayed it (a Kamailio in front of several gateways), the
+    address that peer received it from: the next Via's `received` (RFC 3261 18.2.1), else its
+    host. Without this every phone behind the Kamailio would share one limit."""
+    if source not in trusted:
+        return source
+    try:
+        vias = request.vias
+    except RemoteProtocolError:
+        return source
+    if len(vias) < 2:
+        return source
+    return vias[1].param("received") or vias[1].host
+
+
 _VERSTAT: Final = re.compile(r"[;?&]verstat=([A-Za-z0-9\-]{1,40})", re.IGNORECASE)
 _PASSED: Final = re.compile(r"TN-Validation-Passed-([ABC])", re.IGNORECASE)
 

@@ -2,22 +2,22 @@
 tests/conftest.py (`Gateways`), with two agents who have their own API tokens, and what the
 workspace tests ask of it.
 
-`twilio_call` places a call as Twilio does, through the signed Twilio Voice webhooks (the PIN
-typed at the `<Gather>`, `<Dial><Sip>` to an agent, the `<Dial action>` when a phone did not
-answer): the path on which the core publishes `CallOffered` today. The SIP edge does not yet
-(branch `trust` moves the SIP agent choice into the core); switch the screen pop to a SIPp
-call then. `offer_call` is the shortcut for tests that need a call leg, not the call: it
-opens a call and has the core's router offer it to one agent (the same `offer_call` the
-Twilio Voice webhook uses). `CheckStandIn` is TEST-ONLY: it
-stands in for POST /api/v1/conversations/{id}/verifications/{challenge_id}/check, which
-branch `trust` built; it now only keeps what the outbox sends (the real endpoint serves).
+Calls reach an agent three ways here. `start_workspace(sip=True)` mounts the SIP edge with
+agents whose phones REGISTER (`SIP_AGENTS`; `phone()` gives a registered softphone, `sip_port`
+the edge a caller dials): a real SIP call, on which the core publishes `CallOffered` before
+the INVITE goes to the agent's phone and `CallEnded` on BYE/CANCEL. `twilio_call` places a
+call as Twilio does, through the signed Twilio Voice webhooks (the PIN typed at the
+`<Gather>`, `<Dial><Sip>` to an agent, the `<Dial action>` when a phone did not answer).
+`offer_call` is the shortcut for tests that need a call leg, not the call: it opens a call and
+has the core's router offer it to one agent (the same `offer_call` both edges use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,6 +32,7 @@ from gateway.auth import token_sha256
 from gateway.bus import EventBus
 from gateway.channels import CallRoute
 from gateway.core import Core
+from gateway.demo_phone import SoftPhone
 from gateway.workspace_api import WORKSPACE, Workspace
 from tests.conftest import AGENT_TOKEN, BUSINESS_SMS, PUBLIC_URL, Gateways, RunningGateway
 from tests.helpers import call
@@ -52,27 +53,13 @@ AGENTS = [
      "token_sha256": token_sha256(BOB_TOKEN)},
 ]
 CHECK_PATH = "/api/v1/conversations/{id}/verifications/{challenge_id}/check"
-
-
-class CheckStandIn(MemoryChannel):
-    """TEST-ONLY stand-in for the check-code endpoint (branch `trust` builds the real one):
-    mounted as a channel's route, it records what the console sent and answers as the
-    contract describes ("123456" passes). In the tests without Twilio it is also the memory
-    channel that keeps what the outbox sends."""
-
-    def __init__(self, channels: frozenset[str]) -> None:
-        super().__init__(channels, name="check-standin")
-        self.requests: list[dict[str, Any]] = []
-
-    def routes(self) -> Sequence[web.AbstractRouteDef]:
-        return []  # the real endpoint landed with branch `trust`; kept as the memory channel
-
-    async def _check(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append({"conversation_id": request.match_info["id"],
-                              "challenge_id": request.match_info["challenge_id"], **body})
-        return web.json_response(
-            {"outcome": "passed" if body.get("code") == "123456" else "wrong"})
+SIP_PASSWORDS = {"alice": secrets.token_urlsafe(16), "bob": secrets.token_urlsafe(16)}
+# The same agents with phones that REGISTER at the gateway's SIP edge (their SIP user is their id).
+SIP_AGENTS = [
+    {key: value for key, value in agent.items() if key != "contact"}
+    | {"sip_user": agent["id"], "sip_password": SIP_PASSWORDS[agent["id"]]}
+    for agent in AGENTS
+]
 
 
 @dataclass
@@ -99,7 +86,7 @@ class TwilioCall:
 class WorkspaceGateway:
     running: RunningGateway
     twilio: TwilioStandin | None
-    check: CheckStandIn
+    kept: MemoryChannel
 
     @property
     def url(self) -> str:
@@ -131,7 +118,24 @@ class WorkspaceGateway:
 
     @property
     def memory(self) -> MemoryChannel | None:
-        return self.check if self.twilio is None else None
+        return self.kept if self.twilio is None else None
+
+    @property
+    def sip_port(self) -> int:
+        """The UDP/TCP port of the gateway's SIP edge (`start_workspace(sip=True)`)."""
+        return int(self.gw.channels["sip"].edge.port)
+
+    async def phone(self, user: str) -> SoftPhone:
+        """A softphone on loopback: with a password in SIP_PASSWORDS, `user`'s phone,
+        REGISTERed (digest) at the SIP edge; else a caller's phone. `close()` it."""
+        phone = await SoftPhone(user, self.sip_port).open()
+        if user in SIP_PASSWORDS:
+            try:
+                await phone.register(SIP_PASSWORDS[user])
+            except BaseException:
+                phone.close()
+                raise
+        return phone
 
     async def api(self, method: str, path: str, token: str | None = AGENT_TOKEN,
                   **kwargs: Any) -> tuple[int, Any]:
@@ -210,16 +214,20 @@ async def start_workspace(
     *,
     twilio: TwilioStandin | None = None,
     heartbeat: float = 15.0,
+    sip: bool = False,
     **overrides: Any,
 ) -> WorkspaceGateway:
     """A gateway from `gateways` (the conftest fixture's pool) with the workspace agents; sends
-    go to the Twilio stand-in when given, else they are kept by the memory channel."""
+    go to the Twilio stand-in when given, else they are kept by the memory channel. `sip=True`
+    mounts the SIP edge (port 0) with SIP_AGENTS, whose phones must REGISTER to be offered a
+    call (`phone()`)."""
     overrides.setdefault("public_url", PUBLIC_URL)
-    overrides.setdefault("agents", json.loads(json.dumps(AGENTS)))
+    overrides.setdefault("agents", json.loads(json.dumps(SIP_AGENTS if sip else AGENTS)))
     overrides.setdefault("events_heartbeat_seconds", heartbeat)
-    check = CheckStandIn(frozenset() if twilio is not None else ALL)
-    running = await gateways(memory=check, twilio=twilio, sip=False, **overrides)
-    return WorkspaceGateway(running, twilio, check)
+    # Without Twilio, sends are kept in memory; with it, they go to the stand-in.
+    kept = MemoryChannel(frozenset() if twilio is not None else ALL, name="workspace-memory")
+    running = await gateways(memory=kept, twilio=twilio, sip=sip, **overrides)
+    return WorkspaceGateway(running, twilio, kept)
 
 
 # ---- reading an event stream as a client does ----------------------------------------------

@@ -5,10 +5,12 @@ from here (GATEWAY_SAVE_SCREENSHOTS=1 writes them to docs/img/)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import pytest
 import pytest_asyncio
 
 from tests.browser import screenshot_path
-from tests.conftest import Gateways
+from gateway.demo_phone import SoftPhone
+from tests.conftest import PUBLIC_URL, Gateways
 from tests.console.server import ALICE_TOKEN, WorkspaceGateway, start_workspace
 from tests.helpers import code_from
 from tests.standins import TwilioStandin, new_twilio_sid
@@ -45,10 +48,11 @@ async def ws(sqlite_url: str, twilio: TwilioStandin) -> AsyncIterator[WorkspaceG
         await server.stop()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def console(chromium: Any, ws: WorkspaceGateway) -> AsyncIterator[Callable[..., Any]]:
-    """`page = await console(token=…, width=…)`: a signed-in console in a fresh context.
-    Fails the test on an uncaught script error or a Content-Security-Policy violation."""
+@asynccontextmanager
+async def console_pages(chromium: Any, server: WorkspaceGateway) -> AsyncIterator[Any]:
+    """`page = await open_console(token=…, width=…)`: a signed-in console on `server` in a
+    fresh context. Fails the test on an uncaught script error or a Content-Security-Policy
+    violation."""
     global expect
     from playwright.async_api import expect as playwright_expect
 
@@ -65,7 +69,7 @@ async def console(chromium: Any, ws: WorkspaceGateway) -> AsyncIterator[Callable
         page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
         page.on("console", lambda msg: problems.append(msg.text)
                 if "Content Security Policy" in msg.text else None)
-        await page.goto(ws.url + "/console")
+        await page.goto(server.url + "/console")
         if token is not None:
             await sign_in(page, token)
         return page
@@ -76,6 +80,12 @@ async def console(chromium: Any, ws: WorkspaceGateway) -> AsyncIterator[Callable
         for context in contexts:
             await context.close()
     assert problems == []
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def console(chromium: Any, ws: WorkspaceGateway) -> AsyncIterator[Callable[..., Any]]:
+    async with console_pages(chromium, ws) as open_console:
+        yield open_console
 
 
 async def sign_in(page: Any, token: str) -> None:
@@ -181,14 +191,50 @@ async def test_reply_send_a_code_and_check_the_code_a_caller_reads_out(
     await page.screenshot(path=screenshot_path("conversation.png", tmp_path))
 
 
-async def test_screen_pop_opens_the_callers_context_by_itself(
-    console: Any, ws: WorkspaceGateway, twilio: TwilioStandin, tmp_path: Path
+@pytest_asyncio.fixture(loop_scope="session")
+async def sip_ws(sqlite_url: str, twilio: TwilioStandin) -> AsyncIterator[WorkspaceGateway]:
+    """The workspace gateway with its SIP edge: Alice's and Bob's phones REGISTER there."""
+    server = await start_workspace(Gateways(sqlite_url), twilio=twilio, heartbeat=1.0,
+                                   sip=True)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sip_console(chromium: Any, sip_ws: WorkspaceGateway
+                      ) -> AsyncIterator[Callable[..., Any]]:
+    async with console_pages(chromium, sip_ws) as open_console:
+        yield open_console
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def phones(sip_ws: WorkspaceGateway) -> AsyncIterator[Callable[..., Any]]:
+    """`await phones(user)`: a softphone at `sip_ws`'s SIP edge (an agent's registers)."""
+    opened: list[SoftPhone] = []
+
+    async def open_phone(user: str) -> SoftPhone:
+        opened.append(await sip_ws.phone(user))
+        return opened[-1]
+
+    try:
+        yield open_phone
+    finally:
+        for phone in opened:
+            phone.close()
+
+
+async def test_screen_pop_opens_the_context_of_the_sip_call_ringing_the_agents_phone(
+    sip_console: Any, sip_ws: WorkspaceGateway, twilio: TwilioStandin, phones: Any,
+    tmp_path: Path
 ) -> None:
-    number = "+14155550231"
+    ws, number = sip_ws, "+14155550231"
+    alice_phone, bob_phone = await phones("alice"), await phones("bob")
     # The story: a WhatsApp customer proves their number, then calls with the dial-in PIN.
     await ws.sms(number, "My card was charged twice for order 5512", whatsapp=True,
                  profile_name="Ann Lee")
-    page = await console()
+    page = await sip_console()
     await expect(inbox_row(page)).to_contain_text("Ann Lee")
     status, found = await ws.api("GET", "/api/v1/customers",
                                  params={"address": f"whatsapp:{number}"})
@@ -204,34 +250,75 @@ async def test_screen_pop_opens_the_callers_context_by_itself(
                  json={"channel": "voice", "mode": "dial-in"})
     sent = await twilio.wait_for_messages(4)
     pin = code_from(next(m["Body"] for m in sent if "PIN" in m["Body"]))
-    # A call offered to another agent does not pop here.
-    await ws.offer_call("+14155550299", "bob")
+    # Someone dials Bob's own SIP user: Bob's phone rings and he takes the call. It does
+    # not pop on Alice's console; Bob stays on it, so Alice is the least busy agent.
+    other = await phones("other-caller")
+    dialling_bob = asyncio.create_task(other.dial("bob", "+14155550299"))
+    bob_invite = await bob_phone.ringing(timeout=15)
+    bob_dialog = await bob_phone.pick_up(bob_invite)
+    other_dialog = await dialling_bob
     await ws.sms("+14155550232", "marker after bob's call")
     await expect(inbox_row(page)).to_contain_text("marker after bob's call")
     assert await page.locator("#pop").is_hidden()
-    # Ann calls the support number through Twilio Voice and types the PIN; Twilio dials
-    # Alice's phone (<Dial><Sip>): the context opens by itself while it rings.
+    # Ann dials the support line with her PIN from a softphone; the gateway sends the INVITE
+    # to Alice's registered phone: the context opens by itself while it rings.
+    ann = await phones("ann")
     started = time.monotonic()
-    call = await ws.twilio_call("+14155550299", pin, "alice")
+    dialling = asyncio.create_task(ann.dial(f"support*{pin}", "+14155550298"))
+    invite = await alice_phone.ringing(timeout=15)
     await expect(page.locator("#pop-title")).to_have_text("Incoming call")
     print(f"screen pop after {1000 * (time.monotonic() - started):.0f} ms")
+    assert not dialling.done()  # still ringing: nobody has picked up
     await expect(page.locator("#pop-customer")).to_have_text("Ann Lee")
     await expect(page.locator("#pop-badge")).to_contain_text("verified by whatsapp-otp")
     await expect(page.locator("#pop-timeline")).to_contain_text("My card was charged twice")
     await expect(page.locator("#pop-timeline")).not_to_contain_text(code)
-    # The pop shows the context of the very call Twilio is bridging to Alice's phone.
-    await expect(page.locator("#pop")).to_have_attribute("data-call-ref", call.form["CallSid"])
+    # The pop is the context of the very call ringing Alice's phone: its Call-ID, the
+    # conversation its X-Conversation-Id names, and the bundle its Call-Info links to.
+    assert invite.headers.get("X-Conversation-Id") == cid
+    await expect(page.locator("#pop")).to_have_attribute("data-call-ref", invite.call_id)
+    link = re.fullmatch(r"<([^>]+)>;purpose=info", invite.headers.get("Call-Info") or "")
+    assert link, invite.headers.get("Call-Info")
+    async with ws.http.get(link.group(1).replace(PUBLIC_URL, ws.url)) as resp:
+        bundle = await resp.json()
+    assert resp.status == 200 and bundle["customer"]["id"] == found["id"], bundle
     await expect(inbox_row(page)).to_contain_text("Ann Lee")
     await page.screenshot(path=screenshot_path("screen-pop.png", tmp_path))
     await page.click("#pop-open")
     await expect(page.locator("#conversation .legs")).to_contain_text("escalation")
-    # The caller hangs up: the pop says so and the timeline gets the call's end.
-    await call.hang_up()
+    # Alice picks up; Ann hangs up (BYE): the pop says so and the timeline gets the end.
+    answered = await alice_phone.pick_up(invite)
+    ann_dialog = await dialling
+    await asyncio.gather(ann.hang_up(ann_dialog), alice_phone.hung_up())
     await expect(page.locator("#pop-title")).to_have_text("Call context (ended)")
-    await expect(page.locator("#conversation")).to_contain_text("call ended after 42 s")
+    await expect(page.locator("#conversation")).to_contain_text(
+        re.compile(r"call ended after \d+ (min )?\d* ?s with agent alice"))
     await page.click("#pop-dismiss")
     await expect(page.locator("#pop")).to_be_hidden()
+    # Bob's call ends too; nothing pops for Alice.
+    await asyncio.gather(other.hang_up(other_dialog), bob_phone.hung_up())
+    assert answered.call_id == invite.call_id and bob_dialog.call_id == bob_invite.call_id
+    await ws.sms("+14155550233", "marker after bob hung up")
+    await expect(inbox_row(page)).to_contain_text("marker after bob hung up")
+    assert await page.locator("#pop").is_hidden()
     await page.screenshot(path=screenshot_path("inbox.png", tmp_path))
+
+
+async def test_screen_pop_of_a_twilio_voice_call_dialled_to_the_agent(
+    console: Any, ws: WorkspaceGateway
+) -> None:
+    number = "+14155550235"
+    await ws.sms(number, "Calling you about my refund")
+    page = await console()
+    await expect(inbox_row(page)).to_contain_text("Calling you about my refund")
+    # Twilio Voice: the caller skips the PIN (#); the gateway answers <Dial><Sip> to an agent's
+    # phone (if Bob's first, he does not answer and the <Dial action> moves on to Alice's).
+    call = await ws.twilio_call(number, None, "alice")
+    await expect(page.locator("#pop-title")).to_have_text("Incoming call")
+    await expect(page.locator("#pop")).to_have_attribute("data-call-ref", call.form["CallSid"])
+    await expect(page.locator("#pop-timeline")).to_contain_text("Calling you about my refund")
+    await call.hang_up()
+    await expect(page.locator("#pop-title")).to_have_text("Call context (ended)")
 
 
 async def test_customer_html_is_shown_as_text(console: Any, ws: WorkspaceGateway) -> None:
