@@ -86,6 +86,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _runnable_waiting_seconds(pid: int) -> float | None:
+    """Seconds the relay's threads were runnable but waited for a CPU (schedstat): on a
+    shared, loaded machine a relay that falls behind at low CPU is often just not scheduled."""
+    try:
+        return sum(int((task / "schedstat").read_text().split()[1])
+                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Relay:
     """A SIP relay under test, in its own process: the gateway or the bare edge."""
 
@@ -275,6 +285,7 @@ class Step:
     cpu: float | None  # CPU seconds the relay spent during the step
     seconds: float
     rtts: list[float]
+    waited: float | None = None  # seconds the relay was runnable but had no CPU
 
     @property
     def kept_up(self) -> bool:
@@ -306,6 +317,7 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
     )
     argv += ["-l", str(max(1000, rate * 20))]  # allow enough simultaneous calls
     cpu0 = sum(_cpu_seconds(pid) for pid in pids) if pids else None
+    waited0 = _waiting(pids)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=run_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -317,6 +329,8 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
         await proc.wait()
     seconds = time.monotonic() - started
     cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu0 if pids and cpu0 is not None else None
+    waited1 = _waiting(pids)
+    waited = waited1 - waited0 if waited0 is not None and waited1 is not None else None
     successful, failed = _counts((run_dir / "stat.csv").read_text(errors="replace"))
     rtts: list[float] = []
     for path in run_dir.glob("*_rtt.csv"):
@@ -324,7 +338,12 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
             parts = line.split(";")
             if len(parts) >= 3:
                 rtts.append(float(parts[1]))
-    return Step(rate, calls, successful, failed, cpu, seconds, rtts)
+    return Step(rate, calls, successful, failed, cpu, seconds, rtts, waited)
+
+
+def _waiting(pids: tuple[int, ...]) -> float | None:
+    waits = [_runnable_waiting_seconds(pid) for pid in pids]
+    return None if not pids or None in waits else sum(w for w in waits if w is not None)
 
 
 def _free_media_port() -> int:
@@ -358,6 +377,8 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
         step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
                              relay_pids=relay_pids, scenario=scenario)
         cpu = f", relay CPU {100 * step.cpu / step.seconds:.0f}%" if step.cpu else ""
+        if step.waited is not None:
+            cpu += f", waiting for a CPU {100 * step.waited / step.seconds:.0f}%"
         verdict = "clean" if step.clean else "FAILED" if step.failed else "FELL BEHIND"
         print(f"  {name:9} {rate:6} CPS: {step.successful}/{step.calls} ok, "
               f"{step.failed} failed in {step.seconds:.1f} s "
@@ -594,6 +615,8 @@ def _rates(text: str) -> list[int]:
 
 async def main(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="sip-bench-"))
+    print("load average {:.2f} {:.2f} {:.2f} on {} CPUs (a loaded machine starves the relays: "
+          "'waiting for a CPU' sums the relay's threads)".format(*os.getloadavg(), os.cpu_count()))
     print(f"SIP CPS benchmark: SIPp uac -d {CALL_LENGTH_MS} -> relay -> SIPp uas (200 without "
           f"180), {args.step_seconds:g} s per step; the gateway as `gateway serve` runs it "
           f"(gc frozen after start-up, thresholds 20000/50/100); work dir {directory}",
