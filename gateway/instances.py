@@ -42,6 +42,7 @@ from gateway.bus import (
 )
 from gateway.domain import Entry
 from gateway.models import TranscriptEntry
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.instances")
 
@@ -182,13 +183,7 @@ class PeerLink:
 
     async def aclose(self) -> None:
         self._bus.forward_to(None)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._conn is not None:
             await self._conn.close(timeout=5)

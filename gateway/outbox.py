@@ -60,6 +60,7 @@ from gateway.instances import hold_liveness, new_instance_id, owner_gone
 from gateway.models import EarlyStatus, OutboxMessage
 from gateway.conversations import insert_ignore
 from gateway.store import Prepared, new_id
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.outbox")
 OUTBOX = OutboxMessage.__table__
@@ -364,13 +365,8 @@ class OutboxWorker:
         self._task = asyncio.create_task(self._run(), name="outbox-worker")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._inflight:
             # Let sends already on the wire finish and record their outcome.
             await asyncio.wait(self._inflight, timeout=self._drain_timeout)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.agents import Agent, AgentDirectory, Contact
 from gateway.clock import Clock
 from gateway.models import SipRegistration
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.registrations")
 TABLE = SipRegistration.__table__
@@ -62,13 +63,8 @@ class SharedRegistrations:
 
     async def aclose(self) -> None:
         self._agents.on_registration = None
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await self._write()  # what the registrar accepted last still reaches the others
         except Exception:

@@ -41,6 +41,7 @@ from gateway.channels import (
     TextMessage,
 )
 from gateway.clock import Clock, SystemClock
+from gateway.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -173,12 +174,7 @@ class EmailChannel:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         parser, self._parser = self._parser, None
         if parser is not None:
             await asyncio.to_thread(parser.shutdown, True, cancel_futures=True)
