@@ -286,11 +286,21 @@ def _read(raw: bytes) -> EmailMessage:
     if swapped is not None:
         text, stand_in = swapped
         msg = BytesParser(policy=POLICY).parsebytes(text)
-        if msg.get_boundary() == stand_in and not any(
+        content_type = next((v for k, v in msg.raw_items() if k.lower() == "content-type"), "")
+        if _boundary_in(content_type) == stand_in and not any(
                 (part.get_boundary() or "").startswith(stand_in) for part in msg.walk()
                 if part is not msg and part.get_content_maintype() == "multipart"):
             return msg  # type: ignore[return-value]
     return BytesParser(policy=POLICY).parsebytes(raw)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def _boundary_in(content_type: str) -> str | None:
+    """`get_boundary()` of a message whose Content-Type is `content_type` (the stand-ins' few
+    headers: no parameter parse per mail)."""
+    probe = EmailMessage(policy=POLICY)
+    probe.set_raw("Content-Type", content_type)
+    return probe.get_boundary()
 
 
 def _swap_boundary(raw: bytes) -> tuple[bytes, str] | None:
@@ -380,7 +390,7 @@ def _sender(msg: EmailMessage, heads: Headers) -> tuple[str | None, str | None]:
     if raw_from.isascii() and "=?" not in raw_from:
         # The common case, read by email.utils.parseaddr (strict): the full RFC 5322 grammar
         # walk of policy.default costs ~1 ms a mail here and gives the same answer.
-        display, spec = parseaddr(" ".join(raw_from.split()))
+        display, spec = _parseaddr(" ".join(raw_from.split()))
         if spec and _plain_address(spec):
             local, _, domain = spec.rpartition("@")
             return f"{local}@{domain.lower()}", clean_text(display)[:200] or None
@@ -403,6 +413,22 @@ def _sender(msg: EmailMessage, heads: Headers) -> tuple[str | None, str | None]:
             if found[0] is not None:
                 return found
     return None, None
+
+
+# `Name Words <local@domain>` or `local@domain`, ASCII letters and digits (and . _ + - in the
+# address): parseaddr's answer for these is the match itself (tests check it, fuzzed).
+_SIMPLE_FROM = re.compile(r"(?:([A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?"
+                          r"([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+                          r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?(1)>)")
+
+
+def _parseaddr(text: str) -> tuple[str, str]:
+    """`email.utils.parseaddr(text)`; the plain shape most senders use is read by one regex
+    (measured: parseaddr's tokenizer was ~12% of parse_mail, ~45 us a mail)."""
+    simple = _SIMPLE_FROM.fullmatch(text)
+    if simple is not None:
+        return simple.group(1) or "", simple.group(2)
+    return parseaddr(text)
 
 
 def _addr_spec(address: HeaderAddress) -> str | None:
