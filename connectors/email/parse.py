@@ -264,7 +264,8 @@ _BOUNDARY_PARAM = re.compile(rb"""(;[ \t\r\n]*boundary=)(?:"([A-Za-z0-9'()+_,./=
 _BOUNDARY_TAIL = re.compile(rb"(?:--)?[ \t]*(?:\r|\n|\Z)")  # the feed parser's, after "--" + b
 # Stand-ins for a mail's own top-level boundary, one not in the mail is used. Each ends in an
 # alphanumeric, so no line the parser reads as "--" + stand-in (+ "--") can be another
-# boundary's delimiter unless that boundary starts with the stand-in (checked after parsing).
+# boundary's delimiter unless that boundary starts with the stand-in (an encoded one could:
+# checked after parsing, though the top-level delimiter is matched first anyway).
 _STAND_INS: Final = tuple(b"gw-parse-boundary-%d" % n for n in range(4))
 
 
