@@ -160,8 +160,9 @@ def serve_gateway(port: int, database: str) -> None:
 # ---- load ------------------------------------------------------------------------------------
 
 
-def signed_requests(count: int, prefix: str) -> list[str]:
-    """`count` lines of "signature<TAB>urlencoded body", each a distinct inbound SMS."""
+def signed_requests(count: int, prefix: str, customers: int = CUSTOMERS) -> list[str]:
+    """`count` lines of "signature<TAB>urlencoded body", each a distinct inbound SMS, from
+    `customers` numbers in turn."""
     from twilio.request_validator import RequestValidator
 
     validator = RequestValidator(AUTH_TOKEN)
@@ -176,7 +177,7 @@ def signed_requests(count: int, prefix: str) -> list[str]:
             "Body": f"Hello, I need help with order {n} — merci 😀",
             "FromCountry": "US", "To": BUSINESS, "ToZip": "94612", "NumSegments": "1",
             "MessageSid": sid, "AccountSid": ACCOUNT_SID,
-            "From": f"+1415555{n % CUSTOMERS:04d}", "ApiVersion": "2010-04-01",
+            "From": f"+1415555{n % customers:04d}", "ApiVersion": "2010-04-01",
         }
         lines.append(validator.compute_signature(url, form) + "\t" + urlencode(form))
     return lines
@@ -435,6 +436,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--requests", type=int, default=150_000,
                         help="distinct signed messages prepared for the measured run")
+    parser.add_argument("--customers", type=int, default=CUSTOMERS,
+                        help="distinct senders: each one's first message makes a customer, a "
+                        "conversation and a leg; the later ones only append")
     parser.add_argument("--postgres", action="store_true",
                         help="store in a real PostgreSQL started for the run, not SQLite")
     parser.add_argument("--gateways", type=int, default=1,
@@ -475,12 +479,13 @@ def run(args: argparse.Namespace, counts: list[int], work: Path, pg: Postgres | 
     script = work / "signed_post.lua"
     script.write_text(LUA)
     t0 = time.perf_counter()
-    warm = signed_requests(max(2000, args.requests // 10), "0")
-    measured = signed_requests(args.requests, "1")
+    warm = signed_requests(max(2000, args.requests // 10), "0", args.customers)
+    measured = signed_requests(args.requests, "1", args.customers)
     store = f"PostgreSQL {pg.version} (durable)" if pg else "SQLite (WAL, FULL)"
     print(f"prepared {args.requests:,} signed requests in {time.perf_counter() - t0:.1f} s; "
           f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-          f"{os.cpu_count()} CPUs shared by server(s), {store} and load generator; "
+          f"{args.customers:,} senders, {os.cpu_count()} CPUs shared by server(s), {store} and "
+          f"load generator; "
           f"load average at start {os.getloadavg()[0]:.2f}")
 
     rows: list[tuple[str, Result]] = []
