@@ -124,10 +124,9 @@ async def test_a_gateway_killed_mid_load_loses_and_doubles_nothing_acknowledged_
 ) -> None:
     url = postgres_server.create_database(template=pg_template)
     async with SlowTwilio(new_twilio_sid("AC"), secrets.token_hex(16)) as twilio:
-        a = await start(gateways, "gateway-a", url, twilio, tmp_path,
-                        GATEWAY_OUTBOX_POLL_SECONDS="1")
-        b = await start(gateways, "gateway-b", url, twilio, tmp_path,
-                        GATEWAY_OUTBOX_POLL_SECONDS="1")
+        a, b = await asyncio.gather(*(
+            start(gateways, f"gateway-{x}", url, twilio, tmp_path,
+                  GATEWAY_OUTBOX_POLL_SECONDS="1") for x in "ab"))
         engine = make_engine(url)
         try:
             async with aiohttp.ClientSession() as http:
