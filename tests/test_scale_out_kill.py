@@ -28,7 +28,7 @@ from gateway.store import make_engine
 from tests.conftest import BUSINESS_SMS, PUBLIC_URL
 from tests.helpers import wait_until
 from tests.peers import PostgresServer
-from tests.standins import new_twilio_sid, twilio_sign, twilio_sms_form
+from tests.standins import TwilioStandin, new_twilio_sid, twilio_sign, twilio_sms_form
 from tests.standins.server import Fault
 from tests.test_scale_out import MESSAGING, GatewayProcess
 from tests.test_scale_out_peers import (  # noqa: F401  (gateways: a fixture)
@@ -67,7 +67,7 @@ class Provider:
     gateway in turn, retried at the next one until a 2xx."""
 
     http: aiohttp.ClientSession
-    twilio: GatedTwilio
+    twilio: TwilioStandin
     targets: list[GatewayProcess]
     numbers: list[str]
     acked: dict[str, str] = field(default_factory=dict)  # MessageSid -> gateway that said 200
@@ -119,7 +119,8 @@ class Provider:
 
 
 async def test_a_gateway_killed_mid_load_loses_and_doubles_nothing_acknowledged_in_or_out(
-    postgres_server: PostgresServer, pg_template: str, gateways: list[GatewayProcess],
+    postgres_server: PostgresServer, pg_template: str,
+    gateways: list[GatewayProcess],  # noqa: F811  (the fixture imported above)
     tmp_path: Path,
 ) -> None:
     url = postgres_server.create_database(template=pg_template)
@@ -181,7 +182,7 @@ async def test_a_gateway_killed_mid_load_loses_and_doubles_nothing_acknowledged_
                 # extra; some were delivered again after the kill, and B kept serving.
                 assert len(provider.acked) == MESSAGES
                 async with engine.connect() as conn:
-                    stored = dict((await conn.execute(
+                    stored: dict[str | None, int] = dict((await conn.execute(
                         select(TRANSCRIPT.c.provider_id, func.count())
                         .where(TRANSCRIPT.c.direction == "in",
                                TRANSCRIPT.c.text.like("message %"))

@@ -34,7 +34,8 @@ NUMBER = "+14155550190"
 
 async def test_with_xmpp_on_two_gateways_the_agent_is_told_each_message_once(
         prosody, client, postgres_server: PostgresServer, pg_template: str,
-        twilio: GatedTwilio, gateways: list[GatewayProcess], tmp_path: Path) -> None:
+        twilio: GatedTwilio, gateways: list[GatewayProcess],  # noqa: F811  (fixtures above)
+        tmp_path: Path) -> None:
     gw_jid, alice_jid = await prosody.accounts("gw", "alice")
     url = postgres_server.create_database(template=pg_template)
     xmpp = {"GATEWAY_XMPP_JID": gw_jid, "GATEWAY_XMPP_PASSWORD": PASSWORD,
