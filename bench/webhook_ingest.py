@@ -2,6 +2,7 @@
 
 Run by hand (not in CI):  .venv/bin/python bench/webhook_ingest.py [--duration 10]
                                 [--connections 64] [--threads 2] [--requests 150000]
+                                [--customers 1000] [--postgres [--gateways N [--sweep]]]
 
 In one run, with the same load generator (wrk, a Lua script replaying pre-signed POSTs) and
 the same concurrency, it drives
