@@ -66,6 +66,8 @@ async def test_with_xmpp_on_two_gateways_the_agent_is_told_each_message_once(
         status, _ = await b.twilio(http, twilio, NUMBER, "last, at B")
         assert status == 200
         await alice.wait_for_body("last, at B")
+    # Both stopped at once (each logs out of Prosody first), not one after the other.
+    await asyncio.gather(*(gateway.child.stop_async() for gateway in gateways))
     # Each once, from the gateway where it was committed (B had followed the assignment).
     assert told("verification:") == [f"{gw_jid}/gateway-a"]
     assert told("then at B") == [f"{gw_jid}/gateway-b"]
