@@ -305,6 +305,8 @@ def _boundary_in(content_type: str) -> str | None:
 
 
 def _swap_boundary(raw: bytes) -> tuple[bytes, str] | None:
+    """The mail with its top-level boundary swapped for a stand-in (see `_read`), and the
+    stand-in; None when the header or the boundary is not of the plain kind handled here."""
     ends = [n for n in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if n >= 0]
     if not ends:
         return None
@@ -425,7 +427,7 @@ _SIMPLE_FROM = re.compile(r"(?:([A-Za-z0-9]+(?: [A-Za-z0-9]+)*) <)?"
 
 def _parseaddr(text: str) -> tuple[str, str]:
     """`email.utils.parseaddr(text)`; the plain shape most senders use is read by one regex
-    (measured: parseaddr's tokenizer was ~12% of parse_mail, ~45 us a mail)."""
+    (measured: parseaddr's tokenizer, ~13 us a call, was ~12% of parse_mail's profile)."""
     simple = _SIMPLE_FROM.fullmatch(text)
     if simple is not None:
         return simple.group(1) or "", simple.group(2)
