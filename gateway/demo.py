@@ -16,12 +16,12 @@ and prints the console URL and the agent's token, to open the console on the sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
+import shutil
 import signal
 import socket
 import tempfile
@@ -222,10 +222,8 @@ async def run_demo(keep: bool = False) -> int:
             agent_phone.close()
         await runner.cleanup()
         await phone.close()
-        if not keep:
-            database.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                workdir.rmdir()
+        if not keep:  # the directory is the demo's own (mkdtemp): the database, its WAL
+            shutil.rmtree(workdir, ignore_errors=True)  # and migration lock files go with it
     if keep:
         print(f"gateway stopped; the database stays at {database}")
     else:
