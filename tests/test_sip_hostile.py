@@ -358,3 +358,57 @@ def test_no_datagram_makes_a_handler_fail(data: st.DataObject) -> None:
                    for d, peer in fuzz.sent)
     finally:
         fuzz.close()
+
+
+# ---- one call's events reach the core in their order ------------------------------------------
+
+
+class _SlowToRecordSink(_Sink):
+    """A core whose writes may commit in any order (several database lanes): it records the
+    answer only when the test says so."""
+
+    def __init__(self, router: AgentDirectory) -> None:
+        super().__init__(router)
+        self.recorded: list[str] = []
+        self.answer_may_commit = asyncio.Event()
+
+    async def call_event(self, event: Any) -> bool:
+        if event.kind == "answered":
+            await self.answer_may_commit.wait()
+        self.recorded.append(event.kind)
+        return True
+
+
+def test_a_calls_end_is_recorded_after_its_answer_even_when_the_answer_is_slow() -> None:
+    """The caller hangs up while the core is still recording the answer: the end must not
+    overtake it (a PIN call's end before its answer would give the PIN back, and the
+    transcript would say it ended before it was answered)."""
+    fuzz = _FuzzEdge()
+    sink = _SlowToRecordSink(fuzz.edge.proxy.sink.router)
+    fuzz.edge.proxy.sink = sink
+    try:
+        me = f"127.0.0.1:{fuzz.edge.port}"
+        fuzz.feed(_seed_messages(fuzz.edge.port)[0], UAC)
+        (invite,) = fuzz.forwarded()
+        ok = _reply_to(invite, 200)
+        fuzz.feed(ok, UAS)
+        route = re.search(rb"Record-Route: (<[^>]+>)", invite)
+        assert route is not None
+        common = ("Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKbye1;rport\r\n"
+                  "From: <sip:+14155550100@127.0.0.1>;tag=f1\r\nCall-ID: seed@127.0.0.1\r\n"
+                  f"To: <sip:support@{me}>;tag=a1\r\nMax-Forwards: 70\r\n"
+                  f"Route: {route.group(1).decode()}\r\n")
+        fuzz.feed((f"ACK sip:agent@127.0.0.1:5072 SIP/2.0\r\n{common}CSeq: 1 ACK\r\n"
+                   "Content-Length: 0\r\n\r\n").encode(), UAC)
+        fuzz.feed((f"BYE sip:agent@127.0.0.1:5072 SIP/2.0\r\n{common}CSeq: 2 BYE\r\n"
+                   "Content-Length: 0\r\n\r\n").encode(), UAC)
+        for _ in range(5):
+            fuzz.loop.run_until_complete(asyncio.sleep(0))
+        assert any(d.startswith(b"BYE ") for d in fuzz.forwarded())  # the BYE went on
+        assert "ended" not in sink.recorded  # it waits for the answer to be recorded
+        sink.answer_may_commit.set()
+        for _ in range(5):
+            fuzz.loop.run_until_complete(asyncio.sleep(0))
+        assert sink.recorded == ["answered", "ended"]
+    finally:
+        fuzz.close()
