@@ -371,14 +371,20 @@ def _counts(csv_text: str) -> tuple[int, int]:
 
 async def step_up(name: str, target: str, rates: list[int], seconds: float, directory: Path,
                   relay_pid: int | None, *, relay_pids: tuple[int, ...] = (),
-                  scenario: str | Path = "uac") -> Step | None:
+                  scenario: str | Path = "uac", rtt: bool = False) -> Step | None:
+    """`rtt`: trace every call's INVITE->200 too (cheap at gateway rates), so each step
+    prints its p99 set-up delay."""
     last_clean: Step | None = None
     for rate in rates:
         step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
-                             relay_pids=relay_pids, scenario=scenario)
+                             relay_pids=relay_pids, scenario=scenario, rtt=rtt)
         cpu = f", relay CPU {100 * step.cpu / step.seconds:.0f}%" if step.cpu else ""
+        if step.cpu and step.successful:
+            cpu += f" ({1000 * step.cpu / step.successful:.1f} ms a call)"
         if step.waited is not None:
             cpu += f", waiting for a CPU {100 * step.waited / step.seconds:.0f}%"
+        if step.rtts:
+            cpu += f", p99 INVITE->200 {p99(step.rtts):.0f} ms"
         verdict = "clean" if step.clean else "FAILED" if step.failed else "FELL BEHIND"
         print(f"  {name:9} {rate:6} CPS: {step.successful}/{step.calls} ok, "
               f"{step.failed} failed in {step.seconds:.1f} s "
@@ -530,7 +536,7 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                                                          UAC_ROUTE_SET)
                 results["gateway-pg"] = await step_up(
                     "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
-                    directory, single.pid, scenario=UAC_ROUTE_SET)
+                    directory, single.pid, scenario=UAC_ROUTE_SET, rtt=True)
             finally:
                 single.stop()
             gateways = [start_gateway(uas.address, directory, database_url=url,
@@ -547,7 +553,8 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                     results["scale-out"] = await step_up(
                         "2 gateways", kamailio.address, _rates(args.gateway_rates),
                         args.step_seconds, directory, None,
-                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET)
+                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET,
+                        rtt=True)
             finally:
                 for gateway in gateways:
                     gateway.stop()
@@ -676,6 +683,15 @@ async def main(args: argparse.Namespace) -> int:
             print(f"  Kamailio whole edge + HTTP route api     {cps('whole-edge'):6} CPS"
                   f"   ratio / Kamailio alone "
                   f"{cps('whole-edge') / kamailio if kamailio else float('nan'):.2f}")
+        for name, label in (("gateway-pg", "one gateway on PostgreSQL"),
+                            ("scale-out", "dispatcher -> 2 gateways")):
+            step = results.get(name)
+            if step is not None and step.cpu is not None and step.successful:
+                print(f"  {label} at its last clean step ({step.rate} CPS): relay CPU "
+                      f"{1000 * step.cpu / step.successful:.1f} ms a call, p99 INVITE->200 "
+                      f"{p99(step.rtts):.0f} ms (direct, with route set: "
+                      f"{delays.get('direct-route', float('nan')):.0f} ms at "
+                      f"{args.delay_rate} CPS)")
         print(f"  ratio 2 gateways / Kamailio alone        "
               f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
               f"  (/ dispatcher alone: "
