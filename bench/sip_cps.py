@@ -568,8 +568,7 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                     gateway.stop()
             if not args.skip_whole_edge:
                 await whole_edge(args, directory, results, delays, uas, postgres)
-            if args.registrar:
-                await registrar(args, directory, results, delays, uas, postgres)
+
         delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
                                                    UAC_ROUTE_SET)
 
@@ -669,7 +668,7 @@ async def registrar(args: argparse.Namespace, directory: Path, results: dict[str
         delays["registrar"] = await setup_delay(target, args.delay_rate, directory,
                                                 UAC_ROUTE_SET, service="u1")
         results["registrar"] = await step_up(
-            "reg+INVITE", target, _rates(args.kamailio_rates), args.step_seconds, directory,
+            "reg+INVITE", target, _rates(args.registrar_rates), args.step_seconds, directory,
             None, scenario=UAC_ROUTE_SET, service="u1")
     finally:
         kamailio.stop()
@@ -721,6 +720,12 @@ async def main(args: argparse.Namespace) -> int:
         delays["direct"] = await setup_delay(uas.address, args.delay_rate, directory)
     if not args.skip_scale_out:
         await scale_out(args, directory, results, delays)
+    if args.registrar:
+        from tests.peers import PostgresServer
+
+        async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
+            with PostgresServer() as postgres:
+                await registrar(args, directory, results, delays, uas, postgres)
     with_txns, dialog_only = await memory_per_dialog(args.dialogs)
 
     def cps(name: str) -> int:
@@ -755,15 +760,15 @@ async def main(args: argparse.Namespace) -> int:
                       f"{p99(step.rtts):.0f} ms (direct, with route set: "
                       f"{delays.get('direct-route', float('nan')):.0f} ms at "
                       f"{args.delay_rate} CPS)")
-        if "registrar" in results:
-            print(f"  Kamailio registrar, usrloc on PostgreSQL: REGISTER "
-                  f"{cps('registrar-register')}/s, INVITE with lookup {cps('registrar')} CPS"
-                  f"   ratio / Kamailio alone "
-                  f"{cps('registrar') / kamailio if kamailio else float('nan'):.2f}")
         print(f"  ratio 2 gateways / Kamailio alone        "
               f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
               f"  (/ dispatcher alone: "
               f"{scaled / cps('dispatcher') if cps('dispatcher') else float('nan'):.2f})")
+    if "registrar" in results:
+        print(f"  Kamailio registrar, usrloc on PostgreSQL: REGISTER "
+              f"{cps('registrar-register')}/s, INVITE with lookup {cps('registrar')} CPS"
+              f"   ratio / Kamailio alone "
+              f"{cps('registrar') / kamailio if kamailio else float('nan'):.2f}")
     print(f"p99 INVITE->200 at {args.delay_rate} CPS, in whole ms as SIPp reports them: "
           f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}"
           + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
@@ -815,7 +820,9 @@ if __name__ == "__main__":
     parser.add_argument("--registrar", action="store_true",
                         help="add (r), Kamailio as registrar with usrloc on PostgreSQL "
                              "(needs Debian's kamailio-postgres-modules)")
-    parser.add_argument("--register-rates", default="250,500,1000,2000,4000")
+    parser.add_argument("--register-rates", default="100,250,500,750,1000,1500,2000")
+    parser.add_argument("--registrar-rates", default="100,250,500,750,1000,1500,2000",
+                        help="INVITE rates of (r), each call a location lookup")
     parser.add_argument("--skip-scale-out", action="store_true",
                         help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()
