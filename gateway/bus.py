@@ -141,6 +141,9 @@ class Published:
     at: datetime
     event: DomainEvent
     origin: str | None = None  # None: committed by this instance; else the one that did
+    # Remote only: the agent relays (e.g. "xmpp:support@example.org") that the origin runs
+    # itself; they told their agents there, so the same relay here must not tell them again.
+    relayed_by: frozenset[str] = frozenset()
 
 
 class SubscriptionLost(Exception):
@@ -200,6 +203,9 @@ class EventBus:
         self._recent: deque[Published] = deque(maxlen=replay)
         self._subscribers: list[Subscription] = []
         self._forward: Callable[[Sequence[DomainEvent]], None] | None = None
+        # The agent relays running on this instance (a subscriber that tells agents what
+        # happened, e.g. "xmpp:<account>"): the peer link names them on what it carries.
+        self.relays: set[str] = set()
         self.first_seq = first_seq
         self.last_seq = first_seq - 1
 
@@ -210,9 +216,10 @@ class EventBus:
         if self._forward is not None and events:
             self._forward(events)
 
-    def publish_remote(self, events: Iterable[DomainEvent], origin: str) -> None:
+    def publish_remote(self, events: Iterable[DomainEvent], origin: str,
+                       relayed_by: frozenset[str] = frozenset()) -> None:
         """Events another instance committed (and published there); not forwarded again."""
-        self._append(events, origin)
+        self._append(events, origin, relayed_by)
 
     def forward_to(self, hook: Callable[[Sequence[DomainEvent]], None] | None) -> None:
         """Hand every event published here (not remote ones) to `hook` too."""
@@ -223,9 +230,10 @@ class EventBus:
         gateway's before it restarted)."""
         return seq < self.first_seq - 1 or seq > self.last_seq
 
-    def _append(self, events: Iterable[DomainEvent], origin: str | None) -> None:
+    def _append(self, events: Iterable[DomainEvent], origin: str | None,
+                relayed_by: frozenset[str] = frozenset()) -> None:
         for event in events:
-            record = Published(next(self._seq), self._now(), event, origin)
+            record = Published(next(self._seq), self._now(), event, origin, relayed_by)
             self.last_seq = record.seq
             self._recent.append(record)
             for subscriber in list(self._subscribers):

@@ -9,6 +9,8 @@ typed rows of `gateway/domain.py`.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -128,10 +130,12 @@ def lookup_thread(conn: Connection, address: str, channel: str, thread_key: str
 
 def insert_ignore(conn: Connection, table: Table) -> Any:
     """INSERT … ON CONFLICT DO NOTHING for the connection's dialect."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
+    return _insert_ignore(conn.dialect.name == "postgresql", table)
+
+
+@functools.cache  # one statement object per table: SQLAlchemy then memoises its cache key
+def _insert_ignore(postgres: bool, table: Table) -> Any:
+    return (postgresql if postgres else sqlite).insert(table).on_conflict_do_nothing()
 
 
 def claim_event(

@@ -156,8 +156,9 @@ class Inbound:
             if check.outcome is verification.OtpOutcome.NONE_PENDING:
                 return None, ()
             return check.outcome, (found[0].written,)
-        return None, tuple(c.written for c in found
-                           if verification.is_pending_code(conn, customer_id, c.code, now))
+        pending = verification.pending_codes_among(conn, customer_id,
+                                                   (c.code for c in found), now)
+        return None, tuple(c.written for c in found if c.code in pending)
 
     def _place(
         self, tx: Tx, event: InboundMessage, evidence: Evidence, attested: bool,

@@ -92,10 +92,14 @@ async def owner_gone(conn: AsyncConnection, instance_id: str) -> bool:
 # ---- events <-> NOTIFY payloads -----------------------------------------------------------
 
 
-def encode_event(origin: str, n: int, event: DomainEvent) -> str | None:
+def encode_event(origin: str, n: int, event: DomainEvent,
+                 relays: Sequence[str] = ()) -> str | None:
     """The NOTIFY payload of `event`: the event itself, or for a transcript entry too large
-    for one payload, its id (the receiver reads it back). None: cannot be carried."""
+    for one payload, its id (the receiver reads it back). None: cannot be carried.
+    `relays`: the agent relays the origin runs (`EventBus.relays`), which told their agents."""
     head: dict[str, Any] = {"o": origin, "n": n, "k": event.kind}
+    if relays:
+        head["r"] = list(relays)
     if isinstance(event, EntryAdded):
         values = [v.isoformat() if isinstance(v, datetime) else v for v in event.values]
         body: dict[str, Any] = {"customer_id": event.customer_id, "values": values}
@@ -117,6 +121,7 @@ class Heard:
     origin: str
     event: DomainEvent | None
     entry_ref: tuple[int, str] | None = None  # (entry id, customer id)
+    relays: frozenset[str] = frozenset()
 
 
 def decode_event(payload: str) -> Heard | None:
@@ -124,14 +129,15 @@ def decode_event(payload: str) -> Heard | None:
     try:
         data = json.loads(payload)
         origin, kind = str(data["o"]), str(data["k"])
+        relays = frozenset(str(r) for r in data.get("r", ()))
         if "ref" in data:
-            return Heard(origin, None, (int(data["ref"]), str(data["customer_id"])))
+            return Heard(origin, None, (int(data["ref"]), str(data["customer_id"])), relays)
         body = data["e"]
         if kind == EntryAdded.kind:
             values = [datetime.fromisoformat(v) if name in _ENTRY_TIMES and v else v
                       for name, v in zip(_ENTRY_FIELDS, body["values"], strict=True)]
-            return Heard(origin, EntryAdded(body["customer_id"], tuple(values)))
-        return Heard(origin, _KINDS[kind](**body))
+            return Heard(origin, EntryAdded(body["customer_id"], tuple(values)), None, relays)
+        return Heard(origin, _KINDS[kind](**body), None, relays)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -214,9 +220,10 @@ class PeerLink:
             events, self._outgoing = self._outgoing, []
             wake, self._outbox_queued = self._outbox_queued, False
             payloads = []
+            relays = sorted(self._bus.relays)
             for event in events:
                 self._n += 1
-                payload = encode_event(self.instance_id, self._n, event)
+                payload = encode_event(self.instance_id, self._n, event, relays)
                 if payload is None:
                     log.warning("peer link: a %s event is too large to carry; dropped",
                                 event.kind)
@@ -269,7 +276,7 @@ class PeerLink:
                     continue
             if event is not None:
                 self.heard += 1
-                self._bus.publish_remote([event], heard.origin)
+                self._bus.publish_remote([event], heard.origin, heard.relays)
 
     # ---- the connection ---------------------------------------------------------------------
 

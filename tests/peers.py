@@ -352,8 +352,9 @@ class PostgresServer:
     password = "gateway"
     database = "gateway"
 
-    def __init__(self, *, max_connections: int = 200) -> None:
+    def __init__(self, *, max_connections: int = 200, durable: bool = False) -> None:
         self.max_connections = max_connections
+        self.durable = durable  # True: fsync, synchronous_commit, full_page_writes as shipped
         self.host = LOOPBACK
         self.port = 0
         self.directory: Path | None = None
@@ -460,14 +461,11 @@ class PostgresServer:
                 "-c",
                 f"listen_addresses={self.host}",
                 "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
                 f"max_connections={self.max_connections}",
             ]
+            if not self.durable:  # tests need speed, not crash safety of the cluster
+                argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off"]
             self._child = _Child("postgres", argv, self.directory)
             deadline = time.monotonic() + _READY_TIMEOUT
             while time.monotonic() < deadline and self._child.alive():

@@ -294,5 +294,9 @@ def test_an_event_travels_whole_when_small_and_as_its_entry_id_when_too_large() 
     assert heard is not None and heard.event is None and heard.entry_ref == (7, "cus_1")
     delivery = DeliveryUpdated("conv_1", "out_1", "sent", None)
     heard = decode_event(encode_event("gw-b", 3, delivery) or "")
-    assert heard is not None and heard.event == delivery
+    assert heard is not None and heard.event == delivery and heard.relays == frozenset()
+    # The agent relays the origin runs travel with each event, whole or as a reference.
+    for event in (delivery, entry("x" * 9000)):
+        told = decode_event(encode_event("gw-b", 4, event, ["xmpp:support@example.org"]) or "")
+        assert told is not None and told.relays == {"xmpp:support@example.org"}
     assert decode_event("not json") is None and decode_event('{"o": "x"}') is None

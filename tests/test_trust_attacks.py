@@ -11,6 +11,7 @@ as the phone would read it (no bearer token).
 from __future__ import annotations
 
 import asyncio
+import re
 import xml.etree.ElementTree as ET
 from typing import Any
 from urllib.parse import urlencode
@@ -379,11 +380,18 @@ async def test_six_digits_in_a_message_are_kept_while_a_code_is_pending_and_card
     status, body = await gw.api("POST", f"/api/v1/conversations/{conversation}/verifications",
                                 json={})
     assert status == 202, body
+    [otp] = await twilio_standin.wait_for_messages(1)
+    code = re.search(r"code is (\d{6})", otp["Body"]).group(1)  # type: ignore[union-attr]
     await sms("my order 482913 is late")
+    # The pending code inside a longer message is no attempt, yet never stored; the other
+    # six digits beside it are.
+    await sms(f"order 482913 again, and the code was {code[:3]} {code[3:]} I think")
     await sms("000000")  # a wrong code: an attempt, never stored
     await sms(f"my card is {CARD}, exp 12/29")
     stored = [e["text"] for e in await gw.transcript(f"sms:{CALLER}")]
     assert "my order 482913 is late" in stored
+    assert "order 482913 again, and the code was [verification code] I think" in stored
+    assert not any(code in (t or "").replace(" ", "") for t in stored)
     assert "[verification code]" in stored and "000000" not in stored
     assert "my card is **** **** **** 1111, exp 12/29" in stored
     assert not any(CARD in (t or "") for t in stored)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ from gateway.domain import Conflict, NotFound
 log = logging.getLogger("gateway.connectors.xmpp")
 
 SOURCE = "xmpp"
+# True while the hub follows an event that another gateway's hub for the same account has
+# already told the agents about: the state follows it, nothing is said (set in the bus task
+# only, so commands answered meanwhile in their own lanes still speak).
+_TOLD_ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "xmpp_told_elsewhere", default=False)
 
 
 @dataclass
@@ -81,6 +87,7 @@ class AgentHub:
         send_text: Callable[[str, str], None],
         release_after: float,
         presence_grace: float,
+        account: str | None = None,  # the gateway's own bare JID
     ) -> None:
         self._by_jid = {jid: AgentState(agent_id, jid) for jid, agent_id in agents.items()}
         self._by_id = {state.agent_id: state for state in self._by_jid.values()}
@@ -93,6 +100,11 @@ class AgentHub:
         self._bus_task: asyncio.Task[None] | None = None
         self._routed: set[str] = set()  # conversations XMPP agents hold, as published
         self._replaying = False
+        # With several gateways on one PostgreSQL, each running this account's hub, every one
+        # hears every event (the peer link). The gateway that committed an event tells the
+        # agents; the others only follow it, so an agent is told once. A gateway without XMPP
+        # names no relay, and the events it committed are told here as before.
+        self.relay = f"xmpp:{account}" if account else None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -111,6 +123,8 @@ class AgentHub:
         if not self._by_jid:
             return
         subscription = sink.bus.subscribe(self._wanted)
+        if self.relay is not None:
+            sink.bus.relays.add(self.relay)
         self._bus_task = asyncio.create_task(self._follow_bus(subscription), name="xmpp-bus")
         await self._restore()
 
@@ -130,6 +144,8 @@ class AgentHub:
                 state.current = state.current or conversation_id
 
     async def aclose(self) -> None:
+        if self._sink is not None and self.relay is not None:
+            self._sink.bus.relays.discard(self.relay)
         tasks = [t for t in (self._bus_task,) if t is not None]
         for state in self._by_jid.values():
             if state.release is not None:
@@ -228,7 +244,8 @@ class AgentHub:
         self._lanes.run(state.agent_id, lambda: self._execute(state, parse(text)))
 
     def _tell(self, state: AgentState, text: str) -> None:
-        self._send_text(state.jid, text)
+        if not _TOLD_ELSEWHERE.get():
+            self._send_text(state.jid, text)
 
     async def _execute(self, state: AgentState, parsed: Command | Reply | Help) -> None:
         sink = self._sink
@@ -332,12 +349,15 @@ class AgentHub:
             try:
                 async for record in subscription:
                     last = record.seq
+                    quiet = _TOLD_ELSEWHERE.set(self.relay in record.relayed_by)
                     try:
                         await self._on_event(record.event)
                     except asyncio.CancelledError:
                         raise
                     except Exception:
                         log.exception("xmpp: handling %s failed", type(record.event).__name__)
+                    finally:
+                        _TOLD_ELSEWHERE.reset(quiet)
             except SubscriptionLost:
                 log.warning("xmpp: fell behind the event bus; resuming after #%d", last)
                 self._replaying = True  # held records: judged by the consumer, not by _routed

@@ -135,7 +135,7 @@ class XmppChannel:
         self._live: XmppSession | None = None  # made in start(): slixmpp binds the loop
         self._agents = AgentHub(agents or {}, send_text=self._send_text,
                                 release_after=options.agent_release_after,
-                                presence_grace=options.presence_grace)
+                                presence_grace=options.presence_grace, account=self._jid)
         self._work = Lanes("xmpp-inbound", depth=options.pipeline)
         self._cursor = ArchiveCursor()
         self._checkpoint_key = f"xmpp:archive:{self._jid}"

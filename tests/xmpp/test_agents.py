@@ -231,3 +231,43 @@ async def test_what_an_agent_wrote_while_the_gateway_was_away_is_not_run(
     notice = await alice.wait_for_body("While the gateway was offline you wrote")
     assert "/next" in notice.findtext(BODY)
     assert not any(c[0] == "take" for c in core.desk.calls)
+
+
+async def test_with_xmpp_on_several_gateways_an_agent_is_told_once_by_the_gateway_that_committed(
+        prosody, core, start_channel, client):
+    """Several gateways on one PostgreSQL, each with this XMPP account: every one hears every
+    event (the peer link republishes them, marked with their origin and the agent relays the
+    origin runs). The origin's hub tells the agent; this one follows silently. An event from
+    a gateway without XMPP is told here, as with XMPP on one gateway only."""
+    from datetime import UTC, datetime
+
+    from gateway.bus import ConversationClosed, EntryAdded
+
+    gw, channel, agents = await _gateway_with_agents(prosody, core, start_channel, "alice")
+    alice = await client(agents["alice"])
+    ann = await core.customer_writes("whatsapp:+14155550100", "hello?", name="Ann")
+    alice.send(gw, "/next")
+    await alice.wait_for_body("verification:")
+    bus = core.core.bus
+    assert f"xmpp:{gw}" in bus.relays  # what this gateway's peer link names on its events
+    leg = ann.leg_id
+
+    def entry(n: int, text: str) -> EntryAdded:
+        return EntryAdded(ann.customer_id, (10**9 + n, ann.conversation_id, leg,
+                                            datetime.now(UTC), "sms", "in", "message",
+                                            "sms:+14155550100", text, None, None))
+
+    bus.publish_remote([entry(1, "told by gateway B")], "gw-b", frozenset({f"xmpp:{gw}"}))
+    bus.publish_remote([entry(2, "from a gateway without XMPP")], "gw-c")
+    await alice.wait_for_body("from a gateway without XMPP")
+    bus.publish([entry(3, "committed here")])
+    await alice.wait_for_body("committed here")
+    assert not any("told by gateway B" in b for b in alice.bodies())
+    # The state follows what B told: the conversation closed there is closed here too.
+    bus.publish_remote([ConversationClosed(ann.conversation_id, ann.customer_id)], "gw-b",
+                       frozenset({f"xmpp:{gw}"}))
+    await wait_until(lambda: not channel._agents.agent("alice").assigned,
+                     what="the close followed")
+    alice.send(gw, "still there?")
+    await alice.wait_for_body("You have no conversation to answer")
+    assert not any("is closed" in b for b in alice.bodies())
