@@ -22,6 +22,7 @@ leg is never reopened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -132,6 +133,7 @@ class Calls:
             global_burst=policy.pin_global_failure_burst,
             global_per_minute=policy.pin_global_failures_per_minute)
         self._limited_logged: dict[str, float] = {}
+        self._recording: dict[str, asyncio.Future[None]] = {}  # leg -> its last event's write
 
     async def open_call(self, call: IncomingCall) -> CallRoute:
         """Resolve the caller, check a PIN or token, open the call leg and issue its
@@ -296,7 +298,28 @@ class Calls:
     async def call_event(self, event: CallEvent) -> bool:
         """Record ringing / answered / ended on the call's leg: the one named by
         `event.leg_id` (what `open_call` returned), else, for a provider-signed reference
-        (a Twilio CallSid), that provider's leg for it. False for an unknown call."""
+        (a Twilio CallSid), that provider's leg for it. False for an unknown call.
+
+        One leg's events are recorded in the order they came: with several write lanes
+        (PostgreSQL, `gateway/batching.py`) concurrent writes may commit in any order, and
+        an end committed before its answer would give back a PIN the answer then uses. One
+        lane (SQLite) commits in arrival order already, so nothing waits there."""
+        if event.leg_id is None or self._writes.batcher.lanes == 1:
+            return await self._record_event(event)
+        key = event.leg_id
+        previous = self._recording.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._recording[key] = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            return await self._record_event(event)
+        finally:
+            mine.set_result(None)
+            if self._recording.get(key) is mine:
+                del self._recording[key]
+
+    async def _record_event(self, event: CallEvent) -> bool:
         known, leg_id = await self._writes.run(lambda tx: self._call_event(tx, event))
         if event.kind in ("ended", "failed") and leg_id is not None:
             self._agents.release(leg_id, event.agent_id)  # the call no longer holds them

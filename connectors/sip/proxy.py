@@ -169,7 +169,7 @@ class Call:
 
     __slots__ = ("call_id", "agent_id", "caller_tag", "caller_peer", "agent_peer",
                  "answered_at", "state", "dialog_id", "leg_id", "route", "dialled", "tried",
-                 "exclude", "recording")
+                 "exclude")
 
     def __init__(self, call_id: str, caller_tag: str | None, caller_peer: Peer, *,
                  dialled: str | None = None, exclude: tuple[str, ...] = ()) -> None:
@@ -186,7 +186,6 @@ class Call:
         self.dialog_id = secrets.token_hex(8)  # in our Record-Route: the key of self.dialogs
         self.answered_at: float | None = None
         self.state = CallState.OFFERED
-        self.recording: list[CallEvent] | None = None  # events on their way to the core
 
     @property
     def ended(self) -> bool:
@@ -953,29 +952,15 @@ class Proxy:
             return  # the core never opened a leg for it (refused, or it failed first)
         event = CallEvent(call_ref=call.call_id, provider="sip", kind=kind, agent_id=agent_id,
                           duration_seconds=duration, detail=detail, leg_id=call.leg_id)
-        if call.recording is not None:  # recorded after the ones before it, in their order
-            call.recording.append(event)
-            return
-        call.recording = [event]
-        self.io.spawn(self._record(call, call.recording), "sip-call-event")
+        self.io.spawn(self._record(event), "sip-call-event")
 
-    async def _record(self, call: Call, events: list[CallEvent]) -> None:
-        """One call's events, one after another: the core may commit concurrent writes in
-        any order (gateway/batching.py), and an end recorded before the answer would give a
-        PIN back that the answer then uses."""
+    async def _record(self, event: CallEvent) -> None:
         try:
-            while events:
-                event = events[0]
-                try:
-                    if not await self.sink.call_event(event):
-                        log.warning("SIP: call %s is unknown to the core; %s not recorded",
-                                    event.call_ref, event.kind)
-                except Exception:
-                    log.exception("SIP: recording %s of call %s failed", event.kind,
-                                  event.call_ref)
-                events.pop(0)
-        finally:
-            call.recording = None
+            if not await self.sink.call_event(event):
+                log.warning("SIP: call %s is unknown to the core; %s not recorded",
+                            event.call_ref, event.kind)
+        except Exception:
+            log.exception("SIP: recording %s of call %s failed", event.kind, event.call_ref)
 
     def _count(self, outcome: str) -> None:
         self.metrics.calls.labels("sip", outcome).inc()
