@@ -13,7 +13,11 @@ Call-ID never share (or free) each other's agent; both edges go through it.
 
 All of it lives in memory, in the process that runs the channels. Several gateways behind
 Kamailio share the registrations through the database (`gateway/registrations.py` fills
-`Agent.shared`); call counts stay per process (docs/scale-out.md).
+`Agent.shared`). Call counts cross gateways by the events the peer link relays (`heard`):
+another gateway's CallOffered counts its agent busy here too (`Agent.calls_elsewhere`), and
+a CallEnded committed anywhere frees the agent wherever the call was offered (Twilio's end
+report may reach any gateway behind the HTTP load balancer). A gateway that dies takes its
+calls' ends with it: `forget_origin` drops what it had offered once its liveness is gone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from config.settings import AgentConfig
-from gateway.bus import AgentPresenceChanged, DomainEvent
+from gateway.bus import AgentPresenceChanged, CallEnded, CallOffered, DomainEvent
 from gateway.channels import Presence
 from gateway.clock import Clock
 
@@ -61,7 +65,8 @@ class Agent:
     registrations: dict[str, Contact] = field(default_factory=dict)
     # Bindings other gateways hold (read from the database: `gateway/registrations.py`).
     shared: dict[str, Contact] = field(default_factory=dict)
-    active_calls: int = 0
+    active_calls: int = 0  # the calls this gateway offered them, not yet ended
+    calls_elsewhere: int = 0  # the ones other gateways offered them (heard from the peer link)
     reported: dict[str, Presence] = field(default_factory=dict)  # source -> presence
 
     def contacts(self, now: datetime) -> list[Contact]:
@@ -113,6 +118,8 @@ class AgentDirectory:
                 self._by_token[agent.token_sha256] = agent
         self._turn = itertools.count()
         self._held: dict[str, tuple[str, float]] = {}  # call_ref -> (agent id, since)
+        # Calls other gateways offered: call_ref -> (agent id, origin instance, since).
+        self._elsewhere: dict[str, tuple[str, str, float]] = {}
         # Told of every change to a local registration (agent, contact URI, the binding or
         # None when removed): how shared registrations reach the database.
         self.on_registration: Callable[[Agent, str, Contact | None], None] | None = None
@@ -201,7 +208,7 @@ class AgentDirectory:
 
     def load(self, agent_id: str) -> int:
         agent = self._agents.get(agent_id)
-        return agent.active_calls if agent else 0
+        return agent.active_calls + agent.calls_elsewhere if agent else 0
 
     def pick(self, exclude: Iterable[str] = ()) -> AgentTarget | None:
         """The least busy available agent with a phone, or None when nobody can take a call.
@@ -213,8 +220,8 @@ class AgentDirectory:
                       and a.presence(now) is Presence.AVAILABLE]
         if not candidates:
             return None
-        least = min(a.active_calls for a in candidates)
-        tied = [a for a in candidates if a.active_calls == least]
+        least = min(a.active_calls + a.calls_elsewhere for a in candidates)
+        tied = [a for a in candidates if a.active_calls + a.calls_elsewhere == least]
         agent = tied[next(self._turn) % len(tied)]
         return self.target_of(agent, now)
 
@@ -233,7 +240,7 @@ class AgentDirectory:
     def offer(self, call_ref: str, exclude: Sequence[str] = (),
               agent_id: str | None = None) -> AgentTarget | None:
         self._forget_stale()
-        self.release(call_ref)
+        self.release(call_ref)  # here or at another gateway (e.g. after a Twilio redirect)
         if agent_id is not None:  # the caller dialled this agent: their phone, if it has one
             agent = self._agents.get(agent_id)
             target = self.target_of(agent) if agent is not None else None
@@ -245,6 +252,11 @@ class AgentDirectory:
         return target
 
     def release(self, call_ref: str, agent_id: str | None = None) -> str | None:
+        """The call no longer holds its agent (here; and if another gateway offered it, it
+        stops counting here). Returns the agent this gateway held for it."""
+        elsewhere = self._elsewhere.get(call_ref)
+        if elsewhere is not None and (agent_id is None or elsewhere[0] == agent_id):
+            self._drop_elsewhere(call_ref)
         held = self._held.get(call_ref)
         if held is None or (agent_id is not None and held[0] != agent_id):
             return None
@@ -253,15 +265,57 @@ class AgentDirectory:
         return held[0]
 
     def holding(self, call_ref: str) -> str | None:
-        """The agent a call is offered to (or answered by) now."""
+        """The agent a call is offered to (or answered by) now, by any gateway."""
         held = self._held.get(call_ref)
-        return held[0] if held else None
+        if held is not None:
+            return held[0]
+        elsewhere = self._elsewhere.get(call_ref)
+        return elsewhere[0] if elsewhere else None
+
+    # ---- calls other gateways offered (PostgreSQL: the peer link's relayed events) ------------
+
+    def heard(self, event: DomainEvent, origin: str) -> None:
+        """An event another gateway committed. Its CallOffered counts the agent busy here too
+        (a call holds one agent at a time: an offer of it here lets go); its CallEnded ends
+        the call here, whichever gateway offered it."""
+        if isinstance(event, CallOffered):
+            self.release(event.leg_id)
+            if (agent := self._agents.get(event.agent_id)) is not None:
+                self._elsewhere[event.leg_id] = (agent.id, origin, self._monotonic())
+                agent.calls_elsewhere += 1
+        elif isinstance(event, CallEnded):
+            self.release(event.leg_id)
+
+    def origins(self) -> set[str]:
+        """The gateways whose offered calls are counted here."""
+        return {origin for _agent, origin, _since in self._elsewhere.values()}
+
+    def forget_origin(self, origin: str) -> int:
+        """`origin` is gone (its database session ended): its calls' ends will never be told,
+        so they stop counting here. Returns how many were dropped."""
+        gone = [ref for ref, (_a, o, _s) in self._elsewhere.items() if o == origin]
+        for call_ref in gone:
+            self._drop_elsewhere(call_ref)
+        if gone:
+            log.warning("gateway %s is gone: %d call(s) it offered no longer count agents busy",
+                        origin, len(gone))
+        return len(gone)
+
+    def _drop_elsewhere(self, call_ref: str) -> None:
+        found = self._elsewhere.pop(call_ref, None)
+        if found is not None and (agent := self._agents.get(found[0])) is not None:
+            agent.calls_elsewhere = max(0, agent.calls_elsewhere - 1)
 
     def _forget_stale(self) -> None:
         # `_held` is in offer order (an offer deletes, then re-adds at the end), so the stale
         # ones come first: stop at the first fresh one. Every call is offered, so this runs
         # per call and must not walk every live call.
         cutoff = self._monotonic() - STALE_OFFER
+        while self._elsewhere:
+            call_ref, (_agent, _origin, since) = next(iter(self._elsewhere.items()))
+            if since >= cutoff:
+                break
+            self._drop_elsewhere(call_ref)
         while self._held:
             call_ref, (agent_id, since) = next(iter(self._held.items()))
             if since >= cutoff:

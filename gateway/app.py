@@ -157,6 +157,7 @@ def build_app(
     # are then recognised as foreign by the event stream (a resync, not a wrong replay).
     bus = EventBus(clock.now, first_seq=time.time_ns() // 1000)
     agents = AgentDirectory(settings.agents, clock, publish=bus.publish)
+    bus.remote_hooks.append(agents.heard)  # calls offered and ended at other gateways
     outbox_worker = OutboxWorker(
         engine, {}, clock, poll_interval=settings.outbox_poll_seconds,
         sent=lambda channel, outcome: metrics.outbound.labels(channel, outcome).inc(),
@@ -164,6 +165,9 @@ def build_app(
     # Several gateways on one PostgreSQL hear each other's events and outbox wake-ups.
     link = (None if is_sqlite(settings.database_url) else
             PeerLink(settings.database_url, instance_id, bus, engine, outbox_worker.wake))
+
+    if link is not None:
+        link.watch(agents.origins, agents.forget_origin)
 
     def outbox_queued() -> None:
         outbox_worker.wake()

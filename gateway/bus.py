@@ -206,6 +206,9 @@ class EventBus:
         # The agent relays running on this instance (a subscriber that tells agents what
         # happened, e.g. "xmpp:<account>"): the peer link names them on what it carries.
         self.relays: set[str] = set()
+        # Told of each event another instance committed, as it arrives (e.g. the agent
+        # router, whose call counts cross gateways): `hook(event, origin)`.
+        self.remote_hooks: list[Callable[[DomainEvent, str], None]] = []
         self.first_seq = first_seq
         self.last_seq = first_seq - 1
 
@@ -219,6 +222,10 @@ class EventBus:
     def publish_remote(self, events: Iterable[DomainEvent], origin: str,
                        relayed_by: frozenset[str] = frozenset()) -> None:
         """Events another instance committed (and published there); not forwarded again."""
+        events = list(events)
+        for hook in self.remote_hooks:
+            for event in events:
+                hook(event, origin)
         self._append(events, origin, relayed_by)
 
     def forward_to(self, hook: Callable[[Sequence[DomainEvent]], None] | None) -> None:

@@ -52,6 +52,7 @@ OUTBOX_CHANNEL: Final = "gateway_outbox"
 MAX_PAYLOAD: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes and more
 OUTGOING_LIMIT: Final = 10_000  # events waiting for the link before the oldest are dropped
 RECONNECT_SECONDS: Final = 1.0
+WATCH_SECONDS: Final = 5.0  # how often the origins of counted calls are checked for liveness
 
 _KINDS: dict[str, type[Any]] = {cls.kind: cls for cls in (
     EntryAdded, CallOffered, CallEnded, ConversationAssigned, ConversationClosed,
@@ -177,6 +178,9 @@ class PeerLink:
         self._incoming: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._n = 0
+        # Who holds state here on behalf of other instances (the agent router's calls they
+        # offered), and what to call when one of them is gone: `watch`.
+        self._watched: list[tuple[Any, Any]] = []
         self.sent = 0  # events carried out (health and tests)
         self.heard = 0  # events of other instances republished here
         self.dropped = 0
@@ -185,7 +189,26 @@ class PeerLink:
         await self._connect()
         self._bus.forward_to(self.forward)
         self._tasks = [asyncio.create_task(self._send_loop(), name="peer-link-send"),
-                       asyncio.create_task(self._receive_loop(), name="peer-link-receive")]
+                       asyncio.create_task(self._receive_loop(), name="peer-link-receive"),
+                       asyncio.create_task(self._watch_loop(), name="peer-link-watch")]
+
+    def watch(self, origins: Any, gone: Any) -> None:
+        """Every WATCH_SECONDS, `gone(origin)` for each of `origins()` whose liveness lock is
+        free: that gateway's database session ended, so what it would have told (a call's end)
+        never comes."""
+        self._watched.append((origins, gone))
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                for origins, gone in self._watched:
+                    for origin in sorted(origins()):
+                        async with self._engine.begin() as conn:
+                            if await owner_gone(conn, origin):
+                                gone(origin)
+            except Exception as exc:  # the database is away: try again next round
+                log.warning("peer link: liveness of other gateways not checked: %s", exc)
 
     async def aclose(self) -> None:
         self._bus.forward_to(None)

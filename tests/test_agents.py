@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import AgentConfig, ConfigError, load_settings
 from gateway.agents import AgentDirectory
-from gateway.bus import AgentPresenceChanged, DomainEvent
+from gateway.bus import AgentPresenceChanged, CallEnded, CallOffered, DomainEvent
 from gateway.channels import Presence
 from gateway.clock import FrozenClock
 from gateway.events import CallEvent
@@ -60,6 +60,36 @@ def test_release_frees_only_the_agent_the_call_holds() -> None:
     assert agents.release("call", agent_id="1") == "1"
     assert agents.release("call") is None  # twice: nothing more to free
     assert agents.load("1") == 0
+
+
+def offered_at(gateway: str, leg: str, agent: str) -> tuple[CallOffered, str]:
+    return CallOffered("conv", "cus", leg, agent, "https://gw/ctx", f"ref-{leg}"), gateway
+
+
+def test_calls_offered_at_another_gateway_count_here_until_they_end_there_or_it_is_gone(
+) -> None:
+    agents = directory(static("1"), static("2"))
+    agents.heard(*offered_at("gw-b", "leg-b1", "1"))
+    assert agents.load("1") == 1 and agents.holding("leg-b1") == "1"
+    target = agents.offer("leg-a1")  # "1" is busy at B: here "2" gets the call
+    assert target is not None and target.agent_id == "2"
+    # B's CallEnded frees "1"; A's own call, ended at B too, frees "2" here.
+    agents.heard(CallEnded("conv", "cus", "leg-b1", "1", "ref-b1"), "gw-b")
+    agents.heard(CallEnded("conv", "cus", "leg-a1", "2", "ref-a1"), "gw-b")
+    assert agents.load("1") == agents.load("2") == 0
+    # A call held here and offered to the next agent at B (a Twilio redirect that reached
+    # B): it holds one agent, the one B chose.
+    agents.offer("leg-a2", agent_id="1")
+    agents.heard(*offered_at("gw-b", "leg-a2", "2"))
+    assert (agents.load("1"), agents.load("2")) == (0, 1)
+    # An end reported here for a call B offered stops it counting.
+    agents.release("leg-a2")
+    assert agents.load("2") == 0
+    agents.heard(*offered_at("gw-b", "leg-b2", "1"))
+    agents.heard(*offered_at("gw-c", "leg-c1", "1"))
+    assert agents.origins() == {"gw-b", "gw-c"}
+    assert agents.forget_origin("gw-b") == 1
+    assert agents.load("1") == 1 and agents.origins() == {"gw-c"}
 
 
 def test_sip_registration_is_presence_and_expiry_takes_it_away() -> None:
