@@ -358,4 +358,3 @@ def test_no_datagram_makes_a_handler_fail(data: st.DataObject) -> None:
                    for d, peer in fuzz.sent)
     finally:
         fuzz.close()
-
