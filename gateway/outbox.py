@@ -60,7 +60,7 @@ from gateway.instances import hold_liveness, new_instance_id, owner_gone
 from gateway.models import EarlyStatus, OutboxMessage
 from gateway.conversations import insert_ignore
 from gateway.store import Prepared, new_id
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("gateway.outbox")
 OUTBOX = OutboxMessage.__table__
@@ -492,10 +492,7 @@ class OutboxWorker:
             except Exception:  # the worker must outlive a database hiccup
                 log.exception("outbox: pass failed; retrying in %.0f s", self._poll)
                 delay = self._poll
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)  # never wait_for: see gateway/tasks.py
 
     async def run_once(self) -> float:
         """Claim and start sends for every due row; return seconds until the next one is

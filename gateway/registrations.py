@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.agents import Agent, AgentDirectory, Contact
 from gateway.clock import Clock
 from gateway.models import SipRegistration
-from gateway.tasks import cancel_and_wait
+from gateway.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("gateway.registrations")
 TABLE = SipRegistration.__table__
@@ -72,10 +72,7 @@ class SharedRegistrations:
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval)  # never wait_for: gateway/tasks.py
             try:
                 await self.sync()
             except Exception:  # the database is down: keep what we know, try again

@@ -33,6 +33,7 @@ from tests.peers import (  # noqa: F401  (fixtures re-exported for every test mo
     sipp_uas,
 )
 from tests.standins import MetaGraphStandin, TwilioStandin, meta_webhook_request, twilio_sign
+from tests.timeout_tasks import pytest_configure  # noqa: F401  (a timeout shows every task)
 
 AGENT_TOKEN = "test-agent-token-0123456789"
 PUBLIC_URL = "https://gw.example.com"  # what Twilio/Meta call; tests reach us via loopback

@@ -64,9 +64,17 @@ async def test_agent_registered_through_kamailio_takes_a_pin_call_entering_at_th
             registered = await phone.register(kamailio.port, "alice", ALICE["sip_password"])
             assert registered.status == 200, kamailio.log()[-3000:]
 
-            # The binding is in PostgreSQL, held by the gateway the dispatcher chose.
-            async with engine.connect() as conn:
-                rows = (await conn.execute(select(SipRegistration.__table__))).all()
+            # The binding is in PostgreSQL (written just after the 200, off the SIP path),
+            # held by the gateway the dispatcher chose.
+            rows: list[Any] = []
+
+            async def stored() -> bool:
+                nonlocal rows
+                async with engine.connect() as conn:
+                    rows = list((await conn.execute(select(SipRegistration.__table__))).all())
+                return bool(rows)
+
+            await wait_until(stored, timeout=10, what="alice's binding in PostgreSQL")
             assert [(r.agent_id, r.contact) for r in rows] == [
                 ("12", f"sip:alice@127.0.0.1:{phone.port}")]
             holder = gateways[int(rows[0].holder.rsplit(":", 1)[1])]
