@@ -198,13 +198,13 @@ async def test_two_gateways_started_at_once_on_an_empty_database_both_serve_and_
             await process.child.stop_async()
 
 
-async def test_two_db_upgrades_at_once_on_an_empty_postgresql_both_succeed(
-    postgres_server: PostgresServer, tmp_path: Path,
+async def test_three_db_upgrades_at_once_on_an_empty_database_all_succeed(
+    empty_database: str, tmp_path: Path,
 ) -> None:
-    url = postgres_server.create_database()
+    url = empty_database
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GATEWAY_DATABASE_URL": url}
     upgrades = [_Child(f"upgrade-{n}", [sys.executable, "-m", "gateway", "db", "upgrade"],
-                       tmp_path, cwd=ROOT, env=env) for n in (1, 2)]
+                       tmp_path, cwd=ROOT, env=env) for n in (1, 2, 3)]
     try:
         for child in upgrades:
             await wait_until(lambda c=child: not c.alive(), timeout=90,

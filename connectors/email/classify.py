@@ -11,6 +11,7 @@ be marked failed. Pure functions over a parsed `EmailMessage`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, HeaderParser
@@ -20,6 +21,7 @@ from typing import Literal
 from connectors.email.ids import canonical_id
 
 Kind = Literal["message", "auto-reply", "bounce"]
+Headers = Mapping[str, Sequence[str]]  # lower-cased name -> its raw values, in order
 
 _OOO_SUBJECT = re.compile(
     r"^\s*(?:auto(?:matic|matische?)?[ _-]?(?:reply|response|antwort|answer)\b"
@@ -74,30 +76,48 @@ def _header(msg: Message, name: str) -> str:
     return ""
 
 
-def classify(msg: EmailMessage, sender: str | None, subject: str) -> Classification:
+def headers_of(msg: Message) -> dict[str, list[str]]:
+    """Every header's raw values by lower-cased name, read in one pass over the message."""
+    out: dict[str, list[str]] = {}
+    for key, value in msg.raw_items():
+        out.setdefault(key.lower(), []).append(str(value))
+    return out
+
+
+def _value(heads: Headers, name: str) -> str:
+    values = heads.get(name)
+    return " ".join(values[0].split()) if values else ""
+
+
+def classify(msg: EmailMessage, sender: str | None, subject: str,
+             headers: Headers | None = None) -> Classification:
     """Bounce first (it also carries robot headers), then auto-reply signs, else a message.
-    `subject` is the decoded subject."""
+    `subject` is the decoded subject; `headers` is `headers_of(msg)` when the caller has it
+    (each lookup in the message walks all its headers)."""
+    heads = headers_of(msg) if headers is None else headers
     ctype = msg.get_content_type()
-    report = (msg.get_param("report-type", header="content-type") or "")
-    report = str(report).lower() if not isinstance(report, tuple) else ""
+    report = ""
+    if ctype == "multipart/report":  # only a report's report-type matters (a param parse)
+        found = (msg.get_param("report-type", header="content-type") or "")
+        report = str(found).lower() if not isinstance(found, tuple) else ""
     if ctype == "multipart/report" and report == "delivery-status":
         return Classification("bounce", "delivery status report", _dsn(msg))
     local = (sender or "").rpartition("@")[0].lower()
-    null_sender = "Return-Path" in msg and _header(msg, "Return-Path").replace(" ", "") == "<>"
+    null_sender = "return-path" in heads and _value(heads, "return-path").replace(" ", "") == "<>"
     if (local in _DAEMONS or null_sender) and _BOUNCE_SUBJECT.search(subject):
         return Classification("bounce", "non-standard bounce", _loose_bounce(msg))
     if ctype == "multipart/report":
         return Classification("auto-reply", f"report ({report or 'unknown type'})")
-    auto = _header(msg, "Auto-Submitted").split(";")[0].strip().lower()
+    auto = _value(heads, "auto-submitted").split(";")[0].strip().lower()
     if auto and auto != "no":
         return Classification("auto-reply", f"Auto-Submitted: {auto[:40]}")
     for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder"):
-        if name in msg:
+        if name.lower() in heads:
             return Classification("auto-reply", name)
-    precedence = _header(msg, "Precedence").lower()
+    precedence = _value(heads, "precedence").lower()
     if precedence in ("bulk", "junk", "list", "auto_reply", "auto-reply"):
         return Classification("auto-reply", f"Precedence: {precedence}")
-    if "List-Id" in msg:
+    if "list-id" in heads:
         return Classification("auto-reply", "mailing list")
     if null_sender:
         return Classification("auto-reply", "null sender (Return-Path <>)")

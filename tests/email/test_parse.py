@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from email.policy import SMTP
+from email.utils import parseaddr
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.email import ids
+from connectors.email import ids, parse
 from connectors.email.authres import parse_authentication_results
 from connectors.email.parse import ParseConfig, Parsed, ParsedMail, Rejected, parse_mail
 from connectors.email.trim import trim_reply
@@ -394,3 +396,65 @@ def test_composed_mail_round_trips_through_the_parser() -> None:
     found = parsed(msg.as_bytes())
     assert (found.sender, found.sender_name, found.thread_token, found.text) == (
         "ann@example.org", "Ann", TOKEN, "round trip")
+
+
+# ---- the fast paths give the standard parser's answers ---------------------------------------
+
+
+def _tree(msg: Message) -> list[tuple[object, ...]]:
+    """What parse_mail can read of a parsed message: every part's headers, type, payload and
+    defects (the top-level boundary, which the stand-in replaces, and the top epilogue after
+    the closing delimiter, which nothing reads, left out)."""
+    out: list[tuple[object, ...]] = []
+    for part in msg.walk():
+        headers = [(k, v) for k, v in part.raw_items()
+                   if not (part is msg and k.lower() == "content-type")]
+        params = [p for p in part.get_params() or [] if not (part is msg and p[0] == "boundary")]
+        payload = part.get_payload()
+        out.append((headers, part.get_content_type(), params, part.is_multipart(),
+                    payload if isinstance(payload, str) else len(payload),
+                    [type(d).__name__ for d in part.defects], part.preamble,
+                    None if part is msg else part.epilogue, part.get_boundary()
+                    if part is not msg else None))
+    return out
+
+
+BOUNDARIES = st.sampled_from(["b", "bm1", "=_abc", "000000000000ab", "gw-parse-boundary-0",
+                              "gw-parse-boundary", "a.b+c", "x y", "a:b", "'()+_,./=?-"])
+PIECES = st.sampled_from([
+    "--{b}\r\n", "--{b}--\r\n", "--{b}  \r\n", "--{b}-- \r\n", "--{b}x\r\n", "--{b}\n",
+    "--{b}\r", "--{b}", " --{b}\r\n", "--{b}---\r\n", "--{i}\r\n", "--{i}--\r\n",
+    "--gw-parse-boundary-0\r\n", "--gw-parse-boundary-1--\r\n", "Content-Type: text/plain\r\n",
+    "Content-Type: text/html\r\n", "Content-Disposition: attachment; filename=a.txt\r\n",
+    'Content-Type: multipart/alternative; boundary="{i}"\r\n', "Content-Type: message/rfc822\r\n",
+    'Content-Type: multipart/mixed;\r\n boundary="{b}"\r\n',
+    "Content-Type: message/delivery-status\r\n",
+    "\r\n", "text {b} more\r\n", "hello\r\n", "> quoted\r\n", "From: x@y.org\r\n",
+])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(BOUNDARIES, st.sampled_from(["in", "gw-parse-boundary-0-", "b", "bm1--"]),
+       st.sampled_from(['"{b}"', "{b}", '"{b}"; charset=utf-8', '"{b}"; boundary="{b}"',
+                        '"{b}"; report-type=delivery-status']),
+       st.sampled_from(["multipart/mixed", "multipart/alternative", "multipart/report",
+                        "Multipart/Related", "multipart/digest"]),
+       st.booleans(), st.sampled_from(["", "Content-Type: text/plain\r\n", "X-A: 1\r\nb\r\n"]),
+       st.lists(PIECES, max_size=30))
+def test_the_stand_in_boundary_gives_the_tree_the_mail_s_own_boundary_gives(
+        boundary: str, inner: str, param: str, ctype: str, folded: bool, before: str,
+        body: list[str]) -> None:
+    head = (f"From: ann@example.org\r\nSubject: x\r\n{before}Content-Type: {ctype};"
+            f"{chr(13) + chr(10) if folded else ''} boundary={param}\r\n\r\n")
+    raw = (head + "".join(body)).format(b=boundary, i=inner).encode()
+    assert _tree(parse._read(raw)) == _tree(BytesParser(policy=parse.POLICY).parsebytes(raw))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(list("aZ09._+- <>@\"(),;:\\'\t") + ["ann", "example.org", "Ann"]),
+                max_size=12).map("".join))
+def test_the_plain_address_shortcut_answers_as_parseaddr(text: str) -> None:
+    text = " ".join(text.split())
+    assert parse._parseaddr(text) == parseaddr(text)
+    for plain in (f"{text} <ann@example.org>", f"{text}@example.org", "Ann Lee <a.b+c@x-y.org>"):
+        assert parse._parseaddr(plain) == parseaddr(plain)
