@@ -1,6 +1,6 @@
 """Benchmark: calls per second through the SIP edge, against Kamailio on the same SIPp pair.
 
-Run by hand (not in CI):  .venv/bin/python bench/sip_cps.py [--step-seconds 10]
+Run by hand (not in CI):  .venv/bin/python bench/sip_cps.py [--step-seconds 10] [--registrar]
                               [--gateway-rates 100,200,...] [--kamailio-rates 1000,...]
                               [--delay-rate 100] [--dialogs 20000] [--skip-edge-only]
                               [--skip-single] [--skip-scale-out] [--skip-whole-edge]
@@ -19,6 +19,9 @@ route set (bench/sipp/):
   (d)  uac -> the same Kamailio dispatcher -> two gateways on one PostgreSQL -> uas,
   (e)  uac -> Kamailio as the whole SIP edge (bench/kamailio_whole_edge.cfg, a prototype)
        asking one gateway on PostgreSQL over HTTP for each call's route -> uas,
+  (r)  with --registrar: issue 12's second option, Kamailio as registrar with usrloc on
+       PostgreSQL (bench/kamailio_registrar.cfg, db_mode 3): REGISTERs of distinct users,
+       then INVITEs looked up in the location table -> uas (Debian's kamailio-postgres-modules),
 each relay in its own process, stepping the rate up (10 s of calls per step) until a step
 fails (>= 0.1% of calls failed, or calls left unfinished), and reports the last clean step
 of each, the ratio b/a (target >= 0.3) and b >= 1,000 CPS. It then measures the setup delay
@@ -64,6 +67,7 @@ CALL_LENGTH_MS = 10
 # Behind the record-routing Kamailio dispatcher, ACK and BYE must follow the route set.
 UAC_ROUTE_SET = ROOT / "bench" / "sipp" / "uac_route_set.xml"
 UAS_COPYING_ROUTE = ROOT / "bench" / "sipp" / "uas_answer_copying_route.xml"
+REGISTER_UNIQUE = ROOT / "bench" / "sipp" / "register_unique.xml"
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -301,7 +305,8 @@ class Step:
 
 async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: bool = False,
                   relay_pid: int | None = None, relay_pids: tuple[int, ...] = (),
-                  scenario: str | Path = "uac") -> Step:
+                  scenario: str | Path = "uac", service: str = "service",
+                  extra: tuple[str, ...] = ()) -> Step:
     """SIPp's built-in uac (or `scenario`): `calls` calls at `rate` per second to `target`.
     The relay's CPU is summed over `relay_pid` and `relay_pids`."""
     pids = ((relay_pid,) if relay_pid else ()) + relay_pids
@@ -309,11 +314,12 @@ async def run_uac(target: str, rate: int, calls: int, directory: Path, *, rtt: b
     local = _free_port_both()
     argv = sipp_command(
         scenario, local_port=local, control_port=free_udp_port(), media_port=_free_media_port(),
-        target=target, service="service", calls=calls, rate=rate,
+        target=target, service=service, calls=calls, rate=rate,
         call_length_ms=CALL_LENGTH_MS, trace_dir=run_dir, recv_timeout_ms=5000,
         global_timeout_s=calls / rate + 60,
         # -timer_resol 1: SIPp's clock ticks every 10 ms by default, too coarse for delays
-        extra_args=["-trace_rtt", "-rtt_freq", "1", "-timer_resol", "1"] if rtt else [],
+        extra_args=(["-trace_rtt", "-rtt_freq", "1", "-timer_resol", "1"] if rtt else [])
+        + list(extra),
     )
     argv += ["-l", str(max(1000, rate * 20))]  # allow enough simultaneous calls
     cpu0 = sum(_cpu_seconds(pid) for pid in pids) if pids else None
@@ -371,14 +377,22 @@ def _counts(csv_text: str) -> tuple[int, int]:
 
 async def step_up(name: str, target: str, rates: list[int], seconds: float, directory: Path,
                   relay_pid: int | None, *, relay_pids: tuple[int, ...] = (),
-                  scenario: str | Path = "uac") -> Step | None:
+                  scenario: str | Path = "uac", rtt: bool = False, service: str = "service",
+                  extra: tuple[str, ...] = ()) -> Step | None:
+    """`rtt`: trace every call's INVITE->200 too (cheap at gateway rates), so each step
+    prints its p99 set-up delay."""
     last_clean: Step | None = None
     for rate in rates:
         step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
-                             relay_pids=relay_pids, scenario=scenario)
+                             relay_pids=relay_pids, scenario=scenario, rtt=rtt,
+                             service=service, extra=extra)
         cpu = f", relay CPU {100 * step.cpu / step.seconds:.0f}%" if step.cpu else ""
+        if step.cpu and step.successful:
+            cpu += f" ({1000 * step.cpu / step.successful:.1f} ms a call)"
         if step.waited is not None:
             cpu += f", waiting for a CPU {100 * step.waited / step.seconds:.0f}%"
+        if step.rtts:
+            cpu += f", p99 INVITE->200 {p99(step.rtts):.0f} ms"
         verdict = "clean" if step.clean else "FAILED" if step.failed else "FELL BEHIND"
         print(f"  {name:9} {rate:6} CPS: {step.successful}/{step.calls} ok, "
               f"{step.failed} failed in {step.seconds:.1f} s "
@@ -390,12 +404,12 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
     return last_clean
 
 
-async def setup_delay(target: str, rate: int, directory: Path, scenario: str | Path = "uac"
-                      ) -> float:
+async def setup_delay(target: str, rate: int, directory: Path, scenario: str | Path = "uac",
+                      service: str = "service") -> float:
     """p99 INVITE -> 200 at the UAC over 10 s at `rate`, after 2 s of warm-up calls."""
-    await run_uac(target, rate, rate * 2, directory, scenario=scenario)
+    await run_uac(target, rate, rate * 2, directory, scenario=scenario, service=service)
     return p99((await run_uac(target, rate, rate * 10, directory, rtt=True,
-                              scenario=scenario)).rtts)
+                              scenario=scenario, service=service)).rtts)
 
 
 def p99(values: list[float]) -> float:
@@ -530,7 +544,7 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                                                          UAC_ROUTE_SET)
                 results["gateway-pg"] = await step_up(
                     "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
-                    directory, single.pid, scenario=UAC_ROUTE_SET)
+                    directory, single.pid, scenario=UAC_ROUTE_SET, rtt=True)
             finally:
                 single.stop()
             gateways = [start_gateway(uas.address, directory, database_url=url,
@@ -547,12 +561,14 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                     results["scale-out"] = await step_up(
                         "2 gateways", kamailio.address, _rates(args.gateway_rates),
                         args.step_seconds, directory, None,
-                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET)
+                        relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET,
+                        rtt=True)
             finally:
                 for gateway in gateways:
                     gateway.stop()
             if not args.skip_whole_edge:
                 await whole_edge(args, directory, results, delays, uas, postgres)
+
         delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
                                                    UAC_ROUTE_SET)
 
@@ -606,6 +622,59 @@ async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[st
         _remove_peer_dir(kdir)
 
 
+async def registrar(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
+                    delays: dict[str, float], uas: SippUas, postgres: Any) -> None:
+    """(r) issue 12's second option: Kamailio as the registrar, usrloc on PostgreSQL in
+    db_mode 3 (bench/kamailio_registrar.cfg): REGISTERs of distinct users (each a row
+    written), then INVITEs to one of them (each a location lookup in PostgreSQL) relayed to
+    the UAS, record-routed. Kamailio's own children and the database, no gateway."""
+    import asyncpg
+
+    from tests.peers import _make_peer_dir, _remove_peer_dir, _which
+
+    url = postgres.create_database()
+    dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1]
+    schema = Path("/usr/share/kamailio/postgres")
+    db = await asyncpg.connect(dsn)
+    try:
+        for name in ("standard-create.sql", "usrloc-create.sql"):
+            await db.execute((schema / name).read_text())
+    finally:
+        await db.close()
+    kdir = _make_peer_dir("kamailio-registrar")
+    port = _free_port_both()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{port}", "KAMAILIO_CHILDREN": "2",
+           "DB_URL": dsn.replace("postgresql://", "postgres://", 1)}
+    kamailio = Relay("kamailio-registrar", [
+        _which("kamailio", "/usr/sbin/kamailio"), "-f",
+        str(ROOT / "bench" / "kamailio_registrar.cfg"), "-DD", "-E", "-Y", str(kdir),
+        "-x", "tlsf", "-m", "256"], env, port, directory)
+    try:
+        deadline = time.monotonic() + 30
+        while "processes (at least)" not in kamailio.log.read_text(errors="replace"):
+            if kamailio.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kamailio did not start:\n{kamailio.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # its workers bind after the main process logs
+        target = f"{LOOPBACK}:{port}"
+        binding = ("-key", "contact", uas.address)
+        print(f"(r) Kamailio registrar {target} (pid {kamailio.pid}), usrloc db_mode 3 on "
+              f"PostgreSQL -> uas", flush=True)
+        results["registrar-register"] = await step_up(
+            "REGISTER", target, _rates(args.register_rates), args.step_seconds, directory,
+            None, scenario=REGISTER_UNIQUE, service="u", extra=binding)
+        # u1 is registered now (the first step's first REGISTER), at the UAS.
+        delays["registrar"] = await setup_delay(target, args.delay_rate, directory,
+                                                UAC_ROUTE_SET, service="u1")
+        results["registrar"] = await step_up(
+            "reg+INVITE", target, _rates(args.registrar_rates), args.step_seconds, directory,
+            None, scenario=UAC_ROUTE_SET, service="u1")
+    finally:
+        kamailio.stop()
+        _remove_peer_dir(kdir)
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -651,6 +720,12 @@ async def main(args: argparse.Namespace) -> int:
         delays["direct"] = await setup_delay(uas.address, args.delay_rate, directory)
     if not args.skip_scale_out:
         await scale_out(args, directory, results, delays)
+    if args.registrar:
+        from tests.peers import PostgresServer
+
+        async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
+            with PostgresServer() as postgres:
+                await registrar(args, directory, results, delays, uas, postgres)
     with_txns, dialog_only = await memory_per_dialog(args.dialogs)
 
     def cps(name: str) -> int:
@@ -676,10 +751,24 @@ async def main(args: argparse.Namespace) -> int:
             print(f"  Kamailio whole edge + HTTP route api     {cps('whole-edge'):6} CPS"
                   f"   ratio / Kamailio alone "
                   f"{cps('whole-edge') / kamailio if kamailio else float('nan'):.2f}")
+        for name, label in (("gateway-pg", "one gateway on PostgreSQL"),
+                            ("scale-out", "dispatcher -> 2 gateways")):
+            step = results.get(name)
+            if step is not None and step.cpu is not None and step.successful:
+                print(f"  {label} at its last clean step ({step.rate} CPS): relay CPU "
+                      f"{1000 * step.cpu / step.successful:.1f} ms a call, p99 INVITE->200 "
+                      f"{p99(step.rtts):.0f} ms (direct, with route set: "
+                      f"{delays.get('direct-route', float('nan')):.0f} ms at "
+                      f"{args.delay_rate} CPS)")
         print(f"  ratio 2 gateways / Kamailio alone        "
               f"{scaled / kamailio if kamailio else float('nan'):6.2f}       target >= 0.3"
               f"  (/ dispatcher alone: "
               f"{scaled / cps('dispatcher') if cps('dispatcher') else float('nan'):.2f})")
+    if "registrar" in results:
+        print(f"  Kamailio registrar, usrloc on PostgreSQL: REGISTER "
+              f"{cps('registrar-register')}/s, INVITE with lookup {cps('registrar')} CPS"
+              f"   ratio / Kamailio alone "
+              f"{cps('registrar') / kamailio if kamailio else float('nan'):.2f}")
     print(f"p99 INVITE->200 at {args.delay_rate} CPS, in whole ms as SIPp reports them: "
           f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}"
           + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
@@ -689,7 +778,9 @@ async def main(args: argparse.Namespace) -> int:
              f"{delays['gateway-pg']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
              if "scale-out" in delays else "")
           + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
-             if "whole-edge" in delays else ""))
+             if "whole-edge" in delays else "")
+          + (f", Kamailio registrar (lookup in PostgreSQL) {delays['registrar']:.0f}"
+             if "registrar" in delays else ""))
     added = [f"Kamailio {delays['kamailio'] - delays['direct']:.0f} ms (0: under a millisecond)"]
     if "gateway" in delays:
         added.insert(0, f"gateway {delays['gateway'] - delays['direct']:.0f} ms (target < 5)")
@@ -726,6 +817,12 @@ if __name__ == "__main__":
                         help="leave out (b) and (c), the one-process paths")
     parser.add_argument("--skip-whole-edge", action="store_true",
                         help="leave out (e), Kamailio as the whole edge asking a gateway over HTTP")
+    parser.add_argument("--registrar", action="store_true",
+                        help="add (r), Kamailio as registrar with usrloc on PostgreSQL "
+                             "(needs Debian's kamailio-postgres-modules)")
+    parser.add_argument("--register-rates", default="100,250,500,750,1000,1500,2000")
+    parser.add_argument("--registrar-rates", default="100,250,500,750,1000,1500,2000",
+                        help="INVITE rates of (r), each call a location lookup")
     parser.add_argument("--skip-scale-out", action="store_true",
                         help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()

@@ -6,6 +6,19 @@ in one hop off the event loop (a dedicated writer thread with a plain sqlite3 co
 asyncpg through run_sync). Writes are synchronous functions of a Connection. A write that
 fails takes only itself down: the batch is retried one write per transaction.
 
+On PostgreSQL several batches run at once (`lanes`, each on its own connection): a batch is
+a chain of statement round trips, and one lane at a time left the gateway waiting on them
+(docs/scale-out.md, "SIP behind Kamailio": ~1.4 ms a statement on a loaded 2-core box made
+one lane the limit at 50 calls a second). Concurrent lanes are what two gateways on one
+database are already: the unique keys and insert-or-get decide between them. Writes the
+caller issues one after another (awaiting each) still commit in that order; writes issued
+concurrently may commit in any order, so a caller that needs an order awaits. SQLite keeps
+one writer: it has one anyway.
+
+A write may defer work to the end of its batch (`deferred`): e.g. the conversations'
+activity times, written once per batch just before the commit, so a conversation row that
+many writes touch is locked for the commit only, not for the whole batch.
+
 A write may come with an `after` callback: it runs on the event loop once the transaction
 that holds the write has committed (and never when it failed or rolled back), before the
 caller is answered and even when the caller stopped waiting. The core publishes its domain
@@ -39,7 +52,7 @@ class BatcherClosed(RuntimeError):
 class WriteBatcher:
     """Runs queued writes in shared transactions, one batch at a time."""
 
-    def __init__(self, engine: AsyncEngine, max_batch: int = 256) -> None:
+    def __init__(self, engine: AsyncEngine, max_batch: int = 256, lanes: int = 4) -> None:
         self._engine = engine
         self._max_batch = max_batch
         url = engine.url.render_as_string(hide_password=False)
@@ -48,25 +61,28 @@ class WriteBatcher:
         if is_sqlite(url):
             self._sync = make_sqlite_sync_engine(url, writer=True)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self.lanes = 1 if self._sync is not None else max(1, lanes)
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.batches = 0
         self.writes = 0
 
     async def start(self) -> None:
-        if self._task is None:
+        if not self._tasks:
             self._closing = False
-            self._task = asyncio.create_task(self._run(), name="write-batcher")
+            self._tasks = [asyncio.create_task(self._run(), name=f"write-batcher-{lane}")
+                           for lane in range(self.lanes)]
 
     async def aclose(self) -> None:
         """Finish every write accepted so far (a queued write was promised an answer, and a
         running batch may already be committing), then stop. Nothing is cancelled."""
         self._closing = True
-        if self._task is not None:
-            self._queue.put_nowait(None)  # after everything queued before it
-            await self._task
-            self._task = None
+        if self._tasks:
+            for _lane in self._tasks:
+                self._queue.put_nowait(None)  # after everything queued before it
+            await asyncio.gather(*self._tasks)
+            self._tasks = []
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
@@ -80,7 +96,7 @@ class WriteBatcher:
         `after(result)` runs on the loop right after that commit (see the module's doc)."""
         if self._closing:
             raise BatcherClosed("the store is shutting down; the write was not accepted")
-        if self._task is None:
+        if not self._tasks:
             result = (await self._execute([write]))[0]
             if after is not None:
                 _call_after(after, result)
@@ -158,7 +174,35 @@ class WriteBatcher:
 
 
 def _apply(conn: Connection, writes: list[Write]) -> list[Any]:
-    return [write(conn) for write in writes]
+    conn.info.pop(_DEFERRED, None)  # left by a batch that failed
+    try:
+        results = [write(conn) for write in writes]
+        for flush, values in conn.info.get(_DEFERRED, {}).values():
+            flush(conn, values)
+        return results
+    finally:
+        conn.info.pop(_DEFERRED, None)
+
+
+_DEFERRED = "gateway.batching.deferred"
+Flush = Callable[[Connection, dict[Any, Any]], None]
+
+
+def deferred(conn: Connection, name: str, flush: Flush) -> dict[Any, Any]:
+    """A dict of this batch's transaction, named `name`: what the batch's writes put in it
+    is handed to `flush(conn, it)` once they all ran, just before the commit (in the same
+    transaction: a failure there fails the batch, which is then retried write by write)."""
+    hooks = conn.info.setdefault(_DEFERRED, {})
+    if name not in hooks:
+        hooks[name] = (flush, {})
+    values: dict[Any, Any] = hooks[name][1]
+    return values
+
+
+def peek_deferred(conn: Connection, name: str) -> dict[Any, Any]:
+    """What this transaction's writes have deferred under `name` so far (empty if none)."""
+    entry = conn.info.get(_DEFERRED, {}).get(name)
+    return entry[1] if entry is not None else {}
 
 
 def _call_after(after: After, result: Any) -> None:

@@ -22,6 +22,7 @@ leg is never reopened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -80,6 +81,18 @@ _LEG_AGENT = Prepared(
     update(LEGS).where(LEGS.c.id == bindparam("leg")).values(agent_id=bindparam("agent")))
 _LEG_ENDED = Prepared(
     update(LEGS).where(LEGS.c.id == bindparam("leg")).values(ended_at=bindparam("at")))
+# On PostgreSQL an edge's answer or end of the call finds its leg and changes it in one round
+# trip (UPDATE … FROM conversations … RETURNING); SQLite, in process, keeps read then write.
+_CHANGED_COLUMNS = (LEGS.c.id, LEGS.c.conversation_id, CONVERSATIONS.c.customer_id,
+                    LEGS.c.binding, LEGS.c.escalation_id, LEGS.c.started_at, LEGS.c.agent_id)
+_ANSWER_LEG = Prepared(
+    update(LEGS).where(LEGS.c.id == bindparam("leg"), LEGS.c.channel == "voice",
+                       CONVERSATIONS.c.id == LEGS.c.conversation_id)
+    .values(agent_id=bindparam("agent")).returning(*_CHANGED_COLUMNS))
+_END_LEG = Prepared(  # only a leg not ended yet: the end is recorded once
+    update(LEGS).where(LEGS.c.id == bindparam("leg"), LEGS.c.channel == "voice",
+                       LEGS.c.ended_at.is_(None), CONVERSATIONS.c.id == LEGS.c.conversation_id)
+    .values(ended_at=bindparam("at")).returning(*_CHANGED_COLUMNS))
 _ATTESTED = frozenset({"A", "B", "C"})
 
 
@@ -120,6 +133,7 @@ class Calls:
             global_burst=policy.pin_global_failure_burst,
             global_per_minute=policy.pin_global_failures_per_minute)
         self._limited_logged: dict[str, float] = {}
+        self._recording: dict[str, asyncio.Future[None]] = {}  # leg -> its last event's write
 
     async def open_call(self, call: IncomingCall) -> CallRoute:
         """Resolve the caller, check a PIN or token, open the call leg and issue its
@@ -284,22 +298,66 @@ class Calls:
     async def call_event(self, event: CallEvent) -> bool:
         """Record ringing / answered / ended on the call's leg: the one named by
         `event.leg_id` (what `open_call` returned), else, for a provider-signed reference
-        (a Twilio CallSid), that provider's leg for it. False for an unknown call."""
+        (a Twilio CallSid), that provider's leg for it. False for an unknown call.
+
+        One leg's events are recorded in the order they came: with several write lanes
+        (PostgreSQL, `gateway/batching.py`) concurrent writes may commit in any order, and
+        an end committed before its answer would give back a PIN the answer then uses. One
+        lane (SQLite) commits in arrival order already, so nothing waits there."""
+        if event.leg_id is None or self._writes.batcher.lanes == 1:
+            return await self._record_event(event)
+        key = event.leg_id
+        previous = self._recording.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._recording[key] = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            return await self._record_event(event)
+        finally:
+            mine.set_result(None)
+            if self._recording.get(key) is mine:
+                del self._recording[key]
+
+    async def _record_event(self, event: CallEvent) -> bool:
         known, leg_id = await self._writes.run(lambda tx: self._call_event(tx, event))
         if event.kind in ("ended", "failed") and leg_id is not None:
             self._agents.release(leg_id, event.agent_id)  # the call no longer holds them
         return known
 
+    def _changed_leg(self, conn: Any, event: CallEvent, now: Any) -> CallLeg | None:
+        """PostgreSQL, an edge naming its leg: answer or end it in one statement and return
+        it as it was found (None: not that simple; read it first)."""
+        if (event.leg_id is None or event.event_id is not None
+                or conn.dialect.name != "postgresql"):
+            return None
+        if event.kind == "answered" and event.agent_id:
+            rows = _ANSWER_LEG.execute(conn, {"leg": event.leg_id, "agent": event.agent_id})
+        elif event.kind in ("ended", "failed"):
+            rows = _END_LEG.execute(conn, {"leg": event.leg_id, "at": now})
+        else:
+            return None
+        if not rows:
+            return None  # unknown, or ended already: the read below tells which
+        leg_id, conversation_id, customer_id, binding, escalation_id, started_at, agent = rows[0]
+        # Found not ended (an end's WHERE), with the agent an end does not change.
+        return CallLeg(leg_id, conversation_id, customer_id, binding, escalation_id, started_at,
+                       None, None if event.kind == "answered" else agent)
+
     def _call_event(self, tx: Tx, event: CallEvent) -> tuple[bool, LegId | None]:
         conn, now = tx.conn, tx.now
-        if event.leg_id is not None:
-            found = _CALL_BY_ID.execute(conn, {"leg": event.leg_id})
+        changed = self._changed_leg(conn, event, now)
+        if changed is not None:
+            leg = changed
         else:
-            found = _CALL_BY_KEY.execute(conn, {"key": signed_key(event.provider,
-                                                                  event.call_ref)})
-        if not found:
-            return False, None
-        leg = _call_leg(found[0])
+            if event.leg_id is not None:
+                found = _CALL_BY_ID.execute(conn, {"leg": event.leg_id})
+            else:
+                found = _CALL_BY_KEY.execute(conn, {"key": signed_key(event.provider,
+                                                                      event.call_ref)})
+            if not found:
+                return False, None
+            leg = _call_leg(found[0])
         if event.event_id and not conversations.claim_event(
                 conn, event.provider, event.event_id, now):
             return True, None
@@ -310,14 +368,16 @@ class Calls:
             agent = self._agents.holding(leg.leg_id)
         data: dict[str, Any] = {"event": event.kind}
         if event.kind == "answered":
-            _LEG_AGENT.execute(conn, {"leg": leg.leg_id, "agent": agent})
+            if changed is None:
+                _LEG_AGENT.execute(conn, {"leg": leg.leg_id, "agent": agent})
             if leg.escalation_id is not None:
                 verification.use_escalation(conn, leg.escalation_id, leg.leg_id, now)
             text = f"answered by agent {agent}" if agent else "answered"
         elif event.kind in ("ended", "failed"):
             if leg.ended_at is not None:
                 return True, leg.leg_id  # the end is recorded once, whoever reported it first
-            _LEG_ENDED.execute(conn, {"leg": leg.leg_id, "at": now})
+            if changed is None:
+                _LEG_ENDED.execute(conn, {"leg": leg.leg_id, "at": now})
             if leg.escalation_id is not None and leg.agent_id is None:
                 # Nobody answered: the PIN or token works again for the next call.
                 verification.give_back_escalation(conn, leg.escalation_id, leg.leg_id)

@@ -19,6 +19,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from gateway.batching import deferred, peek_deferred
 from gateway.bus import ConversationClosed, EntryAdded
 from gateway.domain import (
     ConversationId,
@@ -91,6 +92,29 @@ _THREAD = Prepared(
 )
 
 
+_ACTIVITY = "conversation-activity"
+
+
+def _write_activity(conn: Connection, latest: dict[str, datetime]) -> None:
+    # In id order: two batches touching the same conversations lock them in one order.
+    for conversation_id in sorted(latest):
+        _TOUCH.execute(conn, {"cid": conversation_id, "now": latest[conversation_id]})
+
+
+def _mark_active(tx: Tx, conversation_id: str) -> None:
+    """The conversation was active now: written once per batch, just before its commit
+    (`gateway/batching.py`), so its row is locked for the commit only."""
+    latest = deferred(tx.conn, _ACTIVITY, _write_activity)
+    if conversation_id not in latest or latest[conversation_id] < tx.now:
+        latest[conversation_id] = tx.now
+
+
+def _last_activity(conn: Connection, conversation_id: str, stored: datetime) -> datetime:
+    """A conversation's last activity as this transaction knows it (stored, or deferred)."""
+    pending = peek_deferred(conn, _ACTIVITY).get(conversation_id)
+    return pending if pending is not None and pending > stored else stored
+
+
 def lookup_thread(conn: Connection, address: str, channel: str, thread_key: str
                   ) -> ThreadMatch | None:
     """In one query: the sender's customer, their open conversation and its last activity,
@@ -99,6 +123,8 @@ def lookup_thread(conn: Connection, address: str, channel: str, thread_key: str
     if not rows:
         return None
     customer_id, evidence, conversation_id, last_at, leg_id = rows[0]
+    if conversation_id is not None and last_at is not None:
+        last_at = _last_activity(conn, conversation_id, last_at)
     return ThreadMatch(customer_id, evidence, conversation_id, last_at, leg_id)
 
 
@@ -137,7 +163,7 @@ def open_conversation(
         rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
         row = rows[0] if rows else None
         if row is not None:
-            if tx.now - row[1] <= idle:
+            if tx.now - _last_activity(tx.conn, row[0], row[1]) <= idle:
                 return row[0], False
             close_conversation(tx, row[0], customer_id)
         conversation_id = ConversationId(new_id("conv"))
@@ -155,7 +181,7 @@ def open_conversation_of(conn: Connection, customer_id: str, now: datetime,
     """The customer's open conversation, if they have one still within `idle` (nothing is
     opened or closed: for messages that must not start a conversation, such as robots')."""
     rows = _OPEN_CONVERSATION.execute(conn, {"c": customer_id})
-    if not rows or now - rows[0][1] > idle:
+    if not rows or now - _last_activity(conn, rows[0][0], rows[0][1]) > idle:
         return None
     return ConversationId(rows[0][0])
 
@@ -317,8 +343,9 @@ def append(
     data: dict[str, Any] | None = None,
     codes: Iterable[str] = (),
 ) -> EntryId:
-    """Append one entry to the transcript, mark the conversation active, and say so (an
-    `EntryAdded` that builds its `Entry` when someone reads it).
+    """Append one entry to the transcript, mark the conversation active (written at the end
+    of the batch: `_mark_active`), and say so (an `EntryAdded` that builds its `Entry` when
+    someone reads it).
 
     Every stored text passes `redaction.redact` here: card numbers masked, and `codes` (a
     code the text answers, as written in it) replaced, whatever the channel or direction."""
@@ -330,7 +357,7 @@ def append(
         "author": author, "text": text, "data": data, "provider": provider,
         "provider_id": provider_id,
     })[0][0]))
-    _TOUCH.execute(tx.conn, {"cid": conversation_id, "now": now})
+    _mark_active(tx, conversation_id)
     # Entry's field order: id, conversation_id, leg_id, at, channel, direction, kind, author,
     # text, provider_at, data.
     tx.publish(EntryAdded(customer_id, (entry_id, conversation_id, leg_id, now, channel,

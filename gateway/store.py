@@ -84,21 +84,26 @@ def make_sqlite_sync_engine(url: str, *, writer: bool) -> Engine:
 
 
 class Prepared:
-    """A hot statement, compiled once per dialect; on SQLite run on the DB-API cursor itself.
+    """A hot statement, compiled once per dialect; run on the DB-API connection itself
+    (SQLite's cursor, asyncpg's prepared statement through SQLAlchemy's adapter).
 
     Measured on the webhook path: SQLAlchemy's execution machinery (context, events, result
     set-up) costs ~50 µs a statement against ~8 µs of SQLite work, and the writer thread is
-    the bottleneck of group commit. The SQL, the bind types and the result types are still
-    SQLAlchemy's (compiled from the Core statement with the types' own processors); only
-    the per-call bookkeeping is skipped. Other dialects go through `conn.execute` as usual.
-    Rows come back as plain tuples.
+    the bottleneck of group commit. On PostgreSQL, a SIP call's writes under load (profiled,
+    docs/scale-out.md) spent more in that machinery than in asyncpg and the socket together.
+    The SQL, the bind types and the result types are still SQLAlchemy's (compiled from the
+    Core statement with the types' own processors); only the per-call bookkeeping is
+    skipped. asyncpg's errors are raised as SQLAlchemy's (`IntegrityError` with the driver's
+    error and its sqlstate as `.orig`), as `conn.execute` would. Other dialects go through
+    `conn.execute`. Rows come back as plain tuples.
     """
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
         self._sqlite: tuple[str, list[tuple[str, Any, Any]], list[tuple[int, Any]]] | None = None
+        self._asyncpg: tuple[str, list[tuple[str, Any, Any]], list[tuple[int, Any]]] | None = None
 
-    def _compile_sqlite(
+    def _compile(
         self, dialect: Any
     ) -> tuple[str, list[tuple[str, Any, Any]], list[tuple[int, Any]]]:
         compiled = self.statement.compile(dialect=dialect)
@@ -115,22 +120,31 @@ class Prepared:
         return compiled.string, binds, converters
 
     def execute(self, conn: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        if conn.dialect.name != "sqlite":
+        dialect = conn.dialect
+        if dialect.name == "sqlite":
+            if self._sqlite is None:
+                self._sqlite = self._compile(dialect)
+            sql, binds, converters = self._sqlite
+        elif dialect.driver == "asyncpg":
+            if self._asyncpg is None:
+                self._asyncpg = self._compile(dialect)  # $n placeholders
+            sql, binds, converters = self._asyncpg
+        else:
             result = conn.execute(self.statement, params)
             return [tuple(row) for row in result] if result.returns_rows else []
-        if self._sqlite is None:
-            self._sqlite = self._compile_sqlite(conn.dialect)
-        sql, binds, converters = self._sqlite
         args = []
         for name, default, process in binds:
             value = params[name] if name in params else default
             args.append(process(value) if process is not None else value)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, args)
-            rows = cursor.fetchall()
-        finally:
-            cursor.close()
+        if dialect.name == "sqlite":
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, args)
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        else:
+            rows = _run_asyncpg(conn, sql, args)
         if not rows or not converters:
             return rows
         out = []
@@ -140,6 +154,33 @@ class Prepared:
                 values[i] = convert(values[i])
             out.append(tuple(values))
         return out
+
+
+def _run_asyncpg(conn: Connection, sql: str, args: list[Any]) -> list[Any]:
+    """`sql` on the connection's asyncpg connection, in its transaction (begun here if it
+    was not yet, as SQLAlchemy's adapter does on its first statement), from run_sync's
+    greenlet."""
+    from sqlalchemy import exc
+    from sqlalchemy.util import await_only
+
+    adapter: Any = conn.connection.dbapi_connection
+
+    async def run() -> list[Any]:
+        async with adapter._execute_mutex:
+            if adapter._transaction is None:
+                await adapter._start_transaction()
+            try:
+                statement, _ = await adapter._prepare(sql, 0)
+                return [tuple(row) for row in await statement.fetch(*args)]
+            except Exception as error:
+                adapter._handle_exception(error)  # raises the DB-API error, sqlstate kept
+                raise
+
+    try:
+        return await_only(run())  # type: ignore[no-any-return]
+    except conn.dialect.loaded_dbapi.Error as error:
+        raise exc.DBAPIError.instance(sql, args, error, conn.dialect.loaded_dbapi.Error,
+                                      dialect=conn.dialect) from error
 
 
 class Reader:

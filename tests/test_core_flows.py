@@ -221,6 +221,34 @@ async def test_pin_works_once(core: Core, phone: tuple[MemoryChannel, OutboxWork
     assert bundle["verification_reason"] == "escalation-invalid"
 
 
+async def test_a_pin_calls_answer_and_end_reported_at_once_use_the_pin_in_that_order(
+    core: Core, phone: tuple[MemoryChannel, OutboxWorker]
+) -> None:
+    """An edge reports the answer and, a moment later, the end (a short call) without waiting
+    for either to be stored: the end must not overtake the answer, or the PIN would be given
+    back as for a call nobody took, and the transcript would end the call before its answer."""
+    from gateway.events import CallEvent
+
+    memory, worker = phone
+    conversation_id = await verify_on_whatsapp(core, phone)
+    await core.escalate(conversation_id, "voice", "dial-in")
+    await worker.drain()
+    pin = latest_code(memory.sent)
+    route = await core.open_call(call(NUMBER, pin=pin, call_ref="short@test"))
+    leg = route.leg_id
+    answered = asyncio.ensure_future(core.call_event(
+        CallEvent("short@test", "sip", "answered", agent_id="12", leg_id=leg)))
+    ended = asyncio.ensure_future(core.call_event(
+        CallEvent("short@test", "sip", "ended", agent_id="12", leg_id=leg)))
+    assert await asyncio.gather(answered, ended) == [True, True]
+    replay = await core.open_call(call(NUMBER, pin=pin, call_ref="again@test"))
+    assert (await core.bundle(replay.context_token))["verification_reason"] == \
+        "escalation-invalid"  # used by the answered call, not given back
+    texts = [e["text"] for e in (await core.conversation(conversation_id))["transcript"]]
+    assert texts.index("answered by agent 12") < texts.index(
+        next(t for t in texts if t.startswith("call ended after")))
+
+
 async def test_callback_placed_by_the_gateway_carries_the_verification(
     core: Core, phone: tuple[MemoryChannel, OutboxWorker]
 ) -> None:
