@@ -127,6 +127,14 @@ class Relay:
                 return
         raise RuntimeError(f"{self.name} not answering OPTIONS:\n{self.log.read_text()[-3000:]}")
 
+    async def logged(self, marker: str, timeout: float, what: str) -> None:
+        """Wait until `marker` is in its log; an exit or the timeout raises, with the log."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n{self.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -588,11 +596,7 @@ async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[st
     kdir = _make_peer_dir("kamailio-edge")
     kamailio = None
     try:
-        deadline = time.monotonic() + 90
-        while "route api listening" not in api.log.read_text(errors="replace"):
-            if api.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"route api did not start:\n{api.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.1)
+        await api.logged("route api listening", 90, "route api")
         port = _free_port_both()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "KAMAILIO_LISTEN": f"udp:{LOOPBACK}:{port}", "KAMAILIO_CHILDREN": "16",
@@ -602,11 +606,7 @@ async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[st
             str(ROOT / "bench" / "kamailio_whole_edge.cfg"), "-DD", "-E", "-Y", str(kdir),
             "-x", "tlsf", "-m", "512"], env, port, directory)
         target = f"{LOOPBACK}:{port}"
-        deadline = time.monotonic() + 30
-        while "processes (at least)" not in kamailio.log.read_text(errors="replace"):
-            if kamailio.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"kamailio did not start:\n{kamailio.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.1)
+        await kamailio.logged("processes (at least)", 30, "kamailio")
         await asyncio.sleep(0.5)  # its workers bind after the main process logs
         print(f"(e) Kamailio as the whole edge {target} -> HTTP route api "
               f"127.0.0.1:{http_port} (pid {api.pid}, PostgreSQL) -> uas", flush=True)
@@ -651,11 +651,7 @@ async def registrar(args: argparse.Namespace, directory: Path, results: dict[str
         str(ROOT / "bench" / "kamailio_registrar.cfg"), "-DD", "-E", "-Y", str(kdir),
         "-x", "tlsf", "-m", "256"], env, port, directory)
     try:
-        deadline = time.monotonic() + 30
-        while "processes (at least)" not in kamailio.log.read_text(errors="replace"):
-            if kamailio.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"kamailio did not start:\n{kamailio.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.1)
+        await kamailio.logged("processes (at least)", 30, "kamailio")
         await asyncio.sleep(0.5)  # its workers bind after the main process logs
         target = f"{LOOPBACK}:{port}"
         binding = ("-key", "contact", uas.address)
