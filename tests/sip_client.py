@@ -172,6 +172,13 @@ class SipTestClient:
             lines.append(("Content-Type", "application/sdp"))
         return SipRequest(method, uri, Headers(lines), body)
 
+    def cancel_of(self, invite: SipRequest) -> SipRequest:
+        """The CANCEL of an INVITE we sent: its Request-URI, Call-ID, From, To, CSeq number
+        and top Via branch (RFC 3261 9.1)."""
+        return self.request("CANCEL", invite.uri, cseq=invite.cseq.number,
+                            branch=invite.top_via.branch, from_=invite.headers.get("From"),
+                            to=invite.headers.get("To"), call_id=invite.call_id)
+
     def answer(self, request: SipRequest, status: int, *, to_tag: str | None = None,
                headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> SipResponse:
         """A response to `request` (for playing the agent's phone); 2xx get our Contact

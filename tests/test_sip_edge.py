@@ -428,9 +428,7 @@ async def test_cancel_before_answer_reaches_the_agent_and_the_caller_gets_487(
         invite, got = await call_in(sip, caller, phone)
         phone.send(phone.answer(got, 180, to_tag="a"), sip.port)
         await caller.expect(180)
-        cancel = caller.request("CANCEL", invite.uri, cseq=invite.cseq.number,
-                                branch=invite.top_via.branch, from_=invite.headers.get("From"),
-                                to=invite.headers.get("To"), call_id=invite.call_id)
+        cancel = caller.cancel_of(invite)
         caller.send(cancel, sip.port)
         assert (await caller.expect(lambda m: isinstance(m, SipResponse) and
                                     m.cseq.method == "CANCEL")).status == 200

@@ -187,9 +187,7 @@ async def test_the_core_offers_a_sip_call_before_it_rings_and_says_when_it_ended
         assert isinstance(offered.event, CallOffered)
         phone.send(phone.answer(got, 180, to_tag="a"), sip.port)
         await caller.expect(180)
-        cancel = caller.request("CANCEL", invite.uri, cseq=invite.cseq.number,
-                                branch=invite.top_via.branch, from_=invite.headers.get("From"),
-                                to=invite.headers.get("To"), call_id=invite.call_id)
+        cancel = caller.cancel_of(invite)
         caller.send(cancel, sip.port)
         cancelled = await phone.expect("CANCEL")
         phone.send(phone.answer(cancelled, 200), sip.port)
