@@ -108,6 +108,7 @@ class Relay:
         self.name = name
         self.port = port
         self.log = directory / f"{name}.log"
+        self.spans_file: Path | None = None  # a traced gateway's spans (SIGUSR1 writes them)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -146,7 +147,8 @@ class Relay:
 
 
 def start_gateway(uas_address: str, directory: Path, *, database_url: str | None = None,
-                  name: str = "gateway") -> Relay:
+                  name: str = "gateway", spans: bool = False) -> Relay:
+    """`spans`: the gateway runs with timers on each call's set-up (`serve_gateway_traced`)."""
     port = _free_port_both()
     env = {**os.environ,
            "GATEWAY_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{directory}/gateway.db",
@@ -156,7 +158,12 @@ def start_gateway(uas_address: str, directory: Path, *, database_url: str | None
            "GATEWAY_SIP_SERVICE_USERS": '["service"]', "GATEWAY_LOG_LEVEL": "WARNING",
            "GATEWAY_OUTBOX_ENABLED": "false"}
     argv = [sys.executable, "-m", "gateway", "serve"]
-    return Relay(name, argv, env, port, directory)
+    spans_file = directory / f"{name}.spans.json"
+    if spans:
+        argv = [sys.executable, __file__, "--serve-gateway-traced", str(spans_file)]
+    relay = Relay(name, argv, env, port, directory)
+    relay.spans_file = spans_file if spans else None
+    return relay
 
 
 def start_edge_only(uas_address: str, directory: Path) -> Relay:
@@ -386,11 +393,12 @@ def _counts(csv_text: str) -> tuple[int, int]:
 async def step_up(name: str, target: str, rates: list[int], seconds: float, directory: Path,
                   relay_pid: int | None, *, relay_pids: tuple[int, ...] = (),
                   scenario: str | Path = "uac", rtt: bool = False, service: str = "service",
-                  extra: tuple[str, ...] = ()) -> Step | None:
+                  extra: tuple[str, ...] = (), traced: tuple[Relay, ...] = ()) -> Step | None:
     """`rtt`: trace every call's INVITE->200 too (cheap at gateway rates), so each step
-    prints its p99 set-up delay."""
+    prints its p99 set-up delay. `traced`: gateways run with spans, printed per step."""
     last_clean: Step | None = None
     for rate in rates:
+        await collect_spans(traced)  # start afresh
         step = await run_uac(target, rate, int(rate * seconds), directory, relay_pid=relay_pid,
                              relay_pids=relay_pids, scenario=scenario, rtt=rtt,
                              service=service, extra=extra)
@@ -405,6 +413,7 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
         print(f"  {name:9} {rate:6} CPS: {step.successful}/{step.calls} ok, "
               f"{step.failed} failed in {step.seconds:.1f} s "
               f"({step.successful / step.seconds:.0f}/s){cpu}  {verdict}", flush=True)
+        print_spans(await collect_spans(traced), step.successful)
         if not step.clean:
             break
         last_clean = step
@@ -413,11 +422,52 @@ async def step_up(name: str, target: str, rates: list[int], seconds: float, dire
 
 
 async def setup_delay(target: str, rate: int, directory: Path, scenario: str | Path = "uac",
-                      service: str = "service") -> float:
-    """p99 INVITE -> 200 at the UAC over 10 s at `rate`, after 2 s of warm-up calls."""
+                      service: str = "service", traced: tuple[Relay, ...] = ()) -> float:
+    """p99 INVITE -> 200 at the UAC over 10 s at `rate`, after 2 s of warm-up calls
+    (`traced`: the spans of those 10 s are printed)."""
     await run_uac(target, rate, rate * 2, directory, scenario=scenario, service=service)
-    return p99((await run_uac(target, rate, rate * 10, directory, rtt=True,
-                              scenario=scenario, service=service)).rtts)
+    await collect_spans(traced)
+    step = await run_uac(target, rate, rate * 10, directory, rtt=True, scenario=scenario,
+                         service=service)
+    if traced:
+        print(f"  spans at {rate} CPS (the set-up delay run, {step.successful} calls):")
+        print_spans(await collect_spans(traced), step.successful)
+    return p99(step.rtts)
+
+
+async def collect_spans(relays: tuple[Relay, ...]) -> dict[str, Any]:
+    """What the traced gateways gathered since they were last asked (merged), and afresh."""
+    merged: dict[str, Any] = {"counts": {}, "spans": {}}
+    for relay in relays:
+        if relay.spans_file is None or relay.proc.poll() is not None:
+            continue
+        relay.spans_file.unlink(missing_ok=True)
+        relay.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not relay.spans_file.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not relay.spans_file.exists():
+            continue
+        got = json.loads(relay.spans_file.read_text())
+        for key, n in got["counts"].items():
+            merged["counts"][key] = merged["counts"].get(key, 0) + n
+        for key, values in got["spans"].items():
+            merged["spans"].setdefault(key, []).extend(values)
+    return merged
+
+
+def print_spans(merged: dict[str, Any], calls: int) -> None:
+    if not merged["spans"] and not merged["counts"]:
+        return
+    for key, values in sorted(merged["spans"].items()):
+        ordered = sorted(values)
+        unit = "" if key == "batch size" else " ms"
+        print(f"      {key:40} n {len(ordered):6}  p50 {ordered[len(ordered) // 2]:7.2f}"
+              f"  p99 {p99(ordered):7.2f}  max {ordered[-1]:7.2f}{unit}")
+    for key, n in sorted(merged["counts"].items()):
+        if key.startswith(("pg round trips", "log records")):
+            print(f"      {key:40} {n:7} ({n / calls if calls else float('nan'):.1f} a call)")
+    print(flush=True)
 
 
 def p99(values: list[float]) -> float:
@@ -533,30 +583,20 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
     from tests.peers import KamailioDispatcher, PostgresServer
 
     async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
-        async with KamailioDispatcher([uas.address], probe=False) as kamailio:
-            print(f"(d0) Kamailio dispatcher alone {kamailio.address} -> uas", flush=True)
-            delays["dispatcher"] = await setup_delay(kamailio.address, args.delay_rate,
-                                                     directory, UAC_ROUTE_SET)
-            results["dispatcher"] = await step_up(
-                "dispatch", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
-                directory, None, scenario=UAC_ROUTE_SET)
+        if not args.quick:
+            async with KamailioDispatcher([uas.address], probe=False) as kamailio:
+                print(f"(d0) Kamailio dispatcher alone {kamailio.address} -> uas", flush=True)
+                delays["dispatcher"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                         directory, UAC_ROUTE_SET)
+                results["dispatcher"] = await step_up(
+                    "dispatch", kamailio.address, _rates(args.kamailio_rates),
+                    args.step_seconds, directory, None, scenario=UAC_ROUTE_SET)
         with PostgresServer() as postgres:
             url = postgres.create_database()
-            single = start_gateway(uas.address, directory, database_url=url, name="gateway-pg")
-            try:  # (b') one gateway on the same PostgreSQL, no Kamailio: what PostgreSQL costs
-                await single.ready(timeout=90)
-                target = f"{LOOPBACK}:{single.port}"
-                print(f"(b') one gateway on PostgreSQL {target} (pid {single.pid}) -> uas",
-                      flush=True)
-                delays["gateway-pg"] = await setup_delay(target, args.delay_rate, directory,
-                                                         UAC_ROUTE_SET)
-                results["gateway-pg"] = await step_up(
-                    "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
-                    directory, single.pid, scenario=UAC_ROUTE_SET, rtt=True)
-            finally:
-                single.stop()
+            if not args.quick:
+                await one_gateway_on_postgres(args, directory, results, delays, uas, url)
             gateways = [start_gateway(uas.address, directory, database_url=url,
-                                      name=f"gateway-{n}") for n in "ab"]
+                                      name=f"gateway-{n}", spans=args.spans) for n in "ab"]
             try:
                 for gateway in gateways:
                     await gateway.ready(timeout=90)
@@ -564,21 +604,43 @@ async def scale_out(args: argparse.Namespace, directory: Path, results: dict[str
                 async with KamailioDispatcher(ports) as kamailio:
                     print(f"(d) Kamailio dispatcher {kamailio.address} -> gateways {ports} "
                           f"(pids {[g.pid for g in gateways]}, PostgreSQL) -> uas", flush=True)
+                    for rate in _rates(args.spans_rates):  # spans at moderate rates first
+                        await setup_delay(kamailio.address, rate, directory, UAC_ROUTE_SET,
+                                          traced=tuple(gateways))
                     delays["scale-out"] = await setup_delay(kamailio.address, args.delay_rate,
-                                                            directory, UAC_ROUTE_SET)
+                                                            directory, UAC_ROUTE_SET,
+                                                            traced=tuple(gateways))
                     results["scale-out"] = await step_up(
                         "2 gateways", kamailio.address, _rates(args.gateway_rates),
                         args.step_seconds, directory, None,
                         relay_pids=tuple(g.pid for g in gateways), scenario=UAC_ROUTE_SET,
-                        rtt=True)
+                        rtt=True, traced=tuple(gateways))
             finally:
                 for gateway in gateways:
                     gateway.stop()
-            if not args.skip_whole_edge:
+            if not args.skip_whole_edge and not args.quick:
                 await whole_edge(args, directory, results, delays, uas, postgres)
 
         delays["direct-route"] = await setup_delay(uas.address, args.delay_rate, directory,
                                                    UAC_ROUTE_SET)
+
+
+async def one_gateway_on_postgres(args: argparse.Namespace, directory: Path,
+                                  results: dict[str, Step | None], delays: dict[str, float],
+                                  uas: SippUas, url: str) -> None:
+    """(b') one gateway on the same PostgreSQL, no Kamailio: what PostgreSQL costs."""
+    single = start_gateway(uas.address, directory, database_url=url, name="gateway-pg")
+    try:
+        await single.ready(timeout=90)
+        target = f"{LOOPBACK}:{single.port}"
+        print(f"(b') one gateway on PostgreSQL {target} (pid {single.pid}) -> uas", flush=True)
+        delays["gateway-pg"] = await setup_delay(target, args.delay_rate, directory,
+                                                 UAC_ROUTE_SET)
+        results["gateway-pg"] = await step_up(
+            "gw on pg", target, _rates(args.gateway_rates), args.step_seconds,
+            directory, single.pid, scenario=UAC_ROUTE_SET, rtt=True)
+    finally:
+        single.stop()
 
 
 async def whole_edge(args: argparse.Namespace, directory: Path, results: dict[str, Step | None],
@@ -671,6 +733,144 @@ async def registrar(args: argparse.Namespace, directory: Path, results: dict[str
         _remove_peer_dir(kdir)
 
 
+# ---- spans: where one call's set-up time goes, inside a traced `gateway serve` ------------
+
+
+def serve_gateway_traced(out: str) -> int:
+    """`gateway serve` with timers on the set-up path of each call (--spans): the proxy's
+    route (open_call + offer + relay), open_call, its write's wait in the batch queue, the
+    write itself, the wait for its commit; batch sizes; the loop's lag (a 5 ms sleep's
+    overshoot); GC pauses; PostgreSQL round trips (asyncpg protocol calls) and log records.
+    SIGUSR1 writes what was gathered since the last one to `out` (JSON) and starts afresh."""
+    import logging
+
+    import asyncpg.connection
+
+    from connectors.sip.proxy import Proxy
+    from gateway import batching, calls, cli
+
+    spans: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+
+    def note(name: str, seconds: float) -> None:
+        spans.setdefault(name, []).append(1000 * seconds)
+
+    def count(name: str, n: int = 1) -> None:
+        counts[name] = counts.get(name, 0) + n
+
+    def timed(cls: Any, method: str, name: str) -> None:
+        original = getattr(cls, method)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                note(name, time.perf_counter() - started)
+                count(name)
+
+        setattr(cls, method, wrapper)
+
+    timed(Proxy, "_route", "route (INVITE in -> relayed)")
+    timed(calls.Calls, "open_call", "open_call")
+    timed(calls.Calls, "offer_call", "offer_call")
+    timed(calls.Calls, "_record_event", "call event (answer, end)")
+    run, commit = batching.WriteBatcher.run, batching.WriteBatcher._commit
+
+    async def run_timed(self: Any, write: Any, after: Any = None) -> Any:
+        queued = time.perf_counter()
+        marks: list[float] = []
+
+        def write_timed(conn: Any) -> Any:
+            marks.append(time.perf_counter())
+            try:
+                return write(conn)
+            finally:
+                marks.append(time.perf_counter())
+
+        result = await run(self, write_timed, after)
+        done = time.perf_counter()
+        if len(marks) >= 2:
+            note("write: queued", marks[-2] - queued)
+            note("write: run", marks[-1] - marks[-2])
+            note("write: wait for its commit", done - marks[-1])
+        return result
+
+    async def commit_timed(self: Any, batch: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await commit(self, batch)
+        finally:
+            note("batch: run + commit", time.perf_counter() - started)
+            spans.setdefault("batch size", []).append(len(batch))
+
+    batching.WriteBatcher.run = run_timed  # type: ignore[method-assign]
+    batching.WriteBatcher._commit = commit_timed  # type: ignore[method-assign]
+
+    class Counting:  # asyncpg's protocol, its round trips counted
+        def __init__(self, protocol: Any) -> None:
+            self._protocol = protocol
+
+        def __getattr__(self, name: str) -> Any:
+            value = getattr(self._protocol, name)
+            if name in ("query", "prepare", "bind_execute", "bind_execute_many", "bind",
+                        "execute", "close_statement"):
+                count(f"pg round trips ({name})")
+                count("pg round trips")
+            return value
+
+    init = asyncpg.connection.Connection.__init__
+
+    def init_counting(self: Any, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, protocol, *args, **kwargs)
+        self._protocol = Counting(protocol)
+
+    asyncpg.connection.Connection.__init__ = init_counting  # type: ignore[method-assign]
+
+    class LogCount(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            count(f"log records ({record.levelname})")
+
+    logging.getLogger().addHandler(LogCount())
+    gc_started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started.append(time.perf_counter())
+        elif gc_started:
+            note(f"gc pause (generation {info['generation']})",
+                 time.perf_counter() - gc_started.pop())
+
+    gc.callbacks.append(on_gc)
+
+    def dump(*_: Any) -> None:
+        Path(out + ".tmp").write_text(json.dumps({"counts": counts, "spans": spans}))
+        os.replace(out + ".tmp", out)
+        spans.clear()
+        counts.clear()
+
+    serve = cli.serve
+
+    async def serve_traced(settings: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, dump)
+
+        async def lag() -> None:
+            while True:
+                started = time.perf_counter()
+                await asyncio.sleep(0.005)
+                note("loop lag (a 5 ms sleep's overshoot)", time.perf_counter() - started - 0.005)
+
+        ticker = asyncio.create_task(lag())
+        try:
+            await serve(settings)
+        finally:
+            ticker.cancel()
+
+    cli.serve = serve_traced  # type: ignore[assignment]
+    return cli.main(["serve"])
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -680,6 +880,7 @@ def _rates(text: str) -> list[int]:
 
 async def main(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="sip-bench-"))
+    nan = float("nan")
     print("load average {:.2f} {:.2f} {:.2f} on {} CPUs (a loaded machine starves the relays: "
           "'waiting for a CPU' sums the relay's threads)".format(*os.getloadavg(), os.cpu_count()))
     print(f"SIP CPS benchmark: SIPp uac -d {CALL_LENGTH_MS} -> relay -> SIPp uas (200 without "
@@ -689,12 +890,16 @@ async def main(args: argparse.Namespace) -> int:
     results: dict[str, Step | None] = {}
     delays: dict[str, float] = {}
     async with SippUas(UAS_ANSWER_WITHOUT_RINGING, trace_messages=False) as uas:
-        async with Kamailio(uas.port) as kamailio:
-            print(f"(a) Kamailio {kamailio.address} (children=2, tlsf={kamailio.used_tlsf})")
-            delays["kamailio"] = await setup_delay(kamailio.address, args.delay_rate, directory)
-            results["kamailio"] = await step_up(
-                "kamailio", kamailio.address, _rates(args.kamailio_rates), args.step_seconds,
-                directory, kamailio._child.pid if kamailio._child else None)
+        if not args.quick:
+            async with Kamailio(uas.port) as kamailio:
+                print(f"(a) Kamailio {kamailio.address} (children=2, "
+                      f"tlsf={kamailio.used_tlsf})")
+                delays["kamailio"] = await setup_delay(kamailio.address, args.delay_rate,
+                                                       directory)
+                results["kamailio"] = await step_up(
+                    "kamailio", kamailio.address, _rates(args.kamailio_rates),
+                    args.step_seconds, directory,
+                    kamailio._child.pid if kamailio._child else None)
         relays = [] if args.skip_single else [("gateway", start_gateway)]
         if not args.skip_edge_only and not args.skip_single:
             relays.append(("edge-only", start_edge_only))
@@ -722,7 +927,8 @@ async def main(args: argparse.Namespace) -> int:
         async with SippUas(UAS_COPYING_ROUTE, trace_messages=False) as uas:
             with PostgresServer() as postgres:
                 await registrar(args, directory, results, delays, uas, postgres)
-    with_txns, dialog_only = await memory_per_dialog(args.dialogs)
+    with_txns, dialog_only = (nan, nan) if args.quick else \
+        await memory_per_dialog(args.dialogs)
 
     def cps(name: str) -> int:
         step = results.get(name)
@@ -766,24 +972,26 @@ async def main(args: argparse.Namespace) -> int:
               f"   ratio / Kamailio alone "
               f"{cps('registrar') / kamailio if kamailio else float('nan'):.2f}")
     print(f"p99 INVITE->200 at {args.delay_rate} CPS, in whole ms as SIPp reports them: "
-          f"direct {delays['direct']:.0f}, Kamailio {delays['kamailio']:.0f}"
+          f"direct {delays['direct']:.0f}, Kamailio {delays.get('kamailio', nan):.0f}"
           + (f", gateway {delays['gateway']:.0f}" if "gateway" in delays else "")
           + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
           + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
-             f"{delays['dispatcher']:.0f}, one gateway on PostgreSQL "
-             f"{delays['gateway-pg']:.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
+             f"{delays.get('dispatcher', nan):.0f}, one gateway on PostgreSQL "
+             f"{delays.get('gateway-pg', nan):.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
              if "scale-out" in delays else "")
           + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
              if "whole-edge" in delays else "")
           + (f", Kamailio registrar (lookup in PostgreSQL) {delays['registrar']:.0f}"
              if "registrar" in delays else ""))
-    added = [f"Kamailio {delays['kamailio'] - delays['direct']:.0f} ms (0: under a millisecond)"]
+    added = [f"Kamailio {delays.get('kamailio', nan) - delays['direct']:.0f} ms "
+             "(0: under a millisecond)"]
     if "gateway" in delays:
         added.insert(0, f"gateway {delays['gateway'] - delays['direct']:.0f} ms (target < 5)")
     if "scale-out" in delays:
         added.append(f"dispatcher -> 2 gateways "
                      f"{delays['scale-out'] - delays['direct-route']:.0f} ms (target < 5), "
-                     f"dispatcher alone {delays['dispatcher'] - delays['direct-route']:.0f} ms")
+                     f"dispatcher alone "
+                     f"{delays.get('dispatcher', nan) - delays['direct-route']:.0f} ms")
     if "whole-edge" in delays:
         added.append(f"Kamailio whole edge + HTTP "
                      f"{delays['whole-edge'] - delays['direct-route']:.0f} ms")
@@ -798,6 +1006,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-edge-only":
         asyncio.run(serve_edge_only(int(sys.argv[2]), sys.argv[3]))
         sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-gateway-traced":
+        sys.exit(serve_gateway_traced(sys.argv[2]))
     if len(sys.argv) == 5 and sys.argv[1] == "--serve-route-api":
         asyncio.run(serve_route_api(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
         sys.exit(0)
@@ -819,6 +1029,15 @@ if __name__ == "__main__":
     parser.add_argument("--register-rates", default="100,250,500,750,1000,1500,2000")
     parser.add_argument("--registrar-rates", default="100,250,500,750,1000,1500,2000",
                         help="INVITE rates of (r), each call a location lookup")
+    parser.add_argument("--spans", action="store_true",
+                        help="run (d)'s gateways with timers on each call's set-up path and "
+                             "print them per step (a little slower: measure CPS without)")
+    parser.add_argument("--spans-rates", default="",
+                        help="with --spans: rates (e.g. 50) whose spans are measured before "
+                             "(d)'s set-up delay at --delay-rate")
+    parser.add_argument("--quick", action="store_true",
+                        help="only (d), the two gateways (no Kamailio alone, no (b'), no "
+                             "memory): a look at their spans, not a figure to report")
     parser.add_argument("--skip-scale-out", action="store_true",
                         help="leave out (d0) and (d), Kamailio's dispatcher over two gateways")
     arguments = parser.parse_args()
