@@ -977,7 +977,8 @@ async def main(args: argparse.Namespace) -> int:
           + (f", edge alone {delays['edge-only']:.0f}" if "edge-only" in delays else "")
           + (f"; with route set: direct {delays['direct-route']:.0f}, dispatcher "
              f"{delays.get('dispatcher', nan):.0f}, one gateway on PostgreSQL "
-             f"{delays.get('gateway-pg', nan):.0f}, dispatcher -> 2 gateways {delays['scale-out']:.0f}"
+             f"{delays.get('gateway-pg', nan):.0f}, dispatcher -> 2 gateways "
+             f"{delays['scale-out']:.0f}"
              if "scale-out" in delays else "")
           + (f", Kamailio whole edge + HTTP {delays['whole-edge']:.0f}"
              if "whole-edge" in delays else "")
