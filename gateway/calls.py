@@ -30,18 +30,28 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, literal_column, or_, select, true, update
 
 from gateway import context, conversations, identity, verification
 from gateway.addresses import Address
 from gateway.agents import AgentDirectory
 from gateway.bus import CallEnded, CallOffered
 from gateway.channels import CallOffer, ContextLink
-from gateway.domain import CallLeg, CallRoute, LegId, NotFound, PinAttemptsLimited
+from gateway.domain import (
+    CallLeg,
+    CallRoute,
+    ConversationId,
+    CustomerId,
+    EntryId,
+    LegId,
+    NotFound,
+    PinAttemptsLimited,
+    ThreadMatch,
+)
 from gateway.events import CallEvent, IncomingCall
 from gateway.identity import Evidence
 from gateway.metrics import Metrics
-from gateway.models import Conversation, Leg
+from gateway.models import Conversation, CustomerAddress, Leg, TranscriptEntry
 from gateway.policy import Policy
 from gateway.store import Prepared, new_id
 from gateway.throttle import Throttle
@@ -51,6 +61,8 @@ from gateway.writes import Tx, Writes
 log = logging.getLogger("gateway.calls")
 LEGS = Leg.__table__
 CONVERSATIONS = Conversation.__table__
+ADDRESSES = CustomerAddress.__table__
+TRANSCRIPT = TranscriptEntry.__table__
 MAX_REF = 300  # of a call reference kept in a leg's thread key
 
 # Looked up on every call set-up: built once.
@@ -94,6 +106,79 @@ _END_LEG = Prepared(  # only a leg not ended yet: the end is recorded once
                        LEGS.c.ended_at.is_(None), CONVERSATIONS.c.id == LEGS.c.conversation_id)
     .values(ended_at=bindparam("at")).returning(*_CHANGED_COLUMNS))
 _ATTESTED = frozenset({"A", "B", "C"})
+_EVENT_ENTRY = ["at", "provider_at", "channel", "direction", "kind", "author", "text", "data",
+                "provider", "provider_id"]
+
+
+def _with_entry(change: Any) -> Prepared:
+    """PostgreSQL: `change` (an UPDATE of one leg … RETURNING `_CHANGED_COLUMNS`) and the
+    call event's transcript entry on the leg it changed, in one statement; returns the
+    changed leg and the entry's id (no row: no leg was changed, nothing was written)."""
+    changed = change.cte("changed")
+    entry = (insert(TRANSCRIPT).from_select(
+        ["conversation_id", "leg_id", *_EVENT_ENTRY],
+        select(changed.c.conversation_id, changed.c.id,
+               *[bindparam(f"entry_{c}", type_=TRANSCRIPT.c[c].type) for c in _EVENT_ENTRY]))
+        .returning(TRANSCRIPT.c.id).cte("entry"))
+    return Prepared(select(*changed.c, entry.c.id).select_from(changed.join(entry, true())))
+
+
+_ANSWER_LEG_ENTRY = _with_entry(_ANSWER_LEG.statement)
+_END_LEG_ENTRY = _with_entry(_END_LEG.statement)
+
+
+def _open_known(evidence: Evidence) -> Prepared:
+    """PostgreSQL, a call's set-up in the steady state, one round trip: find the caller's
+    customer and open conversation (`conversations.lookup_caller`'s read) and, when the
+    conversation is within the idle window and the caller's link is as strong as
+    `evidence` already (nothing to upgrade), write the leg, its first transcript entry and
+    its context token in it (data-modifying CTEs; the foreign keys are checked at the end of
+    the statement). Returns the read's row and the entry's id (NULL: nothing was written,
+    the caller is placed statement by statement). No row: the address is unknown."""
+    strong = [e.value for e in Evidence if identity.STRENGTH[e] >= identity.STRENGTH[evidence]]
+    found = (select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence,
+                    CONVERSATIONS.c.id.label("conversation_id"),
+                    CONVERSATIONS.c.last_activity_at)
+             .select_from(ADDRESSES)
+             .outerjoin(CONVERSATIONS, (CONVERSATIONS.c.customer_id == ADDRESSES.c.customer_id)
+                        & (CONVERSATIONS.c.status == "open"))
+             .where(ADDRESSES.c.address == bindparam("caller"))
+             .order_by(CONVERSATIONS.c.opened_at.desc())
+             .limit(1)
+             .cte("found"))
+    fresh = (select(found.c.conversation_id)
+             .where(found.c.last_activity_at >= bindparam("active_since",
+                                                          type_=LEGS.c.started_at.type),
+                    or_(*[found.c.evidence == literal_column(f"'{e}'") for e in strong]))
+             .cte("fresh"))
+    leg_columns = [c.name for c in LEGS.columns if c.name != "conversation_id"]
+    leg = (insert(LEGS).from_select(
+        [*leg_columns, "conversation_id"],
+        select(*[bindparam(f"leg_{c}", type_=LEGS.c[c].type) for c in leg_columns],
+               fresh.c.conversation_id))
+        .returning(LEGS.c.id, LEGS.c.conversation_id).cte("leg"))
+    entry_columns = ["at", "provider_at", "channel", "direction", "kind", "author", "text",
+                     "data", "provider", "provider_id"]
+    entry = (insert(TRANSCRIPT).from_select(
+        ["conversation_id", "leg_id", *entry_columns],
+        select(leg.c.conversation_id, leg.c.id,
+               *[bindparam(f"entry_{c}", type_=TRANSCRIPT.c[c].type) for c in entry_columns]))
+        .returning(TRANSCRIPT.c.id).cte("entry"))
+    token = (insert(context.TOKENS).from_select(
+        ["token_hash", "leg_id", "conversation_id", "created_at", "expires_at"],
+        select(bindparam("token_hash", type_=context.TOKENS.c.token_hash.type), leg.c.id,
+               leg.c.conversation_id, bindparam("leg_started_at", type_=LEGS.c.started_at.type),
+               bindparam("expires_at", type_=context.TOKENS.c.expires_at.type)))
+        .returning(context.TOKENS.c.token_hash).cte("token"))
+    return Prepared(
+        select(found.c.customer_id, found.c.evidence, found.c.conversation_id,
+               found.c.last_activity_at, entry.c.id)
+        .select_from(found.outerjoin(entry, true()))
+        .add_cte(token))
+
+
+_OPEN_KNOWN = {evidence: _open_known(evidence)
+               for evidence in (Evidence.CLAIMED, Evidence.ATTESTED)}
 
 
 def _call_leg(row: tuple[Any, ...]) -> CallLeg:
@@ -235,8 +320,6 @@ class Calls:
         else:
             caller = call.caller or Address("web", f"anonymous-{call.call_ref}")
             evidence = Evidence.ATTESTED if call.caller_authenticated else Evidence.CLAIMED
-            customer_id, _ = identity.resolve(
-                conn, caller, evidence, now, detail=f"{call.provider} caller ID{attested}")
             if call.escalation_token or call.pin:
                 binding = Binding.ESCALATION  # a PIN was given but is wrong, used or expired
             elif call.caller_authenticated:
@@ -244,35 +327,103 @@ class Calls:
             else:
                 binding = Binding.CALLER_ID
             address = str(caller)
-        conversation_id, _ = conversations.open_conversation(
-            tx, customer_id, self._policy.conversation_idle)
-        conversations.open_leg(
-            conn, conversation_id, "voice", thread_key, address, binding, now,
-            local_address=call.callee,
-            escalation_id=escalation.id if escalation else None,
-            new=leg_id, attestation=call.attestation,
-        )
         how = {
             Binding.ESCALATION: "with escalation PIN" if escalation else "with an invalid PIN",
             Binding.CALLBACK: "callback placed by the gateway",
         }.get(binding, "")
-        conversations.append(
-            tx, customer_id=customer_id, conversation_id=conversation_id, leg_id=leg_id,
-            channel="voice", direction="event", kind="call", author=address,
+        leg = {"id": leg_id, "channel": "voice", "thread_key": thread_key, "address": address,
+               "local_address": call.callee, "binding": binding.value,
+               "escalation_id": escalation.id if escalation else None, "started_at": now,
+               "ended_at": None, "agent_id": None, "attestation": call.attestation}
+        entry = dict(
+            leg_id=leg_id, channel="voice", direction="event", kind="call", author=address,
             text=f"incoming call from {address}" + (f" ({how})" if how else ""),
             provider=call.provider, provider_id=f"call-start:{leg_id}",
             data={"event": "incoming", "callee": call.callee,
-                  **({"attestation": call.attestation} if call.attestation else {})},
-        )
-        token = context.issue_token(conn, leg_id=leg_id, conversation_id=conversation_id,
-                                    now=now, ttl=self._policy.context_token_ttl)
+                  **({"attestation": call.attestation} if call.attestation else {})})
+        token = verification.new_token()
+        expires_at = now + self._policy.context_token_ttl
+        if escalation is None:
+            known = self._known_caller(tx, caller, evidence, leg, entry, token, expires_at,
+                                       call.call_ref)
+            if isinstance(known, CallRoute):
+                route = known
+            else:
+                customer_id, conversation_id = self._caller_conversation(
+                    tx, call, caller, evidence, attested, known)
+                route = self._write_leg(tx, customer_id, conversation_id, leg, entry, token,
+                                        expires_at, call.call_ref)
+        else:
+            conversation_id, _ = conversations.open_conversation(
+                tx, customer_id, self._policy.conversation_idle)
+            route = self._write_leg(tx, customer_id, conversation_id, leg, entry, token,
+                                    expires_at, call.call_ref)
         tx.log(logging.INFO, "call %s from %s (%s, %s): conversation %s, leg %s",
-               call.call_ref[:80], address, call.provider, binding.value, conversation_id,
-               leg_id)
-        route = CallRoute(customer_id, conversation_id, leg_id, token.token,
-                          self._policy.context_url(token.token), token.expires_at,
-                          binding.value, escalation.id if escalation else None, call.call_ref)
+               call.call_ref[:80], address, call.provider, binding.value,
+               route.conversation_id, leg_id)
         return _Opened(route, pin_check)
+
+    def _known_caller(self, tx: Tx, caller: Address, evidence: Evidence, leg: dict[str, Any],
+                      entry: dict[str, Any], token: str, expires_at: Any, call_ref: str
+                      ) -> CallRoute | ThreadMatch | None:
+        """PostgreSQL: a caller known on `evidence` at least, with an open conversation still
+        within the idle window (the steady state), gets the call's leg, its first transcript
+        entry and its context token in that conversation in ONE statement, which finds them
+        too (`_OPEN_KNOWN`): the route. Otherwise what that statement found (a ThreadMatch,
+        or None for an unknown address) and nothing written; SQLite: one read of it."""
+        conn, now = tx.conn, tx.now
+        if conn.dialect.name != "postgresql":
+            return conversations.lookup_caller(conn, str(caller))
+        params = conversations.entry_params(tx, conversation_id="", **entry)
+        rows = _OPEN_KNOWN[evidence].execute(conn, {
+            "caller": str(caller), "active_since": now - self._policy.conversation_idle,
+            **{f"leg_{k}": v for k, v in leg.items()},
+            **{f"entry_{k}": v for k, v in params.items() if k != "conversation_id"},
+            "token_hash": verification.hash_token(token), "expires_at": expires_at})
+        if not rows:
+            return None
+        customer_id, _evidence, conversation_id, _last, entry_id = rows[0]
+        if entry_id is None:
+            return conversations.caller_match(conn, rows[0])
+        conversations.entry_written(tx, customer_id, EntryId(entry_id),
+                                    {**params, "conversation_id": conversation_id})
+        return CallRoute(customer_id, conversation_id, leg["id"], token,
+                         self._policy.context_url(token), expires_at, leg["binding"], None,
+                         call_ref)
+
+    def _caller_conversation(self, tx: Tx, call: IncomingCall, caller: Address,
+                             evidence: Evidence, attested: str, known: ThreadMatch | None
+                             ) -> tuple[CustomerId, ConversationId]:
+        """The caller's customer (made or linked when new, the link upgraded when `evidence`
+        is stronger) and open conversation (opened when there is none, or it was idle)."""
+        if known is not None and (identity.STRENGTH[Evidence(known.evidence)]
+                                  >= identity.STRENGTH[evidence]):
+            customer_id = known.customer_id
+        else:
+            customer_id, _ = identity.resolve(
+                tx.conn, caller, evidence, tx.now, detail=f"{call.provider} caller ID{attested}")
+        conversation_id, _ = conversations.open_conversation(
+            tx, customer_id, self._policy.conversation_idle, known)
+        return customer_id, conversation_id
+
+    def _write_leg(self, tx: Tx, customer_id: CustomerId, conversation_id: ConversationId,
+                   leg: dict[str, Any], entry: dict[str, Any], token: str, expires_at: Any,
+                   call_ref: str) -> CallRoute:
+        """The call's leg, its first transcript entry and its context token, statement by
+        statement (SQLite in process, or a PostgreSQL call off the steady state)."""
+        conn, now = tx.conn, tx.now
+        leg_id = leg["id"]
+        conversations.open_leg(
+            conn, conversation_id, "voice", leg["thread_key"], leg["address"], leg["binding"],
+            now, local_address=leg["local_address"], escalation_id=leg["escalation_id"],
+            new=leg_id, attestation=leg["attestation"])
+        conversations.append(tx, customer_id=customer_id, conversation_id=conversation_id,
+                             **entry)
+        context.issue_token(conn, leg_id=leg_id, conversation_id=conversation_id, now=now,
+                            ttl=self._policy.context_token_ttl, token=token)
+        return CallRoute(customer_id, conversation_id, leg_id, token,
+                         self._policy.context_url(token), expires_at, leg["binding"],
+                         leg["escalation_id"], call_ref)
 
     async def offer_call(self, route: CallRoute, tried: Sequence[str] = (), *,
                          agent_id: str | None = None, exclude: Sequence[str] = ()
@@ -346,6 +497,9 @@ class Calls:
 
     def _call_event(self, tx: Tx, event: CallEvent) -> tuple[bool, LegId | None]:
         conn, now = tx.conn, tx.now
+        done = self._event_in_one(tx, event)
+        if done is not None:
+            return done
         changed = self._changed_leg(conn, event, now)
         if changed is not None:
             leg = changed
@@ -366,24 +520,76 @@ class Calls:
             # A provider's report on the whole call (Twilio's status callback): its agent is
             # whom the router holds for it (a read of one dict entry; the loop owns it).
             agent = self._agents.holding(leg.leg_id)
-        data: dict[str, Any] = {"event": event.kind}
         if event.kind == "answered":
             if changed is None:
                 _LEG_AGENT.execute(conn, {"leg": leg.leg_id, "agent": agent})
-            if leg.escalation_id is not None:
-                verification.use_escalation(conn, leg.escalation_id, leg.leg_id, now)
-            text = f"answered by agent {agent}" if agent else "answered"
         elif event.kind in ("ended", "failed"):
             if leg.ended_at is not None:
                 return True, leg.leg_id  # the end is recorded once, whoever reported it first
             if changed is None:
                 _LEG_ENDED.execute(conn, {"leg": leg.leg_id, "at": now})
+        duration = event.duration_seconds
+        if duration is None:
+            duration = (now - leg.started_at).total_seconds()
+        self._event_changed(tx, event, leg, agent)
+        conversations.append(tx, customer_id=leg.customer_id,
+                             **self._event_entry(event, leg.conversation_id, leg.leg_id, agent,
+                                                 duration))
+        return True, leg.leg_id
+
+    def _event_in_one(self, tx: Tx, event: CallEvent) -> tuple[bool, LegId | None] | None:
+        """PostgreSQL, an edge's answer or end naming its leg, agent (and length): the leg
+        changed and the event's transcript entry written in one statement. None: not that
+        simple, or nothing changed (an unknown leg, or an end recorded already): the caller
+        reads the leg and decides."""
+        conn = tx.conn
+        if (event.leg_id is None or event.event_id is not None or event.agent_id is None
+                or conn.dialect.name != "postgresql"):
+            return None
+        if event.kind == "answered":
+            statement, params = _ANSWER_LEG_ENTRY, {"agent": event.agent_id}
+        elif event.kind == "failed" or (event.kind == "ended"
+                                         and event.duration_seconds is not None):
+            statement, params = _END_LEG_ENTRY, {"at": tx.now}
+        else:
+            return None
+        entry = conversations.entry_params(tx, **self._event_entry(
+            event, "", event.leg_id, event.agent_id, event.duration_seconds or 0.0))
+        rows = statement.execute(conn, {"leg": event.leg_id, **params,
+                                        **{f"entry_{k}": entry[k] for k in _EVENT_ENTRY}})
+        if not rows:
+            return None
+        leg_id, conversation_id, customer_id, binding, escalation_id, started_at, agent = \
+            rows[0][:7]
+        leg = CallLeg(leg_id, conversation_id, customer_id, binding, escalation_id, started_at,
+                      None, None if event.kind == "answered" else agent)
+        self._event_changed(tx, event, leg, event.agent_id)
+        conversations.entry_written(tx, customer_id, EntryId(rows[0][7]),
+                                    {**entry, "conversation_id": conversation_id})
+        return True, leg_id
+
+    def _event_changed(self, tx: Tx, event: CallEvent, leg: CallLeg, agent: str | None
+                       ) -> None:
+        """What follows from an answer or an end recorded on `leg` (as it was before): the
+        escalation PIN used, or given back when nobody answered; the end said on the bus."""
+        if event.kind == "answered":
+            if leg.escalation_id is not None:
+                verification.use_escalation(tx.conn, leg.escalation_id, leg.leg_id, tx.now)
+        elif event.kind in ("ended", "failed"):
             if leg.escalation_id is not None and leg.agent_id is None:
                 # Nobody answered: the PIN or token works again for the next call.
-                verification.give_back_escalation(conn, leg.escalation_id, leg.leg_id)
-            duration = event.duration_seconds
-            if duration is None:
-                duration = (now - leg.started_at).total_seconds()
+                verification.give_back_escalation(tx.conn, leg.escalation_id, leg.leg_id)
+            tx.publish(CallEnded(leg.conversation_id, leg.customer_id, leg.leg_id, agent,
+                                 event.call_ref))
+
+    @staticmethod
+    def _event_entry(event: CallEvent, conversation_id: str, leg_id: str, agent: str | None,
+                     duration: float) -> dict[str, Any]:
+        """The transcript entry of a call event (`conversations.append`'s arguments)."""
+        data: dict[str, Any] = {"event": event.kind}
+        if event.kind == "answered":
+            text = f"answered by agent {agent}" if agent else "answered"
+        elif event.kind in ("ended", "failed"):
             if event.kind == "ended":
                 text = f"call ended after {_duration(duration)}"
                 text += f" with agent {agent}" if agent else ""
@@ -391,21 +597,16 @@ class Calls:
                 text = "call failed"
             if event.detail:
                 text += f" ({event.detail})"
-            tx.publish(CallEnded(leg.conversation_id, leg.customer_id, leg.leg_id, agent,
-                                 event.call_ref))
         else:
             text = f"call {event.kind}" + (f" ({event.detail})" if event.detail else "")
         if agent:
             data["agent_id"] = agent
         if event.kind == "ended":
             data["duration_seconds"] = round(duration, 1)
-        conversations.append(
-            tx, customer_id=leg.customer_id, conversation_id=leg.conversation_id,
-            leg_id=leg.leg_id, channel="voice", direction="event", kind="call",
-            author=f"agent:{agent}" if agent else "gateway", text=text,
-            provider_at=event.at, data=data,
-        )
-        return True, leg.leg_id
+        return dict(conversation_id=conversation_id, leg_id=leg_id, channel="voice",
+                    direction="event", kind="call",
+                    author=f"agent:{agent}" if agent else "gateway", text=text,
+                    provider_at=event.at, data=data)
 
     async def issue_context(self, leg_id: LegId) -> ContextLink:
         """A context token for any leg (an XMPP agent's first message carries its URL)."""

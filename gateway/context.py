@@ -66,9 +66,11 @@ def issue_token(
     conversation_id: str,
     now: datetime,
     ttl: timedelta,
+    token: str | None = None,
 ) -> IssuedToken:
-    """A capability for one leg's bundle: 192 random bits; only its hash is stored."""
-    token = secrets.token_urlsafe(24)
+    """A capability for one leg's bundle: 192 random bits (`token`, made by
+    `verification.new_token`, or made here); only its hash is stored."""
+    token = token or secrets.token_urlsafe(24)
     INSERT_TOKENS.execute(conn, {
         "token_hash": hash_token(token), "leg_id": leg_id, "conversation_id": conversation_id,
         "created_at": now, "expires_at": now + ttl,

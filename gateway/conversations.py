@@ -92,6 +92,19 @@ _THREAD = Prepared(
 )
 
 
+# A caller's customer and open conversation in one read (a call's set-up).
+_CALLER = Prepared(
+    select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence, CONVERSATIONS.c.id,
+           CONVERSATIONS.c.last_activity_at)
+    .select_from(ADDRESSES)
+    .outerjoin(CONVERSATIONS, (CONVERSATIONS.c.customer_id == ADDRESSES.c.customer_id)
+               & (CONVERSATIONS.c.status == "open"))
+    .where(ADDRESSES.c.address == bindparam("a"))
+    .order_by(CONVERSATIONS.c.opened_at.desc())
+    .limit(1)
+)
+
+
 _ACTIVITY = "conversation-activity"
 
 
@@ -128,6 +141,24 @@ def lookup_thread(conn: Connection, address: str, channel: str, thread_key: str
     return ThreadMatch(customer_id, evidence, conversation_id, last_at, leg_id)
 
 
+def caller_match(conn: Connection, row: tuple[Any, ...] | None) -> ThreadMatch | None:
+    """A `ThreadMatch` (without a leg) of a row (customer id, evidence, open conversation
+    id, its stored last activity), the last activity as this transaction knows it."""
+    if row is None:
+        return None
+    customer_id, evidence, conversation_id, last_at = row[:4]
+    if conversation_id is not None and last_at is not None:
+        last_at = _last_activity(conn, conversation_id, last_at)
+    return ThreadMatch(customer_id, evidence, conversation_id, last_at, None)
+
+
+def lookup_caller(conn: Connection, address: str) -> ThreadMatch | None:
+    """In one query: the caller's customer, and their open conversation and its last
+    activity (None: the address is unknown)."""
+    rows = _CALLER.execute(conn, {"a": address})
+    return caller_match(conn, rows[0] if rows else None)
+
+
 def insert_ignore(conn: Connection, table: Table) -> Any:
     """INSERT … ON CONFLICT DO NOTHING for the connection's dialect."""
     return _insert_ignore(conn.dialect.name == "postgresql", table)
@@ -151,17 +182,23 @@ def claim_event(
 
 
 def open_conversation(
-    tx: Tx, customer_id: CustomerId, idle: timedelta
+    tx: Tx, customer_id: CustomerId, idle: timedelta,
+    known: ThreadMatch | None = None,
 ) -> tuple[ConversationId, bool]:
     """The customer's open conversation, or a new one. Returns (id, created).
 
     An open conversation idle for longer than `idle` is closed first. Safe across gateways:
     a partial unique index allows one open conversation per customer, so the new one is
     inserted only if none is open (insert-or-get); one that lost that race to another
-    gateway takes the winner's, committed by then."""
-    for _look in range(3):
-        rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
-        row = rows[0] if rows else None
+    gateway takes the winner's, committed by then. `known`: this transaction's first look
+    at the customer's open conversation, already made (`lookup_caller`)."""
+    for look in range(3):
+        if look == 0 and known is not None and known.customer_id == customer_id:
+            row = (None if known.conversation_id is None
+                   else (known.conversation_id, known.last_activity_at))
+        else:
+            rows = _OPEN_CONVERSATION.execute(tx.conn, {"c": customer_id})
+            row = rows[0] if rows else None
         if row is not None:
             if tx.now - _last_activity(tx.conn, row[0], row[1]) <= idle:
                 return row[0], False
@@ -349,17 +386,39 @@ def append(
 
     Every stored text passes `redaction.redact` here: card numbers masked, and `codes` (a
     code the text answers, as written in it) replaced, whatever the channel or direction."""
-    now = tx.now
-    text = redact(text, codes)
-    entry_id = EntryId(int(_APPEND.execute(tx.conn, {
-        "conversation_id": conversation_id, "leg_id": leg_id, "at": now,
+    params = entry_params(
+        tx, conversation_id=conversation_id, leg_id=leg_id, channel=channel,
+        direction=direction, kind=kind, author=author, text=text, provider=provider,
+        provider_id=provider_id, provider_at=provider_at, data=data, codes=codes)
+    entry_id = EntryId(int(_APPEND.execute(tx.conn, params)[0][0]))
+    entry_written(tx, customer_id, entry_id, params)
+    return entry_id
+
+
+def entry_params(
+    tx: Tx, *, conversation_id: str, leg_id: str, channel: str, direction: str, kind: str,
+    author: str, text: str, provider: str | None = None, provider_id: str | None = None,
+    provider_at: datetime | None = None, data: dict[str, Any] | None = None,
+    codes: Iterable[str] = (),
+) -> dict[str, Any]:
+    """A transcript entry's columns (its text redacted): for `append`, or for a statement
+    that writes the entry together with other rows (a call's set-up on PostgreSQL), which
+    then calls `entry_written`."""
+    return {
+        "conversation_id": conversation_id, "leg_id": leg_id, "at": tx.now,
         "provider_at": provider_at, "channel": channel, "direction": direction, "kind": kind,
-        "author": author, "text": text, "data": data, "provider": provider,
+        "author": author, "text": redact(text, codes), "data": data, "provider": provider,
         "provider_id": provider_id,
-    })[0][0]))
-    _mark_active(tx, conversation_id)
+    }
+
+
+def entry_written(tx: Tx, customer_id: str, entry_id: EntryId, params: dict[str, Any]) -> None:
+    """The entry of `params` is written as `entry_id`: mark its conversation active and say
+    so (after the commit)."""
+    _mark_active(tx, params["conversation_id"])
     # Entry's field order: id, conversation_id, leg_id, at, channel, direction, kind, author,
     # text, provider_at, data.
-    tx.publish(EntryAdded(customer_id, (entry_id, conversation_id, leg_id, now, channel,
-                                        direction, kind, author, text, provider_at, data)))
-    return entry_id
+    tx.publish(EntryAdded(customer_id, (
+        entry_id, params["conversation_id"], params["leg_id"], params["at"], params["channel"],
+        params["direction"], params["kind"], params["author"], params["text"],
+        params["provider_at"], params["data"])))
