@@ -429,7 +429,7 @@ async def setup_delay(target: str, rate: int, directory: Path, scenario: str | P
     await collect_spans(traced)
     step = await run_uac(target, rate, rate * 10, directory, rtt=True, scenario=scenario,
                          service=service)
-    if traced:
+    if any(relay.spans_file for relay in traced):
         print(f"  spans at {rate} CPS (the set-up delay run, {step.successful} calls):")
         print_spans(await collect_spans(traced), step.successful)
     return p99(step.rtts)
@@ -851,7 +851,7 @@ def serve_gateway_traced(out: str) -> int:
 
     serve = cli.serve
 
-    async def serve_traced(settings: Any) -> None:
+    async def serve_traced(settings: Any, *args: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, dump)
 
@@ -863,7 +863,7 @@ def serve_gateway_traced(out: str) -> int:
 
         ticker = asyncio.create_task(lag())
         try:
-            await serve(settings)
+            await serve(settings, *args)
         finally:
             ticker.cancel()
 
@@ -881,11 +881,13 @@ def _rates(text: str) -> list[int]:
 async def main(args: argparse.Namespace) -> int:
     directory = Path(tempfile.mkdtemp(prefix="sip-bench-"))
     nan = float("nan")
+    os.environ["GATEWAY_EVENT_LOOP"] = args.event_loop  # the gateways started below
     print("load average {:.2f} {:.2f} {:.2f} on {} CPUs (a loaded machine starves the relays: "
           "'waiting for a CPU' sums the relay's threads)".format(*os.getloadavg(), os.cpu_count()))
     print(f"SIP CPS benchmark: SIPp uac -d {CALL_LENGTH_MS} -> relay -> SIPp uas (200 without "
           f"180), {args.step_seconds:g} s per step; the gateway as `gateway serve` runs it "
-          f"(gc frozen after start-up, thresholds 20000/50/100); work dir {directory}",
+          f"(gc frozen after start-up, thresholds 20000/50/100), GATEWAY_EVENT_LOOP="
+          f"{args.event_loop}; work dir {directory}",
           flush=True)
     results: dict[str, Step | None] = {}
     delays: dict[str, float] = {}
@@ -1036,6 +1038,8 @@ if __name__ == "__main__":
     parser.add_argument("--spans-rates", default="",
                         help="with --spans: rates (e.g. 50) whose spans are measured before "
                              "(d)'s set-up delay at --delay-rate")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="the gateways' GATEWAY_EVENT_LOOP (auto: uvloop if installed)")
     parser.add_argument("--quick", action="store_true",
                         help="only (d), the two gateways (no Kamailio alone, no (b'), no "
                              "memory): a look at their spans, not a figure to report")

@@ -150,6 +150,8 @@ class CoreSettings(BaseModel):
 
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+    # `gateway serve`'s event loop: uvloop when it is installed (auto), or asyncio's own.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("public_url")
     @classmethod
