@@ -51,7 +51,7 @@ from gateway.domain import (
 from gateway.events import CallEvent, IncomingCall
 from gateway.identity import Evidence
 from gateway.metrics import Metrics
-from gateway.models import Conversation, CustomerAddress, Leg, TranscriptEntry
+from gateway.models import Conversation, Leg, TranscriptEntry
 from gateway.policy import Policy
 from gateway.store import Prepared, new_id
 from gateway.throttle import Throttle
@@ -61,7 +61,6 @@ from gateway.writes import Tx, Writes
 log = logging.getLogger("gateway.calls")
 LEGS = Leg.__table__
 CONVERSATIONS = Conversation.__table__
-ADDRESSES = CustomerAddress.__table__
 TRANSCRIPT = TranscriptEntry.__table__
 MAX_REF = 300  # of a call reference kept in a leg's thread key
 
@@ -136,16 +135,7 @@ def _open_known(evidence: Evidence) -> Prepared:
     the statement). Returns the read's row and the entry's id (NULL: nothing was written,
     the caller is placed statement by statement). No row: the address is unknown."""
     strong = [e.value for e in Evidence if identity.STRENGTH[e] >= identity.STRENGTH[evidence]]
-    found = (select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence,
-                    CONVERSATIONS.c.id.label("conversation_id"),
-                    CONVERSATIONS.c.last_activity_at)
-             .select_from(ADDRESSES)
-             .outerjoin(CONVERSATIONS, (CONVERSATIONS.c.customer_id == ADDRESSES.c.customer_id)
-                        & (CONVERSATIONS.c.status == "open"))
-             .where(ADDRESSES.c.address == bindparam("caller"))
-             .order_by(CONVERSATIONS.c.opened_at.desc())
-             .limit(1)
-             .cte("found"))
+    found = conversations.CALLER.cte("found")
     fresh = (select(found.c.conversation_id)
              .where(found.c.last_activity_at >= bindparam("active_since",
                                                           type_=LEGS.c.started_at.type),

@@ -92,17 +92,19 @@ _THREAD = Prepared(
 )
 
 
-# A caller's customer and open conversation in one read (a call's set-up).
-_CALLER = Prepared(
-    select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence, CONVERSATIONS.c.id,
-           CONVERSATIONS.c.last_activity_at)
+# A caller's customer and open conversation in one read (a call's set-up; on PostgreSQL
+# also the first part of gateway/calls.py's one-statement set-up).
+CALLER = (
+    select(ADDRESSES.c.customer_id, ADDRESSES.c.evidence,
+           CONVERSATIONS.c.id.label("conversation_id"), CONVERSATIONS.c.last_activity_at)
     .select_from(ADDRESSES)
     .outerjoin(CONVERSATIONS, (CONVERSATIONS.c.customer_id == ADDRESSES.c.customer_id)
                & (CONVERSATIONS.c.status == "open"))
-    .where(ADDRESSES.c.address == bindparam("a"))
+    .where(ADDRESSES.c.address == bindparam("caller"))
     .order_by(CONVERSATIONS.c.opened_at.desc())
     .limit(1)
 )
+_CALLER = Prepared(CALLER)
 
 
 _ACTIVITY = "conversation-activity"
@@ -155,7 +157,7 @@ def caller_match(conn: Connection, row: tuple[Any, ...] | None) -> ThreadMatch |
 def lookup_caller(conn: Connection, address: str) -> ThreadMatch | None:
     """In one query: the caller's customer, and their open conversation and its last
     activity (None: the address is unknown)."""
-    rows = _CALLER.execute(conn, {"a": address})
+    rows = _CALLER.execute(conn, {"caller": address})
     return caller_match(conn, rows[0] if rows else None)
 
 
