@@ -4,6 +4,8 @@ Run by hand (not in CI):  .venv/bin/python bench/sip_cps.py [--step-seconds 10] 
                               [--gateway-rates 100,200,...] [--kamailio-rates 1000,...]
                               [--delay-rate 100] [--dialogs 20000] [--skip-edge-only]
                               [--skip-single] [--skip-scale-out] [--skip-whole-edge]
+                              [--event-loop auto|uvloop|asyncio] [--spans [--spans-rates 50]]
+                              [--quick]
 
 In one run, with SIPp's built-in uac (`-d 10`) placing calls on loopback and a SIPp UAS that
 answers 200 without 180 (BASELINES.md: two relay workers may reorder 180/200), it drives
@@ -27,7 +29,9 @@ fails (>= 0.1% of calls failed, or calls left unfinished), and reports the last 
 of each, the ratio b/a (target >= 0.3) and b >= 1,000 CPS. It then measures the setup delay
 (INVITE -> 200 at the UAC, SIPp -trace_rtt) at one moderate rate through each path and
 directly (uac -> uas), and prints the p99 added by the gateway and by Kamailio (target < 5 ms).
-Last, memory per live dialog: N calls answered and never hung up on an edge in this process,
+With --spans, (d)'s gateways time each call's set-up (route, open_call, its write queued /
+run / waiting for its commit, batch sizes, loop lag, GC pauses, PostgreSQL round trips a call)
+and print them per step; --quick runs (d) alone for that. Last, memory per live dialog: N calls answered and never hung up on an edge in this process,
 measured with tracemalloc once their transactions are gone (target < 10 KB).
 """
 
