@@ -10,7 +10,7 @@ answers the provider after that commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -23,7 +23,7 @@ from gateway.conversations import insert_ignore
 from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound, OutboxId
 from gateway.events import DeliveryStatus, InboundMessage
 from gateway.identity import Evidence, IdentityError
-from gateway.models import Checkpoint
+from gateway.models import Checkpoint, ProcessedEvent
 from gateway.outbound import text_on_leg
 from gateway.outbox import apply_status
 from gateway.policy import Policy
@@ -33,6 +33,7 @@ from gateway.writes import Tx, Writes
 
 log = logging.getLogger("gateway.core")
 CHECKPOINTS = Checkpoint.__table__
+PROCESSED = ProcessedEvent.__table__
 
 _CHECKPOINT = Prepared(select(CHECKPOINTS.c.value).where(CHECKPOINTS.c.key == bindparam("k")))
 
@@ -58,12 +59,38 @@ class Inbound:
         """Store an inbound message once; answer only after it is committed."""
         return self._writes.run(lambda tx: self._ingest(tx, event))
 
+    def ingest_batch(self, events: Sequence[InboundMessage],
+                     checkpoint: tuple[str, str] | None = None
+                     ) -> Awaitable[list[IngestResult]]:
+        """Store a batch of inbound messages (a mailbox's FETCH) in one write, with the
+        channel's checkpoint: one transaction, so a crash keeps all of it or none.
+
+        Each message is placed exactly as `ingest` places it, in order (the second mail of a
+        new customer finds the customer and conversation the first one made); dedupe by
+        provider id is one statement for the batch, and a provider id twice in the batch is
+        stored once (the first). A message that makes the write fail fails the whole batch:
+        the caller then hands the messages over one by one (`ingest`), as before."""
+        return self._writes.run(lambda tx: self._ingest_batch(tx, events, checkpoint))
+
+    def _ingest_batch(self, tx: Tx, events: Sequence[InboundMessage],
+                      checkpoint: tuple[str, str] | None) -> list[IngestResult]:
+        if checkpoint is not None:
+            _store_checkpoint(tx, *checkpoint)
+        fresh = _claim_events(tx, [(e.provider, e.provider_id) for e in events])
+        return [self._ingest_claimed(tx, event) if first else IngestResult(duplicate=True)
+                for event, first in zip(events, fresh, strict=True)]
+
     def _ingest(self, tx: Tx, event: InboundMessage) -> IngestResult:
         conn, now = tx.conn, tx.now
         if event.checkpoint is not None:
             _store_checkpoint(tx, *event.checkpoint)
         if not conversations.claim_event(conn, event.provider, event.provider_id, now):
             return IngestResult(duplicate=True)
+        return self._ingest_claimed(tx, event)
+
+    def _ingest_claimed(self, tx: Tx, event: InboundMessage) -> IngestResult:
+        """A message seen for the first time: placed and stored."""
+        conn, now = tx.conn, tx.now
         if event.threaded:
             placed = self._place_threaded(tx, event)
             if placed is None:
@@ -352,6 +379,30 @@ def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
 
 
 _NOT_DELIVERED = frozenset({"failed", "undelivered"})
+
+
+_CLAIM_ROWS = 300  # rows per multi-row claim (3 binds each: far below SQLite's limit)
+
+
+def _claim_events(tx: Tx, keys: Sequence[tuple[str, str]]) -> list[bool]:
+    """`conversations.claim_event` for many events in one INSERT … ON CONFLICT DO NOTHING
+    RETURNING per few hundred: for each key, True if this is its first occurrence ever
+    (neither stored before nor earlier in `keys`). Race-safe as the one-row claim: the
+    primary key decides."""
+    claimed: set[tuple[str, str]] = set()
+    unique = list(dict.fromkeys(keys))
+    table = PROCESSED
+    for start in range(0, len(unique), _CLAIM_ROWS):
+        rows = [{"provider": p, "event_id": e, "received_at": tx.now}
+                for p, e in unique[start:start + _CLAIM_ROWS]]
+        statement = (insert_ignore(tx.conn, table).values(rows)
+                     .returning(table.c.provider, table.c.event_id))
+        claimed.update((p, e) for p, e in tx.conn.execute(statement))
+    out = []
+    for key in keys:
+        out.append(key in claimed)
+        claimed.discard(key)  # a second occurrence in the batch is a duplicate
+    return out
 
 
 def _store_checkpoint(tx: Tx, key: str, value: str) -> None:
