@@ -9,11 +9,13 @@ answers the provider after that commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import conversations, identity, threads, verification
 from gateway.addresses import parse_address
@@ -381,23 +383,35 @@ def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
 _NOT_DELIVERED = frozenset({"failed", "undelivered"})
 
 
-_CLAIM_ROWS = 300  # rows per multi-row claim (3 binds each: far below SQLite's limit)
+_CLAIM_ROWS = 100  # rows per multi-row claim (3 binds each: far below SQLite's limit)
+
+
+@functools.lru_cache(maxsize=2 * _CLAIM_ROWS)
+def _claim_rows(postgres: bool, rows: int) -> Prepared:
+    """INSERT … VALUES (…) × rows ON CONFLICT DO NOTHING RETURNING, compiled once per
+    size (compiling a multi-row statement per batch cost more than running it)."""
+    dialect_insert = postgresql.insert if postgres else sqlite.insert
+    return Prepared(dialect_insert(PROCESSED).values([
+        {"provider": bindparam(f"p{i}"), "event_id": bindparam(f"e{i}"),
+         "received_at": bindparam(f"n{i}")} for i in range(rows)
+    ]).on_conflict_do_nothing().returning(PROCESSED.c.provider, PROCESSED.c.event_id))
 
 
 def _claim_events(tx: Tx, keys: Sequence[tuple[str, str]]) -> list[bool]:
     """`conversations.claim_event` for many events in one INSERT … ON CONFLICT DO NOTHING
-    RETURNING per few hundred: for each key, True if this is its first occurrence ever
+    RETURNING per hundred: for each key, True if this is its first occurrence ever
     (neither stored before nor earlier in `keys`). Race-safe as the one-row claim: the
     primary key decides."""
     claimed: set[tuple[str, str]] = set()
     unique = list(dict.fromkeys(keys))
-    table = PROCESSED
+    postgres = tx.conn.dialect.name == "postgresql"
     for start in range(0, len(unique), _CLAIM_ROWS):
-        rows = [{"provider": p, "event_id": e, "received_at": tx.now}
-                for p, e in unique[start:start + _CLAIM_ROWS]]
-        statement = (insert_ignore(tx.conn, table).values(rows)
-                     .returning(table.c.provider, table.c.event_id))
-        claimed.update((p, e) for p, e in tx.conn.execute(statement))
+        chunk = unique[start:start + _CLAIM_ROWS]
+        params: dict[str, Any] = {}
+        for i, (provider, event_id) in enumerate(chunk):
+            params[f"p{i}"], params[f"e{i}"], params[f"n{i}"] = provider, event_id, tx.now
+        claimed.update((p, e) for p, e in _claim_rows(postgres, len(chunk)).execute(
+            tx.conn, params))
     out = []
     for key in keys:
         out.append(key in claimed)
