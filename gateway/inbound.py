@@ -22,7 +22,15 @@ from gateway.addresses import parse_address
 from gateway.bus import DeliveryUpdated
 from gateway.channels import MESSAGING_CHANNELS, ReplyThread
 from gateway.conversations import insert_ignore
-from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound, OutboxId
+from gateway.domain import (
+    AddressLink,
+    ConversationId,
+    CustomerId,
+    IngestResult,
+    LegId,
+    NotFound,
+    OutboxId,
+)
 from gateway.events import DeliveryStatus, InboundMessage
 from gateway.identity import Evidence, IdentityError
 from gateway.models import Checkpoint, ProcessedEvent
@@ -191,10 +199,15 @@ class Inbound:
 
     def _place(
         self, tx: Tx, event: InboundMessage, evidence: Evidence, attested: bool,
+        known: AddressLink | None = None,
     ) -> tuple[CustomerId, ConversationId, LegId, bool]:
-        """Find or create the customer, conversation and leg of a message."""
+        """Find or create the customer, conversation and leg of a message. `known`: the
+        sender's address link, when the caller read it in this transaction already."""
         conn, now = tx.conn, tx.now
         customer_id = self._known_by_alias(tx, event, evidence)
+        if (customer_id is None and known is not None and not event.also_known_as
+                and identity.STRENGTH[evidence] <= identity.STRENGTH[Evidence(known.evidence)]):
+            customer_id = CustomerId(known.customer_id)  # what `resolve` would find and keep
         if customer_id is None:
             customer_id, _ = identity.resolve(
                 conn, event.sender, evidence, now, detail=f"{event.provider} sender",
@@ -226,9 +239,10 @@ class Inbound:
         conversation that exists; they never create a customer or open a conversation."""
         conn, now = tx.conn, tx.now
         robot = event.kind != "message"
+        sender = None if event.kind == "bounce" else event.sender
+        owner = identity.find_customer(conn, sender) if sender is not None else None
         match = threads.find_conversation(
-            conn, token=event.thread_token, refs=event.thread_refs,
-            sender=None if event.kind == "bounce" else event.sender)
+            conn, token=event.thread_token, refs=event.thread_refs, owner=owner)
         if robot:
             return self._place_robot(tx, event, match)
         if match is None or not match.sender_is_customer:
@@ -236,7 +250,7 @@ class Inbound:
             # sender's own customer and conversation, on their address's word alone.
             attested = event.attested or event.thread_token_ok
             return self._place(tx, event, Evidence.ATTESTED if attested else Evidence.CLAIMED,
-                               attested)
+                               attested, known=owner)
         attested = event.attested or event.thread_token_ok or match.attested
         customer_id = match.customer_id
         if attested:  # the address's link is upgraded, never downgraded
