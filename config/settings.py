@@ -449,6 +449,9 @@ class TrustSettings(BaseModel):
     # this many seconds of opening, or of the previous response; else it is closed. An
     # idle kept-alive connection is closed after the same time (gateway/httpedge.py).
     http_header_timeout_seconds: float = Field(15.0, gt=0)
+    # Once its head is in, a request's body must arrive complete within this many seconds,
+    # or the gateway answers 408 and closes the connection (gateway/httpedge.py).
+    http_body_timeout_seconds: float = Field(30.0, gt=0)
 
     @field_validator("pin_lookup_secret")
     @classmethod

@@ -214,7 +214,7 @@ class AgentApi:
         return ok(reply_json(result), status=202)
 
     async def verify(self, request: web.Request) -> web.Response:
-        body = await _json_body(request) if request.can_read_body else {}
+        body = await _json_body(request) if request.body_exists else {}
         result = await self.core.start_verification(
             request.match_info["id"], _field(body, "address", False)
         )

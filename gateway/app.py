@@ -34,7 +34,7 @@ from gateway.channels import Channel, ChannelDeps, ChannelFactory, ChannelInfo
 from gateway.clock import Clock, SystemClock
 from gateway.core import Core, Policy
 from gateway.disclosure import Disclosure, Level
-from gateway.httpedge import console_headers
+from gateway.httpedge import body_deadline, console_headers
 from gateway.metrics import Metrics
 from gateway.instances import PeerLink, new_instance_id
 from gateway.outbox import OutboxWorker
@@ -180,7 +180,9 @@ def build_app(
 
     # The service token or an agent's own (its SHA-256 is looked up in the agent router).
     authenticate = auth_middleware(Authenticator(token, agents))
-    app = web.Application(middlewares=[console_headers, errors_as_json, authenticate],
+    app = web.Application(middlewares=[console_headers, errors_as_json,
+                                       body_deadline(settings.http_body_timeout_seconds),
+                                       authenticate],
                           client_max_size=2 * 1024 * 1024)
     app[GATEWAY] = gw
     app.add_routes(AgentApi(core, metrics, gw.health).routes())

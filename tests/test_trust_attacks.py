@@ -291,6 +291,48 @@ async def test_a_client_that_trickles_headers_is_cut_off(start_gateway: Any) -> 
         assert resp.status == 200
 
 
+async def test_a_client_that_trickles_a_body_gets_408_and_is_cut_off(
+    start_gateway: Any, caplog: Any
+) -> None:
+    from tests.conftest import AGENT_TOKEN
+
+    gw = await start_gateway(http_body_timeout_seconds=0.5, sip=False)
+    host, port = gw.url.removeprefix("http://").split(":")
+
+    async def send(path: str, head: str, pieces: list[bytes], gap: float) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        length = sum(len(p) for p in pieces)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: gw\r\n{head}"
+                     f"Content-Length: {length}\r\n\r\n".encode())
+
+        async def trickle() -> None:
+            for piece in pieces:
+                writer.write(piece)
+                await asyncio.sleep(gap)
+
+        trickling = asyncio.create_task(trickle())
+        try:
+            return await asyncio.wait_for(reader.read(), 10)  # until the gateway closes
+        finally:
+            trickling.cancel()
+            writer.close()
+
+    # A stranger's webhook body, 10 bytes every 50 ms of 1,000 (5 s): cut off at 0.5 s,
+    # before any signature check, with 408 and the connection closed (read() saw EOF).
+    answer = await send("/webhooks/twilio/messaging",
+                        "Content-Type: application/x-www-form-urlencoded\r\n",
+                        [b"x" * 10] * 100, 0.05)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert b"did not arrive within 0.5 seconds" in answer
+    assert "the body did not arrive within 0.5 s" in caplog.text
+    # A body in two pieces 50 ms apart arrives in time and gets its ordinary answer.
+    answer = await send("/api/v1/conversations/nope/messages",
+                        f"Authorization: Bearer {AGENT_TOKEN}\r\nConnection: close\r\n"
+                        "Content-Type: application/json\r\n",
+                        [b'{"text": ', b'"hello"}'], 0.05)
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
+
+
 async def test_a_made_up_shared_key_signature_is_refused_with_403_and_a_warning(
     start_gateway: Any, twilio_standin: TwilioStandin, caplog: Any,  # noqa: F811
 ) -> None:
