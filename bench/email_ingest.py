@@ -7,16 +7,18 @@ One Dovecot (tests/dovecot.py) holds N mails (plain and multipart/alternative wi
 some with quoted history and signatures, from a pool of customers). In one run it measures
   (a) a bare aioimaplib client: UID SEARCH, then UID FETCH BODY.PEEK[] in batches, the
       bytes thrown away: what fetching alone costs;
-  (b) the gateway's email channel on a fresh SQLite store, handing every mail through the
-      current `Core.ingest` (dedupe, customer, conversation, leg, transcript entry; group
-      commit, synchronous=FULL): parse in a worker process, parts written to the blob store,
-      committed;
+  (b) the gateway's email channel on a fresh SQLite store, handing each FETCH batch to
+      `Core.ingest_batch` (one write: dedupe, customer, conversation, leg, transcript entry
+      of every mail, and the position; group commit, synchronous=FULL): parse in a worker
+      process (started with the channel), parts written to the blob store, committed;
   (c) the same with parsing in a thread (email_parse_workers=0), to show what the process
       (the default) buys,
   and (a) again; each timed from the first command after SELECT to the last mail
 committed (for (b)/(c): the core answered the commit). It prints mails/s, the ratio b/a
 (target >= 0.5), peak RSS of the gateway process and of the parse worker, and RSS sampled
-along the way (flat memory: it must not grow with the number of mails). The sink is the real `Core`:
+along the way (flat memory: it must not grow with the number of mails), and the gateway
+process's CPU by thread (the SQLite writer, the event loop, the worker pool's hand-off
+threads). `--gateway-only` runs (b) alone (for a profiler). The sink is the real `Core`:
 positions stored with the mail, each mail placed by its thread (token, anchors, the
 customer's open conversation) and its anchors recorded, as in `gateway serve`.
 """

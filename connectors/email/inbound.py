@@ -6,8 +6,9 @@ GATEWAY_EMAIL_PARSE_WORKERS) -> typed `InboundMessage`s -> the core's `InboundSi
 stages with bounded queues between them, so memory stays flat however many mails wait.
 
 Nothing lost, nothing doubled: the position (mailbox, UIDVALIDITY, UID) advances only through
-the sink, in the transaction of the batch's last message, and only after every earlier message
-of the batch was committed; a cut, a crash or a restart resumes from there, and what is fetched
+the sink, in one transaction with the whole batch (`ingest_batch`, the core's way), or, mail
+by mail, in the transaction of the batch's last message after every earlier message of the
+batch was committed (a sink without `ingest_batch`, or a batch the core refused); a cut, a crash or a restart resumes from there, and what is fetched
 again is dropped by the core's Message-ID dedupe. A UIDVALIDITY change voids every UID: the
 whole mailbox is scanned again, deduplicated the same way, and the log says so. Reconnects
 back off exponentially with jitter; this is the one place that does it.
