@@ -44,7 +44,7 @@ from gateway.metrics import Metrics
 from gateway.models import Conversation, Leg
 from gateway.policy import Policy
 from gateway.store import Prepared, new_id
-from gateway.throttle import Throttle
+from gateway.throttle import Limited, SharedThrottle
 from gateway.trust import Binding
 from gateway.writes import Tx, Writes
 
@@ -112,8 +112,9 @@ class PinCheck(Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Opened:
-    route: CallRoute
+    route: CallRoute | None  # None: refused by a guess limit (`limited`), nothing opened
     pin: PinCheck | None  # None: no PIN was checked (none given, or a retried set-up)
+    limited: Limited | None = None
 
 
 class Calls:
@@ -127,8 +128,9 @@ class Calls:
         self._agents = agents
         self._metrics = metrics or Metrics()
         self._pins = pins or verification.PinIndex(policy.pin_lookup_secret)
-        self._throttle = Throttle(
-            source_burst=policy.pin_failure_burst,
+        # In the database, so every gateway on it counts the same wrong PINs.
+        self._throttle = SharedThrottle(
+            "pin", source_burst=policy.pin_failure_burst,
             source_per_minute=policy.pin_failures_per_minute,
             global_burst=policy.pin_global_failure_burst,
             global_per_minute=policy.pin_global_failures_per_minute)
@@ -139,28 +141,37 @@ class Calls:
         """Resolve the caller, check a PIN or token, open the call leg and issue its
         context token. Raises `PinAttemptsLimited` (nothing written, nobody offered)."""
         source = call.source or (str(call.caller) if call.caller else "anonymous")
-        if call.pin and not call.escalation_token:
-            limited = self._throttle.attempt(source)
-            if limited is not None:
-                self._count(call.provider, f"limited-{limited}")
-                self._log_limited(source, call, str(limited))
-                raise PinAttemptsLimited(str(limited))
-            try:
-                opened = await self._writes.run(lambda tx: self._open_call(tx, call))
-            except BaseException:
-                self._throttle.succeeded(source)  # nothing was checked
-                raise
-            if opened.pin is PinCheck.WRONG:
-                self._count(call.provider, "wrong")
-                log.info("calls: wrong escalation PIN on %s call %s from %s", call.provider,
-                         opened.route.leg_id, source)
-            else:
-                self._throttle.succeeded(source)
-                if opened.pin is PinCheck.RIGHT:
-                    self._count(call.provider, "right")
-            return opened.route
-        opened = await self._writes.run(lambda tx: self._open_call(tx, call))
-        return opened.route
+        checked = bool(call.pin and not call.escalation_token)
+        if checked:
+            opened = await self._writes.run(lambda tx: self._open_pin_call(tx, call, source))
+            if opened.limited is not None:
+                self._count(call.provider, f"limited-{opened.limited}")
+                self._log_limited(source, call, str(opened.limited))
+                raise PinAttemptsLimited(str(opened.limited))
+        else:
+            opened = await self._writes.run(lambda tx: self._open_call(tx, call))
+        route = opened.route
+        assert route is not None
+        if checked and opened.pin is PinCheck.WRONG:
+            self._count(call.provider, "wrong")
+            log.info("calls: wrong escalation PIN on %s call %s from %s", call.provider,
+                     route.leg_id, source)
+        elif checked and opened.pin is PinCheck.RIGHT:
+            self._count(call.provider, "right")
+        return route
+
+    def _open_pin_call(self, tx: Tx, call: IncomingCall, source: str) -> _Opened:
+        """A PIN call's set-up in one transaction: a token is taken from the guess limits
+        before the PIN is checked (so attempts arriving together, at any gateway, cannot all
+        be checked before the first failure counts) and given back unless the PIN was wrong.
+        A write that fails rolls the token back with everything else."""
+        limited = self._throttle.attempt(tx.conn, tx.now.timestamp(), source)
+        if limited is not None:
+            return _Opened(None, None, limited)
+        opened = self._open_call(tx, call)
+        if opened.pin is not PinCheck.WRONG:
+            self._throttle.succeeded(tx.conn, source)
+        return opened
 
     def _count(self, edge: str, outcome: str) -> None:
         self._metrics.pin_attempts.labels(edge, outcome).inc()

@@ -328,3 +328,15 @@ class SipRegistration(Base):
     transport: Mapped[str] = mapped_column(String(10))
     expires_at: Mapped[datetime] = mapped_column(index=True)
     holder: Mapped[str] = mapped_column(String(200))
+
+
+class GuessBucket(Base):
+    """A guess limit's token bucket kept in the database (gateway/throttle.py `SharedThrottle`),
+    so every gateway on one database counts the same failures: the escalation PIN's bucket per
+    source (`pin:source:<host or number>`) and for everybody (`pin:global`). `at` is when
+    `tokens` was last computed, in seconds since the epoch."""
+
+    __tablename__ = "guess_buckets"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tokens: Mapped[float]
+    at: Mapped[float] = mapped_column(index=True)

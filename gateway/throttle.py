@@ -1,102 +1,25 @@
-"""Guess limits: token buckets per source and one for everybody, in memory.
+"""Guess limits: token buckets per source and one for everybody, in the database.
 
 A bucket holds `burst` tokens and refills at `per_minute`; an attempt takes a token before
 it is checked (so a hundred attempts arriving at once cannot all pass the check before the
 first failure is counted) and gets it back when it succeeded: what is limited is failures.
-The escalation PIN check in `gateway/calls.py` uses one `Throttle` per source and a global
-one. Pure apart from the clock it is given; the table of sources is bounded (the oldest
-entries go first), so a flood of sources costs bounded memory.
+`SharedThrottle` keeps the buckets in `guess_buckets`, taken and given back inside the
+caller's transaction, so every gateway on one database counts the same failures. The
+escalation PIN check in `gateway/calls.py` uses it: with N gateways behind a dispatcher
+that spreads INVITEs by Call-ID (which the caller picks), the in-memory buckets it had
+before gave a guesser N times the attempts. On PostgreSQL a bucket's row lock orders
+concurrent attempts across gateways; the global bucket is always taken first, so two
+transactions never wait for each other in a cycle. Full buckets of sources are swept now and
+then (a full bucket and no row are the same), so a flood of sources costs bounded rows.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+import itertools
 from enum import StrEnum
 
-MAX_SOURCES = 65536
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
-
-
-class Bucket:
-    """One token bucket."""
-
-    __slots__ = ("burst", "rate", "_state", "_clock")
-
-    def __init__(self, burst: int, per_minute: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.burst = float(burst)
-        self.rate = per_minute / 60.0
-        self._clock = clock
-        self._state = _Bucket(self.burst, clock())
-
-    def _refill(self, state: _Bucket, now: float) -> None:
-        state.tokens = min(self.burst, state.tokens + (now - state.at) * self.rate)
-        state.at = now
-
-    def take(self) -> bool:
-        self._refill(self._state, self._clock())
-        if self._state.tokens < 1.0:
-            return False
-        self._state.tokens -= 1.0
-        return True
-
-    def give_back(self) -> None:
-        self._state.tokens = min(self.burst, self._state.tokens + 1.0)
-
-    @property
-    def tokens(self) -> float:
-        self._refill(self._state, self._clock())
-        return self._state.tokens
-
-
-class Buckets:
-    """A token bucket per key (a source address), created full on first use."""
-
-    __slots__ = ("burst", "rate", "_clock", "_buckets", "_max")
-
-    def __init__(self, burst: int, per_minute: float,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_SOURCES
-                 ) -> None:
-        self.burst = float(burst)
-        self.rate = per_minute / 60.0
-        self._clock = clock
-        self._max = max_keys
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def _state(self, key: str, now: float) -> _Bucket:
-        state = self._buckets.get(key)
-        if state is None:
-            state = self._buckets[key] = _Bucket(self.burst, now)
-            if len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
-        else:
-            state.tokens = min(self.burst, state.tokens + (now - state.at) * self.rate)
-            state.at = now
-            self._buckets.move_to_end(key)
-        return state
-
-    def take(self, key: str) -> bool:
-        state = self._state(key, self._clock())
-        if state.tokens < 1.0:
-            return False
-        state.tokens -= 1.0
-        return True
-
-    def give_back(self, key: str) -> None:
-        state = self._buckets.get(key)
-        if state is not None:
-            state.tokens = min(self.burst, state.tokens + 1.0)
-
-    def tokens(self, key: str) -> float:
-        return self._state(key, self._clock()).tokens
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 
 class Limited(StrEnum):
@@ -106,28 +29,86 @@ class Limited(StrEnum):
     GLOBAL = "global"  # everybody together failed too often (distributed guessing)
 
 
-class Throttle:
-    """Failed attempts limited per source and for everybody together."""
+def _refilled(burst: str, rate: str) -> str:
+    """SQL: the stored bucket's tokens at `excluded.at` (the attempt's time), at most `burst`;
+    a clock that went back refills nothing."""
+    elapsed = ("(CASE WHEN excluded.at > guess_buckets.at "
+               "THEN excluded.at - guess_buckets.at ELSE 0 END)")
+    value = f"guess_buckets.tokens + {elapsed} * {rate}"
+    return f"(CASE WHEN {value} > {burst} THEN {burst} ELSE {value} END)"
 
-    __slots__ = ("per_source", "everyone")
 
-    def __init__(self, *, source_burst: int, source_per_minute: float, global_burst: int,
-                 global_per_minute: float, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
-        self.per_source = Buckets(source_burst, source_per_minute, clock)
-        self.everyone = Bucket(global_burst, global_per_minute, clock)
+_BURST, _RATE = "CAST(:burst AS DOUBLE PRECISION)", "CAST(:rate AS DOUBLE PRECISION)"
+# One statement takes a token: a new bucket starts full, less the one taken; a bucket with
+# less than one token is left as it is and returns no row (refused).
+_TAKE = text(
+    "INSERT INTO guess_buckets (key, tokens, at) "
+    f"VALUES (:key, {_BURST} - 1, CAST(:now AS DOUBLE PRECISION)) "
+    f"ON CONFLICT (key) DO UPDATE SET tokens = {_refilled(_BURST, _RATE)} - 1, "
+    "at = CASE WHEN excluded.at > guess_buckets.at THEN excluded.at ELSE guess_buckets.at END "
+    f"WHERE {_refilled(_BURST, _RATE)} >= 1 RETURNING tokens")
+_GIVE_BACK = text(
+    f"UPDATE guess_buckets SET tokens = CASE WHEN tokens + 1 > {_BURST} THEN {_BURST} "
+    "ELSE tokens + 1 END WHERE key = :key")
+_PEEK = text("SELECT tokens, at FROM guess_buckets WHERE key = :key")
+# A bucket untouched for as long as it takes to refill from empty is full: the same as no row.
+_FORGET = text("DELETE FROM guess_buckets WHERE key LIKE :prefix AND at < "
+               "CAST(:before AS DOUBLE PRECISION)")
+FORGET_EVERY = 256  # attempts between two sweeps of full per-source buckets, per process
 
-    def attempt(self, source: str) -> Limited | None:
+
+class SharedThrottle:
+    """Failed attempts limited per source and for everybody together, in the database, taken and
+    given back in the transaction of `conn`; `now` is the attempt's time in epoch seconds."""
+
+    __slots__ = ("name", "source_burst", "source_rate", "global_burst", "global_rate",
+                 "_attempts")
+
+    def __init__(self, name: str, *, source_burst: int, source_per_minute: float,
+                 global_burst: int, global_per_minute: float) -> None:
+        self.name = name
+        self.source_burst, self.source_rate = float(source_burst), source_per_minute / 60.0
+        self.global_burst, self.global_rate = float(global_burst), global_per_minute / 60.0
+        self._attempts = itertools.count(1)
+
+    def _source(self, source: str) -> str:
+        return f"{self.name}:source:{source}"[:200]
+
+    @property
+    def _everyone(self) -> str:
+        return f"{self.name}:global"
+
+    @staticmethod
+    def _take(conn: Connection, key: str, burst: float, rate: float, now: float) -> bool:
+        if burst < 1.0:
+            return False
+        return conn.execute(_TAKE, {"key": key, "burst": burst, "rate": rate, "now": now}
+                            ).first() is not None
+
+    def _would_refuse_source(self, conn: Connection, source: str, now: float) -> bool:
+        row = conn.execute(_PEEK, {"key": self._source(source)}).first()
+        if row is None:
+            return self.source_burst < 1.0
+        tokens = min(self.source_burst, row[0] + max(0.0, now - row[1]) * self.source_rate)
+        return tokens < 1.0
+
+    def attempt(self, conn: Connection, now: float, source: str) -> Limited | None:
         """Take a token for an attempt from `source`: None when it may be checked, else the
-        limit that refuses it (then nothing was taken)."""
-        if not self.per_source.take(source):
+        limit that refuses it (then nothing was taken). A source out of tokens is told so
+        before the global limit is."""
+        if next(self._attempts) % FORGET_EVERY == 0 and self.source_rate > 0:
+            conn.execute(_FORGET, {"prefix": f"{self.name}:source:%",
+                                   "before": now - self.source_burst / self.source_rate})
+        if not self._take(conn, self._everyone, self.global_burst, self.global_rate, now):
+            return (Limited.SOURCE if self._would_refuse_source(conn, source, now)
+                    else Limited.GLOBAL)
+        if not self._take(conn, self._source(source), self.source_burst, self.source_rate,
+                          now):
+            conn.execute(_GIVE_BACK, {"key": self._everyone, "burst": self.global_burst})
             return Limited.SOURCE
-        if not self.everyone.take():
-            self.per_source.give_back(source)
-            return Limited.GLOBAL
         return None
 
-    def succeeded(self, source: str) -> None:
-        """The attempt was right: it does not count against anyone."""
-        self.per_source.give_back(source)
-        self.everyone.give_back()
+    def succeeded(self, conn: Connection, source: str) -> None:
+        """The attempt was right (or never checked): it does not count against anyone."""
+        conn.execute(_GIVE_BACK, {"key": self._source(source), "burst": self.source_burst})
+        conn.execute(_GIVE_BACK, {"key": self._everyone, "burst": self.global_burst})

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.redaction import CODE_MARK, luhn_ok, mask_cards, redact
-from gateway.throttle import Limited, Throttle
+from gateway.throttle import Limited, SharedThrottle
 from gateway.verification import codes_in_text
 
 
@@ -57,15 +57,37 @@ def test_only_a_message_that_is_essentially_a_code_answers_one() -> None:
     assert found[0].code == "482913" and not answers
 
 
-def test_failures_are_limited_per_source_and_for_everyone() -> None:
-    now = [0.0]
-    throttle = Throttle(source_burst=2, source_per_minute=60, global_burst=3,
-                        global_per_minute=0, clock=lambda: now[0])
-    assert throttle.attempt("a") is None and throttle.attempt("a") is None
-    assert throttle.attempt("a") is Limited.SOURCE
-    throttle.attempt("b")
-    throttle.succeeded("b")  # a right PIN costs nobody anything
-    assert throttle.attempt("b") is None
-    assert throttle.attempt("c") is Limited.GLOBAL  # three failures in all
-    now[0] = 1.0  # the source bucket refills, the global one (0 a minute) does not
-    assert throttle.attempt("a") is Limited.GLOBAL
+def test_failures_are_limited_per_source_and_for_everyone_in_the_database() -> None:
+    """The database's buckets (here SQLite; PostgreSQL across two gateways in
+    tests/test_scale_out_calls.py): per source, for everyone, refilled, forgotten."""
+    from sqlalchemy import create_engine, func, select
+
+    from gateway import throttle as module
+    from gateway.models import GuessBucket
+
+    engine = create_engine("sqlite://")
+    GuessBucket.__table__.create(engine)
+    shared = SharedThrottle("pin", source_burst=2, source_per_minute=60, global_burst=3,
+                            global_per_minute=0)
+    with engine.begin() as conn:
+        assert shared.attempt(conn, 0.0, "a") is None and shared.attempt(conn, 0.0, "a") is None
+        assert shared.attempt(conn, 0.0, "a") is Limited.SOURCE
+        assert shared.attempt(conn, 0.0, "b") is None
+        shared.succeeded(conn, "b")  # a right PIN costs nobody anything
+        assert shared.attempt(conn, 0.0, "b") is None
+        assert shared.attempt(conn, 0.0, "c") is Limited.GLOBAL  # three failures in all
+        assert shared.attempt(conn, 0.0, "a") is Limited.SOURCE  # said before the global one
+        assert shared.attempt(conn, 1.0, "a") is Limited.GLOBAL  # a refilled, global did not
+        # A clock that went back refills nothing.
+        many = SharedThrottle("pin2", source_burst=1, source_per_minute=60, global_burst=999,
+                              global_per_minute=0)
+        assert many.attempt(conn, 10.0, "x") is None
+        assert many.attempt(conn, 5.0, "x") is Limited.SOURCE
+        assert many.attempt(conn, 11.0, "x") is None  # a second after its last take
+        # Sources untouched for as long as they take to refill are forgotten (they were full).
+        for n in range(module.FORGET_EVERY - 4):  # 3 attempts above, "late" is the next
+            many.attempt(conn, 11.0, f"s{n}")
+        assert many.attempt(conn, 100.0, "late") is None  # the sweep runs on this attempt
+        left = conn.execute(select(func.count()).select_from(GuessBucket).where(
+            GuessBucket.key.like("pin2:source:%"))).scalar_one()
+        assert left == 1  # only "late", taken after the sweep

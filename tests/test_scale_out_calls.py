@@ -11,6 +11,7 @@ gateway dies, the others stop counting its calls once its liveness lock is free.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import xml.etree.ElementTree as ET
@@ -108,3 +109,44 @@ async def test_an_agent_busy_on_a_call_through_one_gateway_is_busy_at_the_other_
                          what="B to notice A is gone")
         fourth, _, _ = await call(http, b, twilio, "+14155550184")
         assert fourth == first, "B still counted a dead gateway's call"
+
+
+async def test_wrong_pins_count_at_every_gateway_per_caller_and_for_everyone(
+    postgres_server: PostgresServer, twilio: TwilioStandin,  # noqa: F811
+    gateways: list[GatewayProcess], tmp_path: Path,  # noqa: F811
+) -> None:
+    """A guesser whose calls a load balancer spreads over two gateways gets the attempts of
+    one: the PIN limits live in the database. With limits in each gateway's memory, more
+    than three of the eight guesses at once, the fourth guess in a row (the second at B)
+    and the last callers were all checked."""
+    url = postgres_server.create_database()
+    settings = {"GATEWAY_TWILIO_VOICE_NUMBER": VOICE_NUMBER, "GATEWAY_AGENTS": json.dumps(AGENTS),
+                "GATEWAY_PIN_FAILURE_BURST": "3", "GATEWAY_PIN_FAILURES_PER_MINUTE": "0",
+                "GATEWAY_PIN_GLOBAL_FAILURE_BURST": "8",
+                "GATEWAY_PIN_GLOBAL_FAILURES_PER_MINUTE": "0"}
+    a = await start(gateways, "gateway-a", url, twilio, tmp_path, **settings)
+    b = await start(gateways, "gateway-b", url, twilio, tmp_path, **settings)
+
+    async def guess(http: aiohttp.ClientSession, gateway: GatewayProcess, from_: str) -> str:
+        """A dial-in with a made-up PIN through `gateway`: what the caller is told."""
+        form = twilio_voice_form(account_sid=twilio.account_sid, from_=from_, to=VOICE_NUMBER)
+        gather = (await post(http, gateway, twilio, f"{PUBLIC_URL}/webhooks/twilio/voice",
+                             form)).find("Gather")
+        assert gather is not None
+        root = await post(http, gateway, twilio, gather.attrib["action"],
+                          {**form, "CallStatus": "in-progress", "Digits": "000000",
+                           "FinishedOnKey": "#"})
+        return " ".join(say.text or "" for say in root.iter("Say"))
+
+    async with aiohttp.ClientSession() as http:
+        # Eight guesses from one caller at once, four at each gateway: three are checked.
+        told = await asyncio.gather(*(guess(http, gw, "+14155550190") for gw in (a, b) * 4))
+        assert sum("Too many wrong PINs" in t for t in told) == 5, told
+        for gateway in (a, b, a):  # three wrong PINs from another caller, checked
+            assert "PIN" not in await guess(http, gateway, "+14155550191")
+        assert "Too many wrong PINs" in await guess(http, b, "+14155550191")
+        # Two more callers fail once each, at A and at B: eight failures in all.
+        assert "PIN" not in await guess(http, a, "+14155550192")
+        assert "PIN" not in await guess(http, b, "+14155550193")
+        assert "cannot check PINs right now" in await guess(http, a, "+14155550194")
+        assert "cannot check PINs right now" in await guess(http, b, "+14155550195")
