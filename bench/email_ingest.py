@@ -7,16 +7,18 @@ One Dovecot (tests/dovecot.py) holds N mails (plain and multipart/alternative wi
 some with quoted history and signatures, from a pool of customers). In one run it measures
   (a) a bare aioimaplib client: UID SEARCH, then UID FETCH BODY.PEEK[] in batches, the
       bytes thrown away: what fetching alone costs;
-  (b) the gateway's email channel on a fresh SQLite store, handing every mail through the
-      current `Core.ingest` (dedupe, customer, conversation, leg, transcript entry; group
-      commit, synchronous=FULL): parse in a worker process, parts written to the blob store,
-      committed;
+  (b) the gateway's email channel on a fresh SQLite store, handing each FETCH batch to
+      `Core.ingest_batch` (one write: dedupe, customer, conversation, leg, transcript entry
+      of every mail, and the position; group commit, synchronous=FULL): parse in a worker
+      process (started with the channel), parts written to the blob store, committed;
   (c) the same with parsing in a thread (email_parse_workers=0), to show what the process
       (the default) buys,
   and (a) again; each timed from the first command after SELECT to the last mail
 committed (for (b)/(c): the core answered the commit). It prints mails/s, the ratio b/a
 (target >= 0.5), peak RSS of the gateway process and of the parse worker, and RSS sampled
-along the way (flat memory: it must not grow with the number of mails). The sink is the real `Core`:
+along the way (flat memory: it must not grow with the number of mails), and the gateway
+process's CPU by thread (the SQLite writer, the event loop, the worker pool's hand-off
+threads). `--gateway-only` runs (b) alone (for a profiler). The sink is the real `Core`:
 positions stored with the mail, each mail placed by its thread (token, anchors, the
 customer's open conversation) and its anchors recorded, as in `gateway serve`.
 """
@@ -32,6 +34,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -86,13 +89,24 @@ def make_mail(i: int, customers: int, rng: random.Random) -> bytes:
                            html=body.replace("\r\n", "<br>")).encode()
 
 
-def cpu_seconds(pid: int | None = None) -> float:
+def cpu_seconds(pid: int | str | None = None) -> float:
     """User+system CPU of this process (all its threads), or of another process by pid."""
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            out[thread.name] = cpu_seconds(f"self/task/{thread.native_id}")
+        except OSError:  # ended meanwhile
+            pass
+    return out
 
 
 def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
@@ -141,6 +155,17 @@ class CoreSink:
                 self.done.set()
         return result
 
+    async def ingest_batch(self, events: Any, checkpoint: Any = None) -> Any:
+        results = await self.core.ingest_batch(events, checkpoint)
+        for result in results:
+            if result.duplicate:
+                self.duplicates += 1
+            else:
+                self.committed += 1
+        if self.committed >= self.expected:
+            self.done.set()
+        return results
+
     async def delivery_status(self, event: Any) -> Any:
         return await self.core.delivery_status(event)
 
@@ -177,7 +202,7 @@ async def gateway_catch_up(dovecot: Dovecot, account: Account, mails: int, batch
     samples: list[tuple[int, int]] = []
     try:
         await channel.start(sink)  # logged in, mailbox selected
-        started, cpu = time.perf_counter(), cpu_seconds()
+        started, cpu, threads = time.perf_counter(), cpu_seconds(), thread_cpu()
         while not sink.done.is_set():
             try:
                 await asyncio.wait_for(sink.done.wait(), 0.5)
@@ -185,6 +210,7 @@ async def gateway_catch_up(dovecot: Dovecot, account: Account, mails: int, batch
                 pass
             samples.append((sink.committed, rss_kb()))
         elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        threads = {name: used - threads.get(name, 0.0) for name, used in thread_cpu().items()}
         worker_peak, worker_cpu = 0, 0.0
         pool = getattr(channel, "_parser", None)
         for process in (getattr(pool, "_processes", None) or {}).values():
@@ -197,7 +223,7 @@ async def gateway_catch_up(dovecot: Dovecot, account: Account, mails: int, batch
     stored = sqlite3.connect(db).execute(
         "select count(*) from transcript_entries where provider = 'imap'").fetchone()[0]
     return {"mails": sink.committed, "stored": stored, "elapsed": elapsed, "cpu": cpu,
-            "worker_cpu": worker_cpu,
+            "worker_cpu": worker_cpu, "threads": threads,
             "duplicates": sink.duplicates, "samples": samples, "worker_peak_kb": worker_peak}
 
 
@@ -217,6 +243,8 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=1, help="parse processes for (b)")
+    parser.add_argument("--gateway-only", action="store_true",
+                        help="run (b) alone, no bare fetch and no (c): e.g. to profile it")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="gateway-bench-email-"))
     rng = random.Random(20261201)
@@ -229,12 +257,14 @@ async def main() -> None:
             assert status["messages"] == args.mails, status
             print(f"mailbox: {args.mails} mails ready in {time.perf_counter() - t:.1f} s "
                   f"(Dovecot {dovecot.host}:{dovecot.port}); FETCH batches of {args.batch}")
-            bare1 = await bare_fetch(dovecot, account, args.batch)
-            print(f"(a) bare aioimaplib fetch:      {bare1[0] / bare1[1]:7.0f} mails/s "
-                  f"({bare1[0]} in {bare1[1]:.2f} s; client CPU "
-                  f"{bare1[2] / bare1[0] * 1000:.2f} ms/mail)")
+            bare1 = None if args.gateway_only else await bare_fetch(dovecot, account, args.batch)
+            if bare1 is not None:
+                print(f"(a) bare aioimaplib fetch:      {bare1[0] / bare1[1]:7.0f} mails/s "
+                      f"({bare1[0]} in {bare1[1]:.2f} s; client CPU "
+                      f"{bare1[2] / bare1[0] * 1000:.2f} ms/mail)")
             runs = []
-            for workers in dict.fromkeys((args.workers, 0)):
+            for workers in dict.fromkeys((args.workers,) if args.gateway_only
+                                         else (args.workers, 0)):
                 result = await gateway_catch_up(dovecot, account, args.mails, args.batch,
                                                 workers, directory)
                 runs.append((workers, result))
@@ -248,6 +278,12 @@ async def main() -> None:
                       + f"; CPU {result['cpu'] / result['mails'] * 1000:.2f} ms/mail in the "
                       f"gateway process + {result['worker_cpu'] / result['mails'] * 1000:.2f} "
                       "in the parse worker")
+                busy = sorted(((used, name) for name, used in result["threads"].items()
+                               if used > 0.005 * result["cpu"]), reverse=True)
+                print("    gateway process CPU by thread (ms/mail): " + ", ".join(
+                    f"{name} {used / result['mails'] * 1000:.2f}" for used, name in busy))
+            if bare1 is None:
+                return
             bare2 = await bare_fetch(dovecot, account, args.batch)
             print(f"(a) bare aioimaplib fetch again: {bare2[0] / bare2[1]:6.0f} mails/s")
     finally:

@@ -89,6 +89,12 @@ class Core:
     def ingest(self, event: InboundMessage) -> Awaitable[IngestResult]:
         return self.inbound.ingest(event)
 
+    def ingest_batch(self, events: Sequence[InboundMessage],
+                     checkpoint: tuple[str, str] | None = None
+                     ) -> Awaitable[list[IngestResult]]:
+        """Many messages and the channel's checkpoint in one write (email's FETCH batch)."""
+        return self.inbound.ingest_batch(events, checkpoint)
+
     def delivery_status(self, event: DeliveryStatus) -> Awaitable[str | None]:
         return self.inbound.delivery_status(event)
 

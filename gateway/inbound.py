@@ -9,21 +9,31 @@ answers the provider after that commit.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway import conversations, identity, threads, verification
 from gateway.addresses import parse_address
 from gateway.bus import DeliveryUpdated
 from gateway.channels import MESSAGING_CHANNELS, ReplyThread
 from gateway.conversations import insert_ignore
-from gateway.domain import ConversationId, CustomerId, IngestResult, LegId, NotFound, OutboxId
+from gateway.domain import (
+    AddressLink,
+    ConversationId,
+    CustomerId,
+    IngestResult,
+    LegId,
+    NotFound,
+    OutboxId,
+)
 from gateway.events import DeliveryStatus, InboundMessage
 from gateway.identity import Evidence, IdentityError
-from gateway.models import Checkpoint
+from gateway.models import Checkpoint, ProcessedEvent
 from gateway.outbound import text_on_leg
 from gateway.outbox import apply_status
 from gateway.policy import Policy
@@ -33,6 +43,7 @@ from gateway.writes import Tx, Writes
 
 log = logging.getLogger("gateway.core")
 CHECKPOINTS = Checkpoint.__table__
+PROCESSED = ProcessedEvent.__table__
 
 _CHECKPOINT = Prepared(select(CHECKPOINTS.c.value).where(CHECKPOINTS.c.key == bindparam("k")))
 
@@ -58,12 +69,38 @@ class Inbound:
         """Store an inbound message once; answer only after it is committed."""
         return self._writes.run(lambda tx: self._ingest(tx, event))
 
+    def ingest_batch(self, events: Sequence[InboundMessage],
+                     checkpoint: tuple[str, str] | None = None
+                     ) -> Awaitable[list[IngestResult]]:
+        """Store a batch of inbound messages (a mailbox's FETCH) in one write, with the
+        channel's checkpoint: one transaction, so a crash keeps all of it or none.
+
+        Each message is placed exactly as `ingest` places it, in order (the second mail of a
+        new customer finds the customer and conversation the first one made); dedupe by
+        provider id is one statement for the batch, and a provider id twice in the batch is
+        stored once (the first). A message that makes the write fail fails the whole batch:
+        the caller then hands the messages over one by one (`ingest`), as before."""
+        return self._writes.run(lambda tx: self._ingest_batch(tx, events, checkpoint))
+
+    def _ingest_batch(self, tx: Tx, events: Sequence[InboundMessage],
+                      checkpoint: tuple[str, str] | None) -> list[IngestResult]:
+        if checkpoint is not None:
+            _store_checkpoint(tx, *checkpoint)
+        fresh = _claim_events(tx, [(e.provider, e.provider_id) for e in events])
+        return [self._ingest_claimed(tx, event) if first else IngestResult(duplicate=True)
+                for event, first in zip(events, fresh, strict=True)]
+
     def _ingest(self, tx: Tx, event: InboundMessage) -> IngestResult:
         conn, now = tx.conn, tx.now
         if event.checkpoint is not None:
             _store_checkpoint(tx, *event.checkpoint)
         if not conversations.claim_event(conn, event.provider, event.provider_id, now):
             return IngestResult(duplicate=True)
+        return self._ingest_claimed(tx, event)
+
+    def _ingest_claimed(self, tx: Tx, event: InboundMessage) -> IngestResult:
+        """A message seen for the first time: placed and stored."""
+        conn, now = tx.conn, tx.now
         if event.threaded:
             placed = self._place_threaded(tx, event)
             if placed is None:
@@ -162,10 +199,15 @@ class Inbound:
 
     def _place(
         self, tx: Tx, event: InboundMessage, evidence: Evidence, attested: bool,
+        known: AddressLink | None = None,
     ) -> tuple[CustomerId, ConversationId, LegId, bool]:
-        """Find or create the customer, conversation and leg of a message."""
+        """Find or create the customer, conversation and leg of a message. `known`: the
+        sender's address link, when the caller read it in this transaction already."""
         conn, now = tx.conn, tx.now
         customer_id = self._known_by_alias(tx, event, evidence)
+        if (customer_id is None and known is not None and not event.also_known_as
+                and identity.STRENGTH[evidence] <= identity.STRENGTH[Evidence(known.evidence)]):
+            customer_id = CustomerId(known.customer_id)  # what `resolve` would find and keep
         if customer_id is None:
             customer_id, _ = identity.resolve(
                 conn, event.sender, evidence, now, detail=f"{event.provider} sender",
@@ -197,9 +239,10 @@ class Inbound:
         conversation that exists; they never create a customer or open a conversation."""
         conn, now = tx.conn, tx.now
         robot = event.kind != "message"
+        sender = None if event.kind == "bounce" else event.sender
+        owner = identity.find_customer(conn, sender) if sender is not None else None
         match = threads.find_conversation(
-            conn, token=event.thread_token, refs=event.thread_refs,
-            sender=None if event.kind == "bounce" else event.sender)
+            conn, token=event.thread_token, refs=event.thread_refs, owner=owner)
         if robot:
             return self._place_robot(tx, event, match)
         if match is None or not match.sender_is_customer:
@@ -207,7 +250,7 @@ class Inbound:
             # sender's own customer and conversation, on their address's word alone.
             attested = event.attested or event.thread_token_ok
             return self._place(tx, event, Evidence.ATTESTED if attested else Evidence.CLAIMED,
-                               attested)
+                               attested, known=owner)
         attested = event.attested or event.thread_token_ok or match.attested
         customer_id = match.customer_id
         if attested:  # the address's link is upgraded, never downgraded
@@ -352,6 +395,42 @@ def _delivery_moved(tx: Tx, moved: DeliveryUpdated) -> None:
 
 
 _NOT_DELIVERED = frozenset({"failed", "undelivered"})
+
+
+_CLAIM_ROWS = 100  # rows per multi-row claim (3 binds each: far below SQLite's limit)
+
+
+@functools.lru_cache(maxsize=2 * _CLAIM_ROWS)
+def _claim_rows(postgres: bool, rows: int) -> Prepared:
+    """INSERT … VALUES (…) × rows ON CONFLICT DO NOTHING RETURNING, compiled once per
+    size (compiling a multi-row statement per batch cost more than running it)."""
+    dialect_insert = postgresql.insert if postgres else sqlite.insert
+    return Prepared(dialect_insert(PROCESSED).values([
+        {"provider": bindparam(f"p{i}"), "event_id": bindparam(f"e{i}"),
+         "received_at": bindparam(f"n{i}")} for i in range(rows)
+    ]).on_conflict_do_nothing().returning(PROCESSED.c.provider, PROCESSED.c.event_id))
+
+
+def _claim_events(tx: Tx, keys: Sequence[tuple[str, str]]) -> list[bool]:
+    """`conversations.claim_event` for many events in one INSERT … ON CONFLICT DO NOTHING
+    RETURNING per hundred: for each key, True if this is its first occurrence ever
+    (neither stored before nor earlier in `keys`). Race-safe as the one-row claim: the
+    primary key decides."""
+    claimed: set[tuple[str, str]] = set()
+    unique = list(dict.fromkeys(keys))
+    postgres = tx.conn.dialect.name == "postgresql"
+    for start in range(0, len(unique), _CLAIM_ROWS):
+        chunk = unique[start:start + _CLAIM_ROWS]
+        params: dict[str, Any] = {}
+        for i, (provider, event_id) in enumerate(chunk):
+            params[f"p{i}"], params[f"e{i}"], params[f"n{i}"] = provider, event_id, tx.now
+        claimed.update((p, e) for p, e in _claim_rows(postgres, len(chunk)).execute(
+            tx.conn, params))
+    out = []
+    for key in keys:
+        out.append(key in claimed)
+        claimed.discard(key)  # a second occurrence in the batch is a duplicate
+    return out
 
 
 def _store_checkpoint(tx: Tx, key: str, value: str) -> None:

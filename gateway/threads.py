@@ -42,10 +42,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway import identity
-from gateway.addresses import Address
 from gateway.channels import OutboundKind, ReplyThread
-from gateway.domain import ConversationId, CustomerId, LegId, NotFound
+from gateway.domain import AddressLink, ConversationId, CustomerId, LegId, NotFound
 from gateway.models import (
     BigId,
     Base,
@@ -209,15 +207,17 @@ def find_conversation(
     *,
     token: str | None,
     refs: Sequence[str],
-    sender: Address | None,
+    owner: AddressLink | None,
 ) -> ThreadMatch | None:
     """The conversation an incoming message belongs to (see the module docstring), or None.
 
     A valid token is returned even when the sender is someone else (a colleague in Cc, a
     forward): `sender_is_customer` then says False and the caller must not attest it, nor
-    place the message in that conversation. `sender=None` (a bounce: its sender is a mail
-    server) uses the token alone."""
-    owner = identity.find_customer(conn, sender) if sender is not None else None
+    place the message in that conversation. `owner=None` for a bounce (its sender is a mail
+    server) uses the token alone.
+
+    `owner` is the sender's address link (`identity.find_customer`, read by the caller, who
+    needs it again), None for an unknown sender or a bounce."""
     customer = owner.customer_id if owner is not None else None
     hit = lookup_token(conn, token) if token else None
     if hit is not None:

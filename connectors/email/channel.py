@@ -19,13 +19,14 @@ import multiprocessing
 import ssl
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from connectors.email import ids
 from connectors.email.compose import ComposeError, compose
 from connectors.email.imap import LOOPBACK_HOSTS, ImapConfig, ImapError, ImapSession
-from connectors.email.inbound import FollowConfig, MailboxFollower
+from connectors.email.inbound import FollowConfig, MailboxFollower, warm_up
 from connectors.email.parse import ParseConfig
 from connectors.email.smtp import SmtpConfig, send_mail, worst_case_seconds
 from gateway.channels import (
@@ -169,8 +170,25 @@ class EmailChannel:
             # spawn, not fork: the gateway has threads (the SQLite writer) by now.
             self._parser = ProcessPoolExecutor(self.config.parse_workers,
                                                mp_context=multiprocessing.get_context("spawn"))
+            try:
+                await self._start_workers()
+            except BaseException:
+                await first.close()
+                await self.aclose()
+                raise
         self.follower = MailboxFollower(self.config.follow, sink, self._parser)
         self._task = asyncio.create_task(self.follower.run(first), name="email-inbound")
+
+    async def _start_workers(self) -> None:
+        """Start every parse worker now, each with the parser imported and warmed (measured:
+        1-2 s of CPU each, which on the first mail would delay the catch-up that long)."""
+        assert self._parser is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(*(loop.run_in_executor(self._parser, warm_up)
+                                   for _ in range(self.config.parse_workers)))
+        except BrokenProcessPool as exc:
+            raise ChannelError(f"email: the parse worker did not start: {exc}") from None
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

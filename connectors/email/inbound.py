@@ -6,8 +6,9 @@ GATEWAY_EMAIL_PARSE_WORKERS) -> typed `InboundMessage`s -> the core's `InboundSi
 stages with bounded queues between them, so memory stays flat however many mails wait.
 
 Nothing lost, nothing doubled: the position (mailbox, UIDVALIDITY, UID) advances only through
-the sink, in the transaction of the batch's last message, and only after every earlier message
-of the batch was committed; a cut, a crash or a restart resumes from there, and what is fetched
+the sink, in one transaction with the whole batch (`ingest_batch`, the core's way), or, mail
+by mail, in the transaction of the batch's last message after every earlier message of the
+batch was committed (a sink without `ingest_batch`, or a batch the core refused); a cut, a crash or a restart resumes from there, and what is fetched
 again is dropped by the core's Message-ID dedupe. A UIDVALIDITY change voids every UID: the
 whole mailbox is scanned again, deduplicated the same way, and the log says so. Reconnects
 back off exponentially with jitter; this is the one place that does it.
@@ -108,6 +109,19 @@ class Prepared:
     event: InboundMessage | None
     skipped: str | None = None  # the reason, for the log
     bounce: DeliveryStatus | None = None  # a failed delivery this mail reports
+
+
+_WARM_UP = (b"From: A <a@example.org>\r\nTo: b@example.org\r\nSubject: warm-up\r\n"
+            b"Message-ID: <warm-up@example.org>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n"
+            b"Content-Type: text/plain\r\n\r\nHello\r\n--b\r\nContent-Type: text/html\r\n"
+            b"\r\n<p>Hello</p>\r\n--b--\r\n")
+
+
+def warm_up() -> None:
+    """Run in each parse worker at start: the import of this module (and the parser's
+    lazily loaded parts, by one small parse) is paid before the first mail, not with it."""
+    parse_mail(_WARM_UP, ParseConfig(our_address="support@example.org"))
 
 
 def prepare_batch(fetched: Sequence[Fetched], config: ParseConfig, store_dir: str,
@@ -336,9 +350,11 @@ class MailboxFollower:
     async def _deliver(self, batches: asyncio.Queue[tuple[int, Any] | None]) -> None:
         """Stage 3: hand each batch to the core; the position follows the commits.
 
-        A batch's last message (the one carrying the position) is committed while the next
-        batch's others are: it was submitted first, so it is committed first or with them,
-        and the position moves only once its commit is confirmed."""
+        A sink with `ingest_batch` (the core) takes a batch's mails and its position in one
+        write: one transaction, so the position never runs ahead of a mail nor behind it. If
+        that write fails (a mail the core refuses), or for a sink without it, the mails go
+        one by one, the position with the batch's last (`_deliver_singly`)."""
+        batch_ingest = getattr(self.sink, "ingest_batch", None)
         closing: asyncio.Future[Position] | None = None
         try:
             while (item := await batches.get()) is not None:
@@ -348,10 +364,13 @@ class MailboxFollower:
                     if item.bounce is not None:
                         await self.sink.delivery_status(item.bounce)
                 head, last = self._events(prepared)
-                await self._ingest_all(head)
                 if closing is not None:
                     self._position = await closing
                     closing = None
+                if batch_ingest is not None and await self._ingest_batch(
+                        batch_ingest, [*head, *([last] if last else [])], last_uid):
+                    continue
+                await self._ingest_all(head)
                 closing = asyncio.ensure_future(self._close_batch(last, last_uid))
             if closing is not None:
                 self._position = await closing
@@ -359,6 +378,29 @@ class MailboxFollower:
         finally:
             if closing is not None:
                 closing.cancel()
+
+    async def _ingest_batch(self, ingest_batch: Callable[..., Any],
+                            events: list[tuple[int, InboundMessage]], last_uid: int) -> bool:
+        """The batch and its position in one write; False when the core refused it (the
+        caller then goes mail by mail, which finds the mail at fault)."""
+        assert self._position is not None
+        position = Position(self._position.uidvalidity, last_uid)
+        try:
+            await ingest_batch([event for _uid, event in events],
+                               (self.config.checkpoint_key, str(position)))
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            log.warning("email: the batch up to UID %d of %s was refused (%r); storing its "
+                        "%d mails one by one", last_uid, self.config.imap.location, exc,
+                        len(events))
+            return False
+        for uid, event in events:
+            self.handed_over += 1
+            self._failures.pop((position.uidvalidity, uid), None)
+            self._on_mail(event)
+        self._position = position
+        return True
 
     def _events(self, prepared: list[Prepared]) -> tuple[list[tuple[int, InboundMessage]],
                                                          tuple[int, InboundMessage] | None]:
