@@ -258,7 +258,10 @@ async def test_screen_pop_opens_the_context_of_the_sip_call_ringing_the_agents_p
     bob_dialog = await bob_phone.pick_up(bob_invite)
     other_dialog = await dialling_bob
     await ws.sms("+14155550232", "marker after bob's call")
-    await expect(inbox_row(page)).to_contain_text("marker after bob's call")
+    # Anywhere in the inbox, not first: Bob's call's answer is recorded after its 200, so
+    # under load it can commit after the marker and put that call's conversation on top.
+    # The console has heard the offer to Bob either way (it came before the 200).
+    await expect(page.locator("#inbox")).to_contain_text("marker after bob's call")
     assert await page.locator("#pop").is_hidden()
     # Ann dials the support line with her PIN from a softphone; the gateway sends the INVITE
     # to Alice's registered phone: the context opens by itself while it rings.
