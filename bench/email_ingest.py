@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,20 +117,32 @@ def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
     return 0
 
 
-async def bare_fetch(dovecot: Dovecot, account: Account,
-                     batch: int) -> tuple[int, float, float]:
+async def open_inbox(dovecot: Dovecot, account: Account) -> aioimaplib.IMAP4:
+    """A client logged in to `account` with INBOX selected."""
     client = aioimaplib.IMAP4(dovecot.host, dovecot.port, timeout=120)
     await client.wait_hello_from_server()
     await client.login(account.user, account.password)
     await client.select("INBOX")
-    started, cpu = time.perf_counter(), cpu_seconds()
+    return client
+
+
+async def fetch_all(client: aioimaplib.IMAP4, batch: int) -> AsyncIterator[list[bytearray]]:
+    """UID SEARCH ALL, then each UID FETCH BODY.PEEK[] of `batch` mails: its literals."""
     response = await client.uid_search("ALL", charset=None)
     uids = [u.decode() for line in response.lines[:-1] for u in line.split() if u.isdigit()]
-    count = 0
     for start in range(0, len(uids), batch):
         chunk = ",".join(uids[start:start + batch])
         response = await client.uid("fetch", chunk, "(UID RFC822.SIZE BODY.PEEK[])")
-        count += sum(1 for line in response.lines if isinstance(line, bytearray))
+        yield [line for line in response.lines if isinstance(line, bytearray)]
+
+
+async def bare_fetch(dovecot: Dovecot, account: Account,
+                     batch: int) -> tuple[int, float, float]:
+    client = await open_inbox(dovecot, account)
+    started, cpu = time.perf_counter(), cpu_seconds()
+    count = 0
+    async for mails in fetch_all(client, batch):
+        count += len(mails)
     elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     await client.logout()
     return count, elapsed, cpu
@@ -147,16 +160,15 @@ class CoreSink:
 
     async def ingest(self, event: Any) -> Any:
         result = await self.core.ingest(event)
-        if result.duplicate:
-            self.duplicates += 1
-        else:
-            self.committed += 1
-            if self.committed >= self.expected:
-                self.done.set()
+        self._tally([result])
         return result
 
     async def ingest_batch(self, events: Any, checkpoint: Any = None) -> Any:
         results = await self.core.ingest_batch(events, checkpoint)
+        self._tally(results)
+        return results
+
+    def _tally(self, results: Any) -> None:
         for result in results:
             if result.duplicate:
                 self.duplicates += 1
@@ -164,7 +176,6 @@ class CoreSink:
                 self.committed += 1
         if self.committed >= self.expected:
             self.done.set()
-        return results
 
     async def delivery_status(self, event: Any) -> Any:
         return await self.core.delivery_status(event)

@@ -33,9 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import aioimaplib  # noqa: E402
-
-from bench.email_ingest import bare_fetch, cpu_seconds, make_mail  # noqa: E402
+from bench.email_ingest import (  # noqa: E402
+    bare_fetch,
+    cpu_seconds,
+    fetch_all,
+    make_mail,
+    open_inbox,
+)
 from connectors.email.parse import ParseConfig, Parsed, parse_mail  # noqa: E402
 from tests.dovecot import Account, Dovecot  # noqa: E402
 
@@ -68,18 +72,11 @@ async def fetch_and_parse(dovecot: Dovecot, account: Account, batch: int, worker
     if pool is not None:  # the workers start before the clock does
         await asyncio.gather(*(loop.run_in_executor(pool, parse_batch, [])
                                for _ in range(workers)))
-    client = aioimaplib.IMAP4(dovecot.host, dovecot.port, timeout=120)
-    await client.wait_hello_from_server()
-    await client.login(account.user, account.password)
-    await client.select("INBOX")
+    client = await open_inbox(dovecot, account)
     started, cpu = time.perf_counter(), cpu_seconds()
-    response = await client.uid_search("ALL", charset=None)
-    uids = [u.decode() for line in response.lines[:-1] for u in line.split() if u.isdigit()]
     count, parse_cpu, pending = 0, 0.0, []
-    for start in range(0, len(uids), batch):
-        chunk = ",".join(uids[start:start + batch])
-        response = await client.uid("fetch", chunk, "(UID RFC822.SIZE BODY.PEEK[])")
-        mails = [bytes(line) for line in response.lines if isinstance(line, bytearray)]
+    async for literals in fetch_all(client, batch):
+        mails = [bytes(line) for line in literals]
         count += len(mails)
         if pool is None:
             parse_cpu += parse_batch(mails, ours)[1]
